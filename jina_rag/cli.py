@@ -1,0 +1,116 @@
+"""The ``jina-rag`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
+from jina_rag.loading import MODEL_ENV_VAR
+
+logger = logging.getLogger("jina_rag.cli")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every command that loads a model shares."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None, help=f"folder or hub id (default: ${MODEL_ENV_VAR}, the shipped model, or the hub's small model)")
+    group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    group.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
+    group.add_argument("--max-length", type=int, default=8192, help="tokens per pass (default: 8192)")
+    group.add_argument("--long-text", choices=LONG_TEXT_POLICIES, default="windows", help="what to do with texts over --max-length (default: windows)")
+    group.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="tokens per batch, padding included")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def encoder_from_args(args: argparse.Namespace) -> JinaEncoder:
+    return JinaEncoder.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text
+    )
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.texts)
+    for file in args.file or []:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--file {file}: no such file")
+        texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    if args.lines:
+        with open(args.lines, encoding="utf-8") as f:
+            texts.extend(line.rstrip("\n") for line in f if line.strip())
+    if not texts:
+        raise ValueError("nothing to embed: give TEXT arguments, --file or --lines")
+    return texts
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    texts = _read_texts(args)
+    encoder = encoder_from_args(args)
+    vectors = encoder.encode(
+        texts, batch_tokens=args.batch_tokens, normalize=not args.no_normalize,
+        show_progress=False if args.no_progress else None,
+    )
+    if args.output and args.output.endswith(".npy"):
+        import numpy as np
+
+        np.save(args.output, vectors)
+        logger.info("wrote %d vectors of dimension %d to %s", len(vectors), vectors.shape[1], args.output)
+        return 0
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for index, vector in enumerate(vectors):
+            out.write(json.dumps({"index": index, "embedding": [round(float(x), 7) for x in vector]}) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = encoder_from_args(args).info()
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jina-rag", description="Jina Embeddings v2 for retrieval-augmented generation")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", help="embed texts or files into JSONL or .npy")
+    embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
+    embed.add_argument("--file", action="append", metavar="PATH", help="embed a whole file as one text (repeatable)")
+    embed.add_argument("--lines", metavar="PATH", help="embed each non-empty line of a file")
+    embed.add_argument("-o", "--output", metavar="PATH", help="write .npy or JSONL here (default: JSONL on stdout)")
+    embed.add_argument("--no-normalize", action="store_true", help="keep raw mean-pooled vectors")
+    add_model_arguments(embed)
+    embed.set_defaults(run=cmd_embed)
+
+    info = commands.add_parser("info", help="print the model's facts")
+    add_model_arguments(info)
+    info.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+        print(f"jina-rag {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

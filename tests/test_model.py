@@ -1,0 +1,219 @@
+"""The JinaBERT model against an independent, straightforward reference of the spec."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from jina_rag import CheckpointError, JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes, load_model
+from jina_rag.loading import read_state_dict
+
+from conftest import write_published_checkpoint
+
+# From the spec: 8 heads: 2^-1 ... 2^-8; 12 heads: those, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5.
+SPEC_SLOPES = {
+    8: [2.0**-k for k in range(1, 9)],
+    12: [2.0**-k for k in range(1, 9)] + [2.0**-0.5, 2.0**-1.5, 2.0**-2.5, 2.0**-3.5],
+}
+
+
+def reference_forward(state: dict, config: dict, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The spec's forward pass written plainly: materialised bias, explicit softmax, fp64."""
+    s = {k.removeprefix("bert."): v.double() for k, v in state.items()}
+    heads, hidden, inter = config["num_attention_heads"], config["hidden_size"], config["intermediate_size"]
+    eps = config["layer_norm_eps"]
+    d = hidden // heads
+    batch, length = input_ids.shape
+
+    def ln(x, name):
+        return F.layer_norm(x, (hidden,), s[f"{name}.weight"], s[f"{name}.bias"], eps)
+
+    def linear(x, name, bias=True):
+        y = x @ s[f"{name}.weight"].T
+        return y + s[f"{name}.bias"] if bias else y
+
+    x = s["embeddings.word_embeddings.weight"][input_ids] + s["embeddings.token_type_embeddings.weight"][0]
+    x = ln(x, "embeddings.LayerNorm")
+    slopes = torch.tensor(SPEC_SLOPES[heads], dtype=torch.float64)
+    pos = torch.arange(length, dtype=torch.float64)
+    alibi = -slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()
+    padding = torch.where(mask.bool(), 0.0, -1e30).double()[:, None, None, :]
+    for i in range(config["num_hidden_layers"]):
+        p = f"encoder.layer.{i}"
+        q, k, v = (linear(x, f"{p}.attention.self.{n}").view(batch, length, heads, d).transpose(1, 2) for n in ("query", "key", "value"))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d) + alibi + padding
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, length, hidden)
+        x = ln(linear(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+        g = linear(x, f"{p}.mlp.gated_layers", bias=False)
+        h = F.gelu(g[..., :inter]) * g[..., inter:]
+        x = ln(linear(h, f"{p}.mlp.wo") + x, f"{p}.mlp.layernorm")
+    m = mask.double()[..., None]
+    return (x * m).sum(1) / m.sum(1)
+
+
+def batch_with_padding(lengths, vocab=30000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(1, vocab, (n,), generator=generator)
+        mask[row, :n] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("heads", [8, 12])
+def test_slopes_follow_the_spec(heads):
+    assert torch.allclose(alibi_slopes(heads), torch.tensor(SPEC_SLOPES[heads]))
+
+
+@pytest.mark.parametrize("heads", [8, 12])
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+@pytest.mark.parametrize("prefix", ["", "bert."])
+def test_published_checkpoint_matches_reference(tmp_path, heads, weights, prefix):
+    folder = write_published_checkpoint(tmp_path / "m", heads=heads, weights=weights, prefix=prefix, hidden_size=96)
+    config = json.loads((folder / "config.json").read_text())
+    model = load_model(folder)
+    ids, mask = batch_with_padding([37, 5, 20])
+    with torch.no_grad():
+        ours = model.pool(ids, mask)
+    expected = reference_forward(read_state_dict(folder), config, ids, mask)
+    assert (ours.double() - expected).abs().max().item() < 1e-5
+
+
+def test_skipped_missing_wrong_shape_and_foreign_keys(tmp_path, caplog):
+    folder = write_published_checkpoint(tmp_path / "m")
+    with caplog.at_level("DEBUG", logger="jina_rag.loading"):
+        load_model(folder)
+    assert "pooler.dense.weight" in caplog.text and "embeddings.position_ids" in caplog.text
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    missing = {k: v for k, v in state.items() if k != "encoder.layer.1.mlp.wo.bias"}
+    save_file(missing, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="encoder.layer.1.mlp.wo.bias"):
+        load_model(folder)
+
+    wrong = dict(state, **{"encoder.layer.0.attention.self.query.weight": torch.zeros(64, 32)})
+    save_file(wrong, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"encoder.layer.0.attention.self.query.weight.*\(64, 32\)"):
+        load_model(folder)
+
+    foreign = dict(state, **{"encoder.layer.0.attention.self.layer_norm_q.weight": torch.ones(64)})
+    save_file(foreign, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="layer_norm_q"):
+        load_model(folder)
+
+
+def test_non_jina_config_is_refused(tmp_path):
+    folder = write_published_checkpoint(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["position_embedding_type"] = "absolute"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="not a JinaBERT config"):
+        load_model(folder)
+
+
+def test_config_round_trip_keeps_published_keys():
+    data = {"hidden_size": 96, "num_attention_heads": 12, "auto_map": {"AutoModel": "x"}, "transformers_version": "4.26.0"}
+    config = JinaBertConfig.from_dict(data)
+    out = config.to_dict()
+    assert out["auto_map"] == {"AutoModel": "x"} and out["transformers_version"] == "4.26.0"
+    assert out["model_type"] == "bert" and out["position_embedding_type"] == "alibi"
+    assert out["feed_forward_type"] == "geglu" and out["emb_pooler"] == "mean"
+    assert JinaBertConfig.from_dict(out).to_dict() == out
+
+
+def test_block_size_and_padding_do_not_change_results(checkpoint):
+    model = load_model(checkpoint)
+    ids, mask = batch_with_padding([61, 17, 40], seed=1)
+    with torch.no_grad():
+        whole = model(ids, mask)
+        model.attention_block_elements = 3 * 8 * 61 * 5  # five query rows per block
+        blocked = model(ids, mask)
+        alone = model(ids[1:2, :17], mask[1:2, :17])
+    assert (whole - blocked).abs().max() < 1e-5
+    assert (whole[1, :17] - alone[0]).abs().max() < 1e-5
+
+
+def test_eager_equals_blockwise(checkpoint):
+    ids, mask = batch_with_padding([50, 33])
+    eager = load_model(checkpoint, attn_implementation="eager")
+    blockwise = load_model(checkpoint, attn_implementation="blockwise", attention_block_elements=4096)
+    with torch.no_grad():
+        assert (eager.pool(ids, mask) - blockwise.pool(ids, mask)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_close_to_fp32(checkpoint, dtype):
+    ids, mask = batch_with_padding([300, 120], seed=2)
+    with torch.no_grad():
+        full = load_model(checkpoint).pool(ids, mask)
+        half = load_model(checkpoint, dtype=dtype).pool(ids, mask)
+    assert half.dtype == torch.float32  # pooling is done in fp32
+    assert F.cosine_similarity(full, half).min() >= 0.999
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any operator allocates."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.largest = max(self.largest, tensor.numel())
+        return out
+
+
+def largest_allocation(model, length):
+    ids, mask = batch_with_padding([length], seed=3)
+    with torch.no_grad(), LargestOutput() as probe:
+        model(ids, mask)
+    return probe.largest
+
+
+def test_attention_memory_is_linear_in_length(checkpoint):
+    blockwise = load_model(checkpoint, attention_block_elements=1 << 18)
+    eager = load_model(checkpoint, attn_implementation="eager")
+    growth = largest_allocation(blockwise, 4096) / largest_allocation(blockwise, 2048)
+    eager_growth = largest_allocation(eager, 4096) / largest_allocation(eager, 2048)
+    assert growth <= 2.1, growth  # O(L): doubling the length at most doubles the largest tensor
+    assert eager_growth >= 3.9, eager_growth  # the materialised bias is O(L^2)
+
+
+def test_dropout_only_in_training(checkpoint):
+    model = load_model(checkpoint)
+    ids, mask = batch_with_padding([30])
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask), model(ids, mask))
+        model.train()
+        assert not torch.allclose(model(ids, mask), model(ids, mask))
+
+
+def test_masked_lm_head_is_tied_and_trains(tmp_path):
+    folder = write_published_checkpoint(tmp_path / "m", with_head=True, prefix="bert.")
+    mlm = load_model(folder, JinaBertForMaskedLM)
+    assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+    ids, mask = batch_with_padding([20, 12])
+    labels = torch.full_like(ids, -100)
+    labels[0, 3] = ids[0, 3]
+    labels[1, 5] = ids[1, 5]
+    mlm.train()
+    loss, logits = mlm(ids, mask, labels=labels)
+    assert logits.shape == (2, 30528) and loss.item() > 0
+    loss.backward()
+    assert mlm.bert.embeddings.word_embeddings.weight.grad is not None
+    # The encoder alone loads from the same MLM checkpoint, skipping the head.
+    encoder = load_model(folder, JinaBertModel)
+    with torch.no_grad():
+        assert torch.allclose(encoder(ids, mask), mlm.eval().bert(ids, mask), atol=1e-6)
