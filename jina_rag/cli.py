@@ -106,13 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             None, lengths, make_encoder=lambda m: encoder_from_args(argparse.Namespace(**{**vars(args), "max_length": m}))
         )
     for model in args.compare or []:
-        name = Path(model).name or model
-        for length in args.compare_max_lengths:
-            encoder = evaluation.SentenceTransformerEncoder(model, max_length=length, device=args.device)
-            retrievers.append(evaluation.DenseRetriever(f"{name} max_length={encoder.max_length}", encoder))
-        if args.chunk_tokens:
-            encoder = evaluation.SentenceTransformerEncoder(model, max_length=args.chunk_tokens, device=args.device)
-            retrievers.append(evaluation.DenseRetriever(f"{name} chunked ({args.chunk_tokens}-token chunks)", encoder, args.chunk_tokens))
+        retrievers += evaluation.comparison_retrievers(model, args.compare_max_lengths, args.chunk_tokens, args.device)
     if not args.no_bm25:
         retrievers.append(evaluation.BM25Retriever())
     if not retrievers:

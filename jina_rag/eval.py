@@ -395,6 +395,22 @@ def jina_retrievers(
     return [DenseRetriever(f"jina max_length={m}", make_encoder(m)) for m in max_lengths]
 
 
+def comparison_retrievers(
+    model: str | Path, max_lengths: Sequence[int | None] = (None, 512), chunk_tokens: int | None = 256, device: str | None = None,
+) -> list[DenseRetriever]:
+    """A sentence-transformers model read whole at each ``max_length`` (None: its own default), and
+    chunked: chunks of ``chunk_tokens`` tokens, the best chunk scoring the document."""
+    name = Path(model).name or str(model)
+    retrievers = []
+    for length in max_lengths:
+        encoder = SentenceTransformerEncoder(model, max_length=length, device=device)
+        retrievers.append(DenseRetriever(f"{name} max_length={encoder.max_length}", encoder))
+    if chunk_tokens:
+        encoder = SentenceTransformerEncoder(model, max_length=chunk_tokens, device=device)
+        retrievers.append(DenseRetriever(f"{name} chunked ({chunk_tokens}-token chunks)", encoder, chunk_tokens))
+    return retrievers
+
+
 def format_table(results: Sequence[Result], metrics: Sequence[str] = METRICS) -> str:
     """A Markdown table: one row per system and data set."""
     lines = ["| data set | system | " + " | ".join(metrics) + " | seconds |",
