@@ -34,7 +34,7 @@ from training.data.extract import Document
 from training.data.narrativeqa import write_narrativeqa
 from training.data.sources import SOURCES, TOOL_PACKAGES, Source, ensure_installed
 from training.data.tasks import (
-    DEEP_START, Tokens, answer_positions, long_retrieval_set, short_retrieval_set, training_pairs,
+    DEEP_START, Tokens, answer_positions, long_retrieval_set, normalize, short_retrieval_set, training_pairs,
 )
 
 logger = logging.getLogger("training.data.build")
@@ -78,7 +78,7 @@ def check_long_set(folder: Path, tokens: Tokens, min_start: int = DEEP_START) ->
     Reads ``corpus.jsonl`` and ``queries.jsonl`` back, re-tokenises each document as the
     evaluation reads it (title, blank line, text) and finds the token where the answering
     section starts. Fails if any answer starts inside the first ``min_start`` tokens, or if the
-    query's heading text appears there.
+    query's words appear there as one phrase (compared lower-cased, punctuation ignored).
     """
     from jina_rag.eval import corpus_text
 
@@ -93,10 +93,10 @@ def check_long_set(folder: Path, tokens: Tokens, min_start: int = DEEP_START) ->
         meta = query["metadata"]
         (start, _), = answer_positions(text, [(meta["answer_char_start"], meta["answer_char_end"])], tokens)
         offsets = tokens.offsets(text)
-        head = text[: offsets[min(min_start, len(offsets)) - 1][1]].lower()
-        words = {w for w in query["text"].lower().split() if len(w) > 3}
-        head_overlap.append(sum(w in head for w in words) / max(1, len(words)))
-        if start < min_start or query["text"].lower() in head:
+        head = f" {normalize(text[: offsets[min(min_start, len(offsets)) - 1][1]])} "
+        words = {w for w in normalize(query["text"]).split() if len(w) > 3}
+        head_overlap.append(sum(f" {w} " in head for w in words) / max(1, len(words)))
+        if start < min_start or f" {normalize(query['text'])} " in head:
             bad.append(query["_id"])
         starts.append(start)
     if bad:
