@@ -91,6 +91,13 @@ def _comma_ints(text: str) -> list[int]:
     return values
 
 
+def _compare_lengths(text: str) -> list[int | None]:
+    return [None if v.strip() == "default" else _comma_ints(v)[0] for v in text.split(",")]
+
+
+DEFAULT_EVAL_LENGTHS = (512, 2048, 8192)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from jina_rag import eval as evaluation
 
@@ -101,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     show_progress = not args.no_progress and sys.stderr.isatty()
     retrievers: list = []
     if not args.no_jina:
-        lengths = args.max_lengths or [args.max_length]
+        lengths = args.max_lengths or ([args.max_length] if args.max_length else list(DEFAULT_EVAL_LENGTHS))
         retrievers += evaluation.jina_retrievers(
             None, lengths, make_encoder=lambda m: encoder_from_args(argparse.Namespace(**{**vars(args), "max_length": m}))
         )
@@ -146,18 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or NarrativeQA folder (documents.csv, qaps.csv, tmp/)")
     evaluate.add_argument("--split", default="test", help="qrels split (BEIR) or set (NarrativeQA); default: test")
     evaluate.add_argument("--stories-dir", default=None, help="NarrativeQA: folder of <document_id>.content files (default: DATASET/tmp)")
-    evaluate.add_argument("--max-lengths", type=_comma_ints, default=None, help="our model's max_length values, e.g. 512,2048,8192 (default: --max-length)")
+    evaluate.add_argument("--max-lengths", type=_comma_ints, default=None, help="our model's max_length values (default: 512,2048,8192, or --max-length when given)")
     evaluate.add_argument("--no-jina", action="store_true", help="skip our model (baselines only)")
     evaluate.add_argument("--compare", action="append", metavar="ST_MODEL", help="a sentence-transformers model folder to compare with (repeatable)")
-    evaluate.add_argument("--compare-max-lengths", type=lambda t: [None if v == "default" else int(v) for v in t.split(",")],
-                          default=[None, 512], help="max_length values for --compare models; 'default' is the model's own (default: default,512)")
+    evaluate.add_argument("--compare-max-lengths", type=_compare_lengths, default=[None, 512],
+                          help="max_length values for --compare models; 'default' is the model's own (default: default,512)")
     evaluate.add_argument("--chunk-tokens", type=int, default=256, help="also run --compare models on chunks of this many tokens, best chunk scores the document (0: off)")
     evaluate.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
     evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate a reproducible sample of this many queries")
     evaluate.add_argument("-o", "--output", metavar="PATH", help="also write the results as JSON")
     add_model_arguments(evaluate)
     # The paper's curve reads each document up to max_length and drops the rest.
-    evaluate.set_defaults(run=cmd_eval, long_text="truncate")
+    evaluate.set_defaults(run=cmd_eval, long_text="truncate", max_length=None)
 
     info = commands.add_parser("info", help="print the model's facts")
     add_model_arguments(info)
