@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from jina_rag.batching import pack_batch, pad_batch, plan_batches
 from jina_rag.loading import load_model, load_tokenizer, resolve_model
+from jina_rag.modeling import segment_mean
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class TorchBackend:
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
         self.packed = flex_attention_available(device) and model.attn_implementation in ("auto", "flex")
+        # One compiled graph per packed-row width fuses LayerNorm, GELU and residual adds.
+        self._compiled_forward = torch.compile(model.forward_packed, dynamic=False) if self.packed else None
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -79,9 +82,22 @@ class TorchBackend:
     def embed(self, sequences: list[list[int]]) -> torch.Tensor:
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
-            return self.model.pool_packed(self._to_device(input_ids), self._to_device(sequence_ids), len(sequences))
+            sequence_ids = self._to_device(sequence_ids)
+            hidden = self._forward_packed(self._to_device(input_ids), sequence_ids)
+            return segment_mean(hidden, sequence_ids, len(sequences))
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         return self.model.pool(self._to_device(input_ids), self._to_device(attention_mask))
+
+
+    def _forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
+        if self._compiled_forward is not None:
+            try:
+                return self._compiled_forward(input_ids, sequence_ids)
+            except Exception as error:  # compilation problems surface at the first call
+                logger.warning("compiling the packed forward failed (%s: %s); running it uncompiled",
+                               type(error).__name__, error)
+                self._compiled_forward = None
+        return self.model.forward_packed(input_ids, sequence_ids)
 
 
 def packed_width(tokens: int, granularity: int = 1024) -> int:
@@ -133,6 +149,21 @@ def window_spans(num_tokens: int, span: int, overlap: int) -> list[tuple[int, in
         if stop == num_tokens:
             return spans
         start += stride
+
+
+@functools.lru_cache(maxsize=8)
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special ids around a single sequence, read off the tokenizer's own template.
+
+    Works for WordPiece and BPE tokenizers alike, and on transformers 4 and 5 (5 dropped
+    ``build_inputs_with_special_tokens`` from its tokenizers).
+    """
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise ValueError("cannot find the special-token template of this tokenizer")
 
 
 @dataclass
@@ -211,8 +242,13 @@ class JinaEncoder:
         """Tokens per text as the model would see it whole, special tokens included."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         _check_texts(texts)
-        specials = self.tokenizer.num_special_tokens_to_add(pair=False)
-        return [len(ids) + specials for ids in self._tokenize(texts)]
+        prefix, suffix = self.special_tokens
+        return [len(prefix) + len(ids) + len(suffix) for ids in self._tokenize(texts)]
+
+    @property
+    def special_tokens(self) -> tuple[list[int], list[int]]:
+        """Ids the tokenizer puts before and after one sequence (``[CLS]``, ``[SEP]`` for BERT)."""
+        return special_tokens(self.tokenizer)
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(
@@ -221,8 +257,8 @@ class JinaEncoder:
         )["input_ids"]
 
     def _segments(self, texts: list[str], policy: LongTextPolicy, first_index: int = 0) -> list[_Segment]:
-        tokenizer = self.tokenizer
-        span = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        prefix, suffix = self.special_tokens
+        span = self.max_length - len(prefix) - len(suffix)
         segments = []
         truncated = 0
         for index, ids in enumerate(self._tokenize(texts), start=first_index):
@@ -236,7 +272,7 @@ class JinaEncoder:
                     truncated += 1
                     ids = ids[:span]
             for start, stop in window_spans(len(ids), span, min(self.window_overlap, span - 1)):
-                segments.append(_Segment(index, tokenizer.build_inputs_with_special_tokens(ids[start:stop])))
+                segments.append(_Segment(index, prefix + ids[start:stop] + suffix))
         if truncated:
             logger.warning(
                 "%d of %d texts were truncated to max_length=%d tokens (long_text='truncate')",

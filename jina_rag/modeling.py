@@ -346,6 +346,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return summed / mask.sum(dim=1).clamp(min=1.0)
 
 
+def segment_mean(hidden: torch.Tensor, sequence_ids: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """Mean of packed token states ``[T, H]`` per sequence id, in fp32; ids >= num_sequences are filler."""
+    ids = sequence_ids.clamp(max=num_sequences)
+    sums = hidden.new_zeros(num_sequences + 1, hidden.shape[-1], dtype=torch.float32)
+    sums.index_add_(0, ids, hidden.to(torch.float32))
+    counts = torch.bincount(ids, minlength=num_sequences + 1).clamp(min=1)
+    return (sums / counts[:, None])[:num_sequences]
+
+
 class JinaBertPreTrainedModel(nn.Module):
     config: JinaBertConfig
 
@@ -447,12 +456,7 @@ class JinaBertModel(JinaBertPreTrainedModel):
 
     def pool_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor, num_sequences: int) -> torch.Tensor:
         """Mean-pooled embeddings ``[num_sequences, H]`` (fp32) of a packed row; ids >= num_sequences are filler."""
-        hidden = self.forward_packed(input_ids, sequence_ids).to(torch.float32)
-        keep = sequence_ids < num_sequences
-        ids = torch.where(keep, sequence_ids, num_sequences)
-        sums = hidden.new_zeros(num_sequences + 1, hidden.shape[-1]).index_add_(0, ids, hidden)
-        counts = torch.bincount(ids, minlength=num_sequences + 1).clamp(min=1)
-        return (sums / counts[:, None])[:num_sequences]
+        return segment_mean(self.forward_packed(input_ids, sequence_ids), sequence_ids, num_sequences)
 
 
 class JinaBertPredictionHead(nn.Module):
