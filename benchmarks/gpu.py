@@ -96,7 +96,7 @@ def sentence_transformers_run(shape: str, folder: Path, texts, budget=BATCH_TOKE
 
 def measure(run, tokens: int, total_flops: float, peak_tflops: float) -> dict:
     peak = peak_memory_during(run, torch.device("cuda"))
-    seconds = timed(run, torch.device("cuda"), min_seconds=2.0, max_runs=10)
+    seconds = timed(run, torch.device("cuda"), min_seconds=1.0, max_runs=5)
     rate = tokens / seconds
     return {"tok_s": rate, "mfu": total_flops / seconds / (peak_tflops * 1e12), "peak_gb": peak / 1e9}
 
