@@ -66,18 +66,34 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient and keeps this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        rank, world_size = world()
+        ctx.rows = (rank * tensor.shape[0], (rank + 1) * tensor.shape[0])
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start, stop = ctx.rows
+        return grad[start:stop]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``tensor`` along dim 0, keeping the autograd graph.
+    """Concatenate every rank's ``tensor`` (same shape on all ranks) along dim 0, keeping the graph.
 
     The backward pass sums the gradients every rank computes for this rank's slice, so a loss
     over the gathered batch sends each embedding the gradient of the global loss.
     """
-    _, world_size = world()
-    if world_size == 1:
+    if world()[1] == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -282,6 +282,24 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def build_trainer(config: RunConfig, env: DistEnv) -> tuple[Trainer, Path | None]:
+    """The stage's trainer, and the checkpoint to resume from (None for a fresh start)."""
+    resume_from = latest_checkpoint(config.output_dir) if config.train.resume else None
+    if resume_from is not None:
+        weights_from = resume_from
+    elif config.model.init_from is not None:
+        weights_from = resolve_init_folder(config.model.init_from)
+    else:
+        weights_from = None
+    if env.is_main:
+        logger.info("stage %s on %s (%d process%s); weights from %s", config.stage, env.device, env.world_size,
+                    "es" if env.world_size > 1 else "", weights_from or "scratch")
+    torch.manual_seed(config.train.seed)
+    module_name, class_name = STAGE_CLASSES[config.stage].rsplit(".", 1)
+    stage = getattr(importlib.import_module(module_name), class_name)(config, env, weights_from)
+    return Trainer(config, env, stage), resume_from
+
+
 def train(config: RunConfig, stop_after: int | None = None) -> Path:
     """Run one stage as its config says (under torchrun: one process of many); return the last checkpoint."""
     env = init_distributed(config.train.device)
@@ -289,19 +307,7 @@ def train(config: RunConfig, stop_after: int | None = None) -> Path:
         if env.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        resume_from = latest_checkpoint(config.output_dir) if config.train.resume else None
-        if resume_from is not None:
-            weights_from = resume_from
-        elif config.model.init_from is not None:
-            weights_from = resolve_init_folder(config.model.init_from)
-        else:
-            weights_from = None
-        if env.is_main:
-            logger.info("stage %s on %s (%d process%s); weights from %s", config.stage, env.device, env.world_size,
-                        "es" if env.world_size > 1 else "", weights_from or "scratch")
-        torch.manual_seed(config.train.seed)
-        module_name, class_name = STAGE_CLASSES[config.stage].rsplit(".", 1)
-        stage = getattr(importlib.import_module(module_name), class_name)(config, env, weights_from)
-        return Trainer(config, env, stage).fit(resume_from, stop_after)
+        trainer, resume_from = build_trainer(config, env)
+        return trainer.fit(resume_from, stop_after)
     finally:
         shutdown()
