@@ -19,7 +19,7 @@ from jina_rag import JinaBertModel, load_model
 from training.__main__ import main as training_main
 from training.distributed import all_reduce_mean, average_gradients, init_distributed
 from training.models import load_tokenizer_folder
-from training.pairs import Tokens, encode_and_backward, info_nce, tokenize
+from training.pairs import BatchTokenizer, Tokens, encode_and_backward, info_nce
 
 QUERIES = ["red cat", "blue dog", "green owl", "black fox", "white cow", "pink pig", "brown bear", "grey wolf"]
 NEGATIVES_PER_QUERY = 2
@@ -28,7 +28,7 @@ NEGATIVES_PER_QUERY = 2
 def loss_and_grads(model, tokenizer, queries, chunk_size, gather):
     positives = [f"a photo of a {q} in a field" for q in queries]
     negatives = [f"a drawing of a {q.split()[1]} number {i}" for q in queries for i in range(NEGATIVES_PER_QUERY)]
-    groups = [tokenize(tokenizer, texts, 32) for texts in (queries, positives, negatives)]
+    groups = [BatchTokenizer(tokenizer, 32)(texts) for texts in (queries, positives, negatives)]
     model.zero_grad(set_to_none=True)
 
     def encode(tokens: Tokens) -> torch.Tensor:

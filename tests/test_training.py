@@ -23,9 +23,9 @@ from training.distributed import init_distributed
 from training.hard_negatives import mine_hard_negatives
 from training.loop import build_trainer, learning_rate_factor
 from training.mine import main as mine_main
-from training.mlm import mask_tokens, masked_batch, pack_documents
+from training.mlm import MaskingVocab, mask_tokens, masked_batch, pack_documents
 from training.models import bert_uncased_tokenizer
-from training.pairs import Tokens, encode_and_backward, info_nce, tokenize
+from training.pairs import BatchTokenizer, Tokens, encode_and_backward, info_nce
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARCHITECTURE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
@@ -275,7 +275,7 @@ def test_symmetric_loss_uses_both_directions():
 def contrastive_groups(tokenizer) -> list[Tokens]:
     queries = [f"{c} {a}" for c, a in zip(COLORS, ANIMALS)]
     positives = [f"a picture of a {c} {a} in the field today" for c, a in zip(COLORS, ANIMALS)]
-    return [tokenize(tokenizer, queries, 16), tokenize(tokenizer, positives, 16)]
+    return [BatchTokenizer(tokenizer, 16)(queries), BatchTokenizer(tokenizer, 16)(positives)]
 
 
 def loss_of(embeddings: list[torch.Tensor]) -> torch.Tensor:
@@ -377,10 +377,17 @@ def test_packing_joins_documents_with_sep_and_pads_the_last_row(tokenizer):
     assert packed.tolist() == expected
 
 
+def test_batch_tokenizer_matches_the_transformers_call(tokenizer):
+    texts = ["a short one", "a much longer text " * 20, "Ünïcode and UPPER case"]
+    expected = tokenizer(texts, max_length=24, truncation=True, padding=True, return_tensors="pt")
+    tokens = BatchTokenizer(tokenizer, 24)(texts)
+    assert torch.equal(tokens.input_ids, expected["input_ids"]) and torch.equal(tokens.attention_mask, expected["attention_mask"])
+
+
 def test_masking_is_30_percent_80_10_10_and_spares_special_tokens(tokenizer):
     ids = torch.randint(1000, 29000, (64, 512), generator=torch.Generator().manual_seed(0))
     ids[:, 0], ids[:, 100], ids[:, -20:] = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-    inputs, labels = mask_tokens(ids, tokenizer, 0.3, torch.Generator().manual_seed(1))
+    inputs, labels = mask_tokens(ids, MaskingVocab.of(tokenizer), 0.3, torch.Generator().manual_seed(1))
     selected = labels != -100
     specials = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
     assert not (selected & specials).any() and torch.equal(inputs[~selected], ids[~selected])
@@ -393,10 +400,11 @@ def test_masking_is_30_percent_80_10_10_and_spares_special_tokens(tokenizer):
 
 def test_masks_depend_on_stream_position_only(tokenizer):
     packed = np.random.default_rng(0).integers(1000, 2000, (10, 32)).astype(np.uint16)
-    one = masked_batch(packed, [3, 5], [40, 41], tokenizer, 0.3, seed=0)
-    other = masked_batch(packed, [7, 5], [12, 41], tokenizer, 0.3, seed=0)
+    vocab = MaskingVocab.of(tokenizer)
+    one = masked_batch(packed, [3, 5], [40, 41], vocab, 0.3, seed=0)
+    other = masked_batch(packed, [7, 5], [12, 41], vocab, 0.3, seed=0)
     assert torch.equal(one["labels"][1], other["labels"][1])
-    assert not torch.equal(one["labels"][1], masked_batch(packed, [5], [42], tokenizer, 0.3, seed=0)["labels"][0])
+    assert not torch.equal(one["labels"][1], masked_batch(packed, [5], [42], vocab, 0.3, seed=0)["labels"][0])
 
 
 def test_learning_rate_schedules():

@@ -167,10 +167,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         return _from_dict(annotation, value, where)
     if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:
+            value = [value]  # one path where a list of paths is expected
         if not isinstance(value, (list, tuple)):
-            value = [value] if origin is list else value
-            if not isinstance(value, list):
-                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         if origin is tuple:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")

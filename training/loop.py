@@ -19,7 +19,8 @@ import math
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,30 @@ class Trainer:
         barrier()
         return metrics
 
+    def _prefetched_batches(self, pool: ThreadPoolExecutor) -> Iterator[Any]:
+        """This rank's micro-batches from the current data position on, one collated ahead.
+
+        Collation (tokenising, masking) runs in a worker thread while the model computes; it
+        uses no global RNG, so prefetching changes nothing a resume must reproduce.
+        """
+        size, world_size, rank, accum = self.config.train.batch_size, self.env.world_size, self.env.rank, self.config.train.grad_accum
+
+        def make(start: int) -> Any:
+            return self.stage.make_batch(self.sampler.indices(start, size), list(range(start, start + size)))
+
+        def starts() -> Iterator[int]:
+            position = self.position
+            while True:
+                for micro in range(accum):
+                    yield position + (micro * world_size + rank) * size
+                position += size * world_size * accum
+
+        upcoming = starts()
+        pending = pool.submit(make, next(upcoming))
+        while True:
+            current, pending = pending, pool.submit(make, next(upcoming))
+            yield current.result()
+
     def fit(self, resume_from: Path | None = None, stop_after: int | None = None) -> Path:
         """Train to ``train.steps`` (or ``stop_after`` more steps); return the last checkpoint."""
         config, env, train = self.config, self.env, self.config.train
@@ -214,49 +239,47 @@ class Trainer:
                 yaml.safe_dump(config.to_dict(), f, sort_keys=False)
         log = MetricsLog(self.output_dir / "metrics.jsonl", self.step if resume_from else None, env.is_main)
         stop_at = train.steps if stop_after is None else min(train.steps, self.step + stop_after)
-        per_micro_batch = train.batch_size
         show = env.is_main and (train.progress if train.progress is not None else sys.stderr.isatty())
-        bar = tqdm(total=train.steps, initial=self.step, desc=self.stage.name, unit="step", disable=not show)
         sums: dict[str, torch.Tensor] = {}
         window_steps, window_start = 0, time.perf_counter()
         last_checkpoint: Path | None = resume_from
-        while self.step < stop_at:
-            self.optimizer.zero_grad(set_to_none=True)
-            lr = self.scheduler.get_last_lr()[0]
-            for micro in range(train.grad_accum):
-                start = self.position + (micro * env.world_size + env.rank) * per_micro_batch
-                positions = list(range(start, start + per_micro_batch))
-                batch = self.stage.make_batch(self.sampler.indices(start, per_micro_batch), positions)
-                for name, value in self.stage.forward_backward(self.context, batch).items():
-                    weight = 1.0 if name in SUMMED_METRICS else self.context.loss_scale
-                    sums[name] = sums.get(name, 0.0) + value.detach().float() * weight
-            average_gradients(self.model)
-            max_norm = config.optim.max_grad_norm
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm is not None else math.inf)
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.detach().float()
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            self.position += per_micro_batch * env.world_size * train.grad_accum
-            window_steps += 1
-            bar.update(1)
-            record: dict[str, Any] = {}
-            if self.step % train.log_every == 0 or self.step == stop_at:
-                record = self._summarise(sums, window_steps, time.perf_counter() - window_start)
-                record["lr"] = lr
-                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-                sums, window_steps, window_start = {}, 0, time.perf_counter()
-            if (train.eval_every and self.step % train.eval_every == 0) or self.step == train.steps:
-                record.update(self._evaluate())
-            if record:
-                record = {"step": self.step, **record}
-                log.write(record)
-                if env.is_main:
-                    logger.info("step %d: %s", self.step, ", ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "step"))
-            every = train.checkpoint_every
-            if (every and self.step % every == 0) or self.step == stop_at:
-                last_checkpoint = self._save()
-        bar.close()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as pool, \
+                tqdm(total=train.steps, initial=self.step, desc=self.stage.name, unit="step", disable=not show) as bar:
+            batches = self._prefetched_batches(pool)
+            while self.step < stop_at:
+                self.optimizer.zero_grad(set_to_none=True)
+                lr = self.scheduler.get_last_lr()[0]
+                for _ in range(train.grad_accum):
+                    for name, value in self.stage.forward_backward(self.context, next(batches)).items():
+                        weight = 1.0 if name in SUMMED_METRICS else self.context.loss_scale
+                        sums[name] = sums.get(name, 0.0) + value.detach().float() * weight
+                average_gradients(self.model)
+                max_norm = config.optim.max_grad_norm
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm is not None else math.inf)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.detach().float()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                self.position += train.batch_size * env.world_size * train.grad_accum
+                window_steps += 1
+                bar.update(1)
+                record: dict[str, Any] = {}
+                if self.step % train.log_every == 0 or self.step == stop_at:
+                    record = self._summarise(sums, window_steps, time.perf_counter() - window_start)
+                    record["lr"] = lr
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                    sums, window_steps, window_start = {}, 0, time.perf_counter()
+                if (train.eval_every and self.step % train.eval_every == 0) or self.step == train.steps:
+                    record.update(self._evaluate())
+                if record:
+                    record = {"step": self.step, **record}
+                    log.write(record)
+                    if env.is_main:
+                        logger.info("step %d: %s", self.step, ", ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "step"))
+                every = train.checkpoint_every
+                if (every and self.step % every == 0) or self.step == stop_at:
+                    last_checkpoint = self._save()
+            batches.close()
         if last_checkpoint is None:
             raise RuntimeError("no checkpoint was written")
         return last_checkpoint

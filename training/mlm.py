@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -88,17 +89,30 @@ def load_packed(paths: list[Path], tokenizer: Any, seq_len: int, cache_dir: Path
     return np.load(cache, mmap_mode="r")
 
 
+@dataclass(frozen=True)
+class MaskingVocab:
+    """What masking needs from the tokenizer, read once (``len(tokenizer)`` alone costs ~20 ms)."""
+
+    special_ids: torch.Tensor
+    mask_id: int
+    pad_id: int
+    size: int  # random replacements are drawn from [0, size)
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> MaskingVocab:
+        return cls(torch.tensor(tokenizer.all_special_ids), tokenizer.mask_token_id, tokenizer.pad_token_id, len(tokenizer))
+
+
 def mask_tokens(
-    input_ids: torch.Tensor, tokenizer: Any, mask_prob: float, generator: torch.Generator
+    input_ids: torch.Tensor, vocab: MaskingVocab, mask_prob: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of one or more sequences: ``(inputs, labels)``, labels -100 where not selected."""
-    special = torch.tensor(tokenizer.all_special_ids)
-    candidates = ~torch.isin(input_ids, special)
+    candidates = ~torch.isin(input_ids, vocab.special_ids)
     selected = (torch.rand(input_ids.shape, generator=generator) < mask_prob) & candidates
     action = torch.rand(input_ids.shape, generator=generator)
-    random_tokens = torch.randint(len(tokenizer), input_ids.shape, generator=generator)
+    random_tokens = torch.randint(vocab.size, input_ids.shape, generator=generator)
     inputs = input_ids.clone()
-    inputs[selected & (action < 0.8)] = tokenizer.mask_token_id
+    inputs[selected & (action < 0.8)] = vocab.mask_id
     replace = selected & (action >= 0.8) & (action < 0.9)
     inputs[replace] = random_tokens[replace]
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
@@ -109,12 +123,15 @@ def _sequence_generator(seed: int, position: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + position) % (2**63))
 
 
-def masked_batch(packed: np.ndarray, rows: list[int], positions: list[int], tokenizer: Any, mask_prob: float, seed: int) -> dict[str, torch.Tensor]:
+def masked_batch(
+    packed: np.ndarray, rows: list[int], positions: list[int], vocab: MaskingVocab, mask_prob: float, seed: int
+) -> dict[str, torch.Tensor]:
+    """Rows of ``packed``, each masked by a generator seeded from ``seed`` and its stream position."""
     input_ids = torch.from_numpy(np.asarray(packed[rows], dtype=np.int64))
-    masked, labels = zip(*(mask_tokens(row, tokenizer, mask_prob, _sequence_generator(seed, p)) for row, p in zip(input_ids, positions)))
+    masked, labels = zip(*(mask_tokens(row, vocab, mask_prob, _sequence_generator(seed, p)) for row, p in zip(input_ids, positions)))
     return {
         "input_ids": torch.stack(masked),
-        "attention_mask": (input_ids != tokenizer.pad_token_id).long(),
+        "attention_mask": (input_ids != vocab.pad_id).long(),
         "labels": torch.stack(labels),
     }
 
@@ -131,7 +148,7 @@ def mlm_metrics(model: nn.Module | Any, batch: dict[str, torch.Tensor]) -> tuple
 def evaluate_mlm(
     model: JinaBertForMaskedLM,
     packed_by_length: dict[int, np.ndarray],
-    tokenizer: Any,
+    vocab: MaskingVocab,
     *,
     mask_prob: float = 0.3,
     batch_tokens: int = 16384,
@@ -146,7 +163,7 @@ def evaluate_mlm(
         loss_sum = 0.0
         for start in range(0, len(packed), batch_size):
             rows = list(range(start, min(len(packed), start + batch_size)))
-            batch = {k: v.to(device) for k, v in masked_batch(packed, rows, rows, tokenizer, mask_prob, seed=0).items()}
+            batch = {k: v.to(device) for k, v in masked_batch(packed, rows, rows, vocab, mask_prob, seed=0).items()}
             with autocast() if autocast else torch.autocast(device.type, enabled=False):
                 loss, batch_correct, batch_masked = mlm_metrics(model, batch)
             correct += int(batch_correct)
@@ -164,6 +181,7 @@ class MLMStage(Stage):
         self.config = config
         self.tokenizer = load_stage_tokenizer(config.model, weights_from)
         self.model = build_model(config.model, JinaBertForMaskedLM, weights_from, self.tokenizer)
+        self.vocab = MaskingVocab.of(self.tokenizer)
         cache_dir = Path(config.output_dir) / "cache"
         mlm = config.mlm
         self.packed = load_packed(expand_paths(config.data.train, "data.train"), self.tokenizer, mlm.seq_len, cache_dir, env)
@@ -181,7 +199,7 @@ class MLMStage(Stage):
         return len(self.packed)
 
     def make_batch(self, indices: list[int], positions: list[int]) -> dict[str, torch.Tensor]:
-        return masked_batch(self.packed, indices, positions, self.tokenizer, self.config.mlm.mask_prob, self.config.train.seed)
+        return masked_batch(self.packed, indices, positions, self.vocab, self.config.mlm.mask_prob, self.config.train.seed)
 
     def forward_backward(self, step: StepContext, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = {k: v.to(step.device, non_blocking=True) for k, v in batch.items()}
@@ -199,6 +217,6 @@ class MLMStage(Stage):
             return {}
         mlm = self.config.mlm
         return evaluate_mlm(
-            self.model, self.eval_packed, self.tokenizer, mask_prob=mlm.mask_prob,
+            self.model, self.eval_packed, self.vocab, mask_prob=mlm.mask_prob,
             batch_tokens=mlm.eval_batch_tokens, autocast=step.autocast,
         )

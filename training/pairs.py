@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -197,9 +198,26 @@ def encode_and_backward(
     return loss.detach()
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> Tokens:
-    encoded = tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt", return_token_type_ids=False)
-    return Tokens(encoded["input_ids"], encoded["attention_mask"])
+class BatchTokenizer:
+    """A tokenizer's Rust backend, fixed to truncate at ``max_length`` and pad to the longest row.
+
+    Gives what ``tokenizer(texts, max_length=..., truncation=True, padding=True)`` gives, without
+    the Python wrapper's per-token overhead (most of the time at 512 pairs), and, since its
+    settings never change, it may be used from several threads at once.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.enable_truncation(max_length)
+        self.backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
+
+    def __call__(self, texts: list[str]) -> Tokens:
+        encodings = self.backend.encode_batch(texts)
+        input_ids = torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64))
+        attention_mask = torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64))
+        return Tokens(input_ids, attention_mask)
 
 
 def read_pairs(paths: list[Path], num_negatives: int = 0) -> list[ContrastiveExample]:
@@ -241,6 +259,8 @@ class PairsStage(Stage):
         if global_batch > len(self.examples):
             logger.warning("the global batch (%d) is larger than the data (%d pairs): pairs repeat within a batch", global_batch, len(self.examples))
         self.terms = self.loss_terms()
+        self.tokenize_queries = BatchTokenizer(self.tokenizer, self.settings.query_max_length)
+        self.tokenize_passages = BatchTokenizer(self.tokenizer, self.settings.passage_max_length)
 
     def loss_terms(self) -> dict[str, tuple[float, LossTerm]]:
         """Named ``(weight, term)`` pairs whose weighted sum is the loss."""
@@ -251,13 +271,12 @@ class PairsStage(Stage):
         return len(self.examples)
 
     def batch_of(self, examples: list[ContrastiveExample]) -> ContrastiveBatch:
-        settings = self.settings
         negatives = [n for e in examples for n in e.negatives]
         return ContrastiveBatch(
             examples,
-            tokenize(self.tokenizer, [e.query for e in examples], settings.query_max_length),
-            tokenize(self.tokenizer, [e.positive for e in examples], settings.passage_max_length),
-            tokenize(self.tokenizer, negatives, settings.passage_max_length) if negatives else None,
+            self.tokenize_queries([e.query for e in examples]),
+            self.tokenize_passages([e.positive for e in examples]),
+            self.tokenize_passages(negatives) if negatives else None,
         )
 
     def make_batch(self, indices: list[int], positions: list[int]) -> ContrastiveBatch:
