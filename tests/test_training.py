@@ -437,3 +437,48 @@ def test_bad_training_rows_name_file_and_line(tmp_path, checkpoint):
     config = run_config(tmp_path, "bad", stage="pairs", model={"init_from": str(checkpoint)}, data={"train": [str(data)]})
     with pytest.raises(DataError, match=r"pairs.jsonl:2: field 'positive' must be a non-empty string"):
         run(config)
+
+
+# --- CUDA (run on the GPU machine: python -m pytest -m gpu tests/test_training.py) ---------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_grad_cache_replays_cuda_dropout_masks(checkpoint, tokenizer):
+    model = load_model(checkpoint, device="cuda").train()
+    groups = [g.to(torch.device("cuda")) for g in contrastive_groups(tokenizer)]
+
+    def encode(tokens):
+        return model.pool(tokens.input_ids, tokens.attention_mask)
+
+    torch.manual_seed(7)
+    reference = loss_of([torch.cat([encode(chunk) for chunk in group.chunks(3)]) for group in groups])
+    reference.backward()
+    reference_grads = gradients(model)
+    torch.manual_seed(7)
+    cached = encode_and_backward(encode, groups, loss_of, chunk_size=3, device=torch.device("cuda"))
+    assert torch.isclose(reference, cached, rtol=1e-4)
+    assert_same_gradients(reference_grads, gradients(model))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_stages_run_in_bf16_on_cuda(tmp_path, data_dir, tokenizer):
+    mlm = run_config(
+        tmp_path, "mlm", stage="mlm",
+        model={"architecture": {**TINY_ARCHITECTURE, "hidden_size": 64}, "attn_implementation": "flex"},
+        data={"train": [str(data_dir / "mlm.jsonl")], "eval": [str(data_dir / "mlm-eval.txt")]},
+        train={"device": "cuda", "precision": "bf16"}, mlm={"seq_len": 128, "eval_lengths": [128, 512]},
+    )
+    run(mlm)
+    assert_learns(mlm["output_dir"], margin=1.0)
+    pairs = run_config(
+        tmp_path, "pairs", stage="pairs", model={"init_from": mlm["output_dir"]},
+        data={"train": [str(data_dir / "pairs.jsonl")]}, train={"device": "cuda", "precision": "bf16"},
+        contrastive={"chunk_size": 4, "query_max_length": 16, "passage_max_length": 16, "temperature": 0.1},
+    )
+    trainer, checkpoint = run(pairs)
+    assert_learns(pairs["output_dir"], margin=0.3)
+    assert_checkpoint_matches_memory(checkpoint, trainer.model.float().cpu(), tokenizer)
