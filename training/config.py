@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-Stage = Literal["mlm", "pairs", "hard_negatives"]
-STAGES: tuple[str, ...] = typing.get_args(Stage)
+StageName = Literal["mlm", "pairs", "hard_negatives"]
+STAGES: tuple[str, ...] = typing.get_args(StageName)
 
 
 class ConfigError(ValueError):
@@ -103,7 +103,7 @@ class ContrastiveConfig:
 
 @dataclass
 class RunConfig:
-    stage: Stage
+    stage: StageName
     output_dir: str
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -122,6 +122,9 @@ class RunConfig:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if getattr(train, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(train, name)}")
+        for name in ("eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(train, name) is not None and getattr(train, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1 (or null), got {getattr(train, name)}")
         if self.optim.warmup_steps >= train.steps:
             raise ConfigError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below train.steps ({train.steps})")
         if self.stage == "mlm":
