@@ -30,10 +30,6 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group torchrun describes in the environment (NCCL on CUDA, else gloo)."""

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from jina_rag.cli import add_model_arguments, encoder_from_args
 from training.checkpoint import resolve_init_folder
-from training.data import expand_paths, read_documents, read_jsonl, require_text
+from training.data import expand_paths, read_documents
 from training.hard_negatives import mine_hard_negatives
+from training.pairs import read_pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.model is not None and Path(args.model).is_dir():
             args.model = str(resolve_init_folder(args.model))
-        pairs = []
-        for path in expand_paths(args.pairs, "--pairs"):
-            for number, row in read_jsonl(path):
-                where = f"{path}:{number}"
-                pairs.append((require_text(row, "query", where), require_text(row, "positive", where)))
+        pairs = [(e.query, e.positive) for e in read_pairs(expand_paths(args.pairs, "--pairs"))]
         corpus = list(read_documents(expand_paths(args.corpus, "--corpus"))) if args.corpus else []
         rows = mine_hard_negatives(
             encoder_from_args(args), pairs, corpus, num_negatives=args.num_negatives, skip_top=args.skip_top,
