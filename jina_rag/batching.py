@@ -7,24 +7,28 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Group sequence indices, longest first, so ``len(batch) * longest`` stays within ``batch_tokens``.
+def plan_batches(lengths: Sequence[int], batch_tokens: int, *, packed: bool = False) -> list[list[int]]:
+    """Group sequence indices, longest first, so a batch's cost stays within ``batch_tokens``.
 
-    A sequence longer than the budget gets a batch of its own. Sorting keeps padding small, so
-    one 8192-token document and a thousand short ones share neither padding nor memory.
+    The cost of a padded batch is ``len(batch) * longest``; of a packed one (sequences back to
+    back in one row), the sum of lengths. A sequence longer than the budget gets a batch of its
+    own. Sorting keeps padding small, so one 8192-token document and a thousand short ones share
+    neither padding nor memory.
     """
     if batch_tokens <= 0:
         raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
+    used = 0
     for index in order:
         # The first sequence of a batch is its longest, so it sets the padded width.
-        width = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * width > batch_tokens:
+        cost = lengths[index] if packed else (lengths[current[0]] if current else lengths[index])
+        if current and (used + cost if packed else (len(current) + 1) * cost) > batch_tokens:
             batches.append(current)
-            current = []
+            current, used = [], 0
         current.append(index)
+        used += cost
     if current:
         batches.append(current)
     return batches
@@ -39,3 +43,22 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
         input_ids[row, : len(sequence)] = sequence
         attention_mask[row, : len(sequence)] = 1
     return input_ids, attention_mask
+
+
+def pack_batch(sequences: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pack sequences back to back into one row of ``width`` tokens: ``(input_ids, sequence_ids)``.
+
+    Filler after the last sequence gets ids from ``len(sequences)`` up, one per 128 tokens (the
+    attention kernels' block), so it attends only to small blocks of itself and costs little.
+    """
+    total = sum(len(s) for s in sequences)
+    if total > width:
+        raise ValueError(f"{total} tokens do not fit a packed row of {width}")
+    input_ids = np.full(width, pad_id, dtype=np.int64)
+    sequence_ids = len(sequences) + np.arange(width, dtype=np.int64) // 128
+    start = 0
+    for index, sequence in enumerate(sequences):
+        input_ids[start : start + len(sequence)] = sequence
+        sequence_ids[start : start + len(sequence)] = index
+        start += len(sequence)
+    return input_ids, sequence_ids

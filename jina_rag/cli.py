@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
+from jina_rag.index import STORES, DocumentIndex, IndexingError, read_documents, read_records_file
 from jina_rag.loading import MODEL_ENV_VAR
 
 logger = logging.getLogger("jina_rag.cli")
@@ -128,6 +130,66 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("\nnDCG@10 against max_length: " + "  ".join(f"{r.system.split('=')[1]}: {r.metrics['ndcg@10']:.4f}" for r in jina))
     if args.output:
         evaluation.write_results(results, args.output)
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options naming the vector store and collection (``index`` and ``search``)."""
+    group = parser.add_argument_group("store")
+    group.add_argument("--store", choices=STORES, required=True, help="vector store")
+    group.add_argument(
+        "--location", required=True,
+        help="qdrant: :memory:, a folder or an http(s):// URL; chroma: a folder or http(s)://host:port",
+    )
+    group.add_argument("--collection", required=True, help="collection name")
+    group.add_argument("--api-key", default=None, help="server API key (default: $QDRANT_API_KEY or $CHROMA_API_KEY)")
+
+
+def _open_index(args: argparse.Namespace, index_fields: Sequence[str] = ()) -> DocumentIndex:
+    api_key = args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY")
+    return DocumentIndex.open(
+        args.store, args.location, args.collection, encoder=encoder_from_args(args), api_key=api_key,
+        index_fields=index_fields, batch_tokens=args.batch_tokens,
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    if not args.paths and not args.records:
+        raise ValueError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
+    suffixes = {s if s.startswith(".") else f".{s}" for s in args.suffix} if args.suffix else None
+    documents = list(read_documents(args.paths, root=args.root, **({"suffixes": suffixes} if suffixes else {})))
+    for records in args.records or []:
+        documents.extend(read_records_file(records))
+    with _open_index(args, args.index_field or ()) as index:
+        try:
+            report = index.index(
+                documents, batch_docs=args.batch_docs, retries=args.retries,
+                show_progress=False if args.no_progress else None,
+            )
+        except IndexingError as error:
+            print(f"jina-rag index: error: {error}", file=sys.stderr)
+            return 1
+    print(report.summary())
+    return 0
+
+
+def _parse_filter(items: Sequence[str]) -> dict[str, list[str | int]]:
+    conditions: dict[str, list[str | int]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--filter {item!r}: use KEY=VALUE (repeat a key to match any of several values)")
+        # Digits become integers so they match numeric metadata.
+        conditions.setdefault(key, []).append(int(value) if value.lstrip("-").isdigit() else value)
+    return conditions
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    with _open_index(args) as index:
+        hits = index.search(args.query, limit=args.limit, filter=_parse_filter(args.filter or []))
+    for rank, hit in enumerate(hits, start=1):
+        if args.json:
+            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata, "text": hit.text}))
+        else:
+            preview = " ".join(hit.text.split())[: args.preview]
+            print(f"{rank:>3}  {hit.score:.4f}  {hit.id}\n     {preview}")
     return 0
 
 
@@ -169,6 +231,28 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print the model's facts")
     add_model_arguments(info)
     info.set_defaults(run=cmd_info)
+
+    index = commands.add_parser("index", help="index whole documents (one vector each) into Qdrant or Chroma")
+    index.add_argument("paths", nargs="*", metavar="PATH", help="text files or folders (id = path relative to the folder)")
+    index.add_argument("--records", action="append", metavar="FILE.jsonl", help='JSON lines {"id", "text", "metadata"} (repeatable)')
+    index.add_argument("--root", default=None, help="make every id relative to this folder")
+    index.add_argument("--suffix", action="append", metavar=".EXT", help="file types to read (repeatable; default: common text types)")
+    index.add_argument("--batch-docs", type=int, default=32, help="documents per write batch (default: 32)")
+    index.add_argument("--retries", type=int, default=3, help="retries per write batch (default: 3)")
+    index.add_argument("--index-field", action="append", metavar="KEY", help="metadata key to give a payload index on a Qdrant server")
+    add_store_arguments(index)
+    add_model_arguments(index)
+    index.set_defaults(run=cmd_index)
+
+    search = commands.add_parser("search", help="search an indexed collection")
+    search.add_argument("query", help="the query text")
+    search.add_argument("--limit", type=int, default=5, help="results (default: 5)")
+    search.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata filter (repeatable; all keys must match)")
+    search.add_argument("--json", action="store_true", help="print JSON lines")
+    search.add_argument("--preview", type=int, default=200, help="characters of text to show (default: 200)")
+    add_store_arguments(search)
+    add_model_arguments(search)
+    search.set_defaults(run=cmd_search)
     return parser
 
 

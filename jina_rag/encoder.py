@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from jina_rag.batching import pad_batch, plan_batches
+from jina_rag.batching import pack_batch, pad_batch, plan_batches
 from jina_rag.loading import load_model, load_tokenizer, resolve_model
+from jina_rag.modeling import segment_mean
 
 logger = logging.getLogger(__name__)
 
 LongTextPolicy = Literal["windows", "truncate", "error"]
 LONG_TEXT_POLICIES = ("windows", "truncate", "error")
 DEFAULT_BATCH_TOKENS = 16384
+TOKENIZE_CHUNK_TEXTS = 1024
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -41,28 +43,69 @@ class TextTooLongError(ValueError):
 
 
 class Backend(Protocol):
-    """Runs the model: padded token ids in, mean-pooled fp32 vectors out."""
+    """Runs the model: token id sequences in, mean-pooled fp32 vectors out (a device tensor or array)."""
 
     dim: int
     max_positions: int
+    packed: bool  # whether batches are packed rows (cost = sum of lengths) or padded
 
-    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+    def embed(self, sequences: list[list[int]]) -> torch.Tensor | np.ndarray: ...
 
 
 class TorchBackend:
-    """The PyTorch model on one device and dtype."""
+    """The PyTorch model on one device and dtype.
 
-    def __init__(self, model: Any, device: torch.device) -> None:
+    On CUDA with FlexAttention, batches are packed into one row without padding and the row
+    width is rounded up to a few fixed buckets, so compiled kernels are reused; results stay on
+    the device until the caller collects them, so the hot loop has no host-device sync.
+    """
+
+    def __init__(self, model: Any, device: torch.device, pad_id: int = 0) -> None:
+        from jina_rag.modeling import flex_attention_available
+
         self.model = model
         self.device = device
+        self.pad_id = pad_id
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
+        self.packed = flex_attention_available(device) and model.attn_implementation in ("auto", "flex")
+        # One compiled graph per packed-row width fuses LayerNorm, GELU and residual adds.
+        self._compiled_forward = torch.compile(model.forward_packed, dynamic=False) if self.packed else None
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
-        mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-        return self.model.pool(ids, mask).cpu().numpy()
+    def embed(self, sequences: list[list[int]]) -> torch.Tensor:
+        if self.packed:
+            input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
+            sequence_ids = self._to_device(sequence_ids)
+            hidden = self._forward_packed(self._to_device(input_ids), sequence_ids)
+            return segment_mean(hidden, sequence_ids, len(sequences))
+        input_ids, attention_mask = pad_batch(sequences, self.pad_id)
+        return self.model.pool(self._to_device(input_ids), self._to_device(attention_mask))
+
+
+    def _forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
+        if self._compiled_forward is not None:
+            try:
+                return self._compiled_forward(input_ids, sequence_ids)
+            except Exception as error:  # compilation problems surface at the first call
+                logger.warning("compiling the packed forward failed (%s: %s); running it uncompiled",
+                               type(error).__name__, error)
+                self._compiled_forward = None
+        return self.model.forward_packed(input_ids, sequence_ids)
+
+
+def packed_width(tokens: int, granularity: int = 1024) -> int:
+    """Round a packed row up to a power of two (at least ``granularity``): few shapes to compile."""
+    width = granularity
+    while width < tokens:
+        width *= 2
+    return width
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -89,7 +132,8 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, 
     """Load tokenizer and model once per (folder, device, dtype): adapters share one instance."""
     logger.info("loading %s on %s (%s)", folder, device, dtype)
     model = load_model(folder, dtype=dtype, device=device)
-    return load_tokenizer(folder), TorchBackend(model, device)
+    tokenizer = load_tokenizer(folder)
+    return tokenizer, TorchBackend(model, device, tokenizer.pad_token_id or 0)
 
 
 def window_spans(num_tokens: int, span: int, overlap: int) -> list[tuple[int, int]]:
@@ -105,6 +149,21 @@ def window_spans(num_tokens: int, span: int, overlap: int) -> list[tuple[int, in
         if stop == num_tokens:
             return spans
         start += stride
+
+
+@functools.lru_cache(maxsize=8)
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special ids around a single sequence, read off the tokenizer's own template.
+
+    Works for WordPiece and BPE tokenizers alike, and on transformers 4 and 5 (5 dropped
+    ``build_inputs_with_special_tokens`` from its tokenizers).
+    """
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise ValueError("cannot find the special-token template of this tokenizer")
 
 
 @dataclass
@@ -183,8 +242,13 @@ class JinaEncoder:
         """Tokens per text as the model would see it whole, special tokens included."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         _check_texts(texts)
-        specials = self.tokenizer.num_special_tokens_to_add(pair=False)
-        return [len(ids) + specials for ids in self._tokenize(texts)]
+        prefix, suffix = self.special_tokens
+        return [len(prefix) + len(ids) + len(suffix) for ids in self._tokenize(texts)]
+
+    @property
+    def special_tokens(self) -> tuple[list[int], list[int]]:
+        """Ids the tokenizer puts before and after one sequence (``[CLS]``, ``[SEP]`` for BERT)."""
+        return special_tokens(self.tokenizer)
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(
@@ -192,12 +256,12 @@ class JinaEncoder:
             return_token_type_ids=False, verbose=False,
         )["input_ids"]
 
-    def _segments(self, texts: list[str], policy: LongTextPolicy) -> list[_Segment]:
-        tokenizer = self.tokenizer
-        span = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    def _segments(self, texts: list[str], policy: LongTextPolicy, first_index: int = 0) -> list[_Segment]:
+        prefix, suffix = self.special_tokens
+        span = self.max_length - len(prefix) - len(suffix)
         segments = []
         truncated = 0
-        for index, ids in enumerate(self._tokenize(texts)):
+        for index, ids in enumerate(self._tokenize(texts), start=first_index):
             if len(ids) > span:
                 if policy == "error":
                     raise TextTooLongError(
@@ -208,7 +272,7 @@ class JinaEncoder:
                     truncated += 1
                     ids = ids[:span]
             for start, stop in window_spans(len(ids), span, min(self.window_overlap, span - 1)):
-                segments.append(_Segment(index, tokenizer.build_inputs_with_special_tokens(ids[start:stop])))
+                segments.append(_Segment(index, prefix + ids[start:stop] + suffix))
         if truncated:
             logger.warning(
                 "%d of %d texts were truncated to max_length=%d tokens (long_text='truncate')",
@@ -250,18 +314,26 @@ class JinaEncoder:
     def _encode(
         self, texts: list[str], policy: LongTextPolicy, batch_tokens: int, normalize: bool, show_progress: bool | None
     ) -> np.ndarray:
-        segments = self._segments(texts, policy)
-        lengths = [len(s.input_ids) for s in segments]
-        batches = plan_batches(lengths, batch_tokens)
+        backend = self.backend
         if show_progress is None:
-            show_progress = len(batches) > 1 and sys.stderr.isatty()
-        pad_id = self.tokenizer.pad_token_id or 0
+            show_progress = len(texts) > TOKENIZE_CHUNK_TEXTS // 8 and sys.stderr.isatty()
+        segments: list[_Segment] = []
+        parts, order = [], []
+        with tqdm(total=len(texts), unit="text", desc="encoding", disable=not show_progress) as bar:
+            # Tokenising chunk by chunk overlaps it with the device working on the previous chunk:
+            # launches are asynchronous and results are collected only at the end.
+            for first in range(0, len(texts), TOKENIZE_CHUNK_TEXTS):
+                chunk = self._segments(texts[first : first + TOKENIZE_CHUNK_TEXTS], policy, first)
+                lengths = [len(s.input_ids) for s in chunk]
+                for batch in plan_batches(lengths, batch_tokens, packed=backend.packed):
+                    parts.append(backend.embed([chunk[i].input_ids for i in batch]))
+                    order.extend(len(segments) + i for i in batch)
+                segments.extend(chunk)
+                bar.update(min(TOKENIZE_CHUNK_TEXTS, len(texts) - first))
+                bar.set_postfix(tokens=sum(len(s.input_ids) for s in segments), refresh=False)
+        lengths = [len(s.input_ids) for s in segments]
         pooled = np.empty((len(segments), self.dim), dtype=np.float32)
-        with tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="encoding", disable=not show_progress) as bar:
-            for batch in batches:
-                input_ids, attention_mask = pad_batch([segments[i].input_ids for i in batch], pad_id)
-                pooled[batch] = self.backend.embed(input_ids, attention_mask)
-                bar.update(sum(lengths[i] for i in batch))
+        pooled[order] = _to_numpy(parts)
         # Windows of one text are averaged, weighted by their token counts.
         owners = np.array([s.text_index for s in segments])
         weights = np.array(lengths, dtype=np.float32)
@@ -298,3 +370,10 @@ def _check_texts(texts: list[Any]) -> None:
             raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: pass strings only")
         if not text.strip():
             raise ValueError(f"texts[{index}] is empty or whitespace only: remove it or give it text")
+
+
+def _to_numpy(parts: list[torch.Tensor | np.ndarray]) -> np.ndarray:
+    """Concatenate batch results; device tensors are copied to the host once, at the end."""
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts).float().cpu().numpy()
+    return np.concatenate(parts).astype(np.float32, copy=False)

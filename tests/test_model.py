@@ -217,3 +217,15 @@ def test_masked_lm_head_is_tied_and_trains(tmp_path):
     encoder = load_model(folder, JinaBertModel)
     with torch.no_grad():
         assert torch.allclose(encoder(ids, mask), mlm.eval().bert(ids, mask), atol=1e-6)
+
+
+def test_packed_row_equals_sequences_run_alone(checkpoint):
+    model = load_model(checkpoint)
+    lengths = [40, 7, 19]
+    ids, mask = batch_with_padding(lengths, seed=4)
+    packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths)] + [torch.zeros(6, dtype=torch.long)])
+    sequence_ids = torch.tensor(sum(([i] * n for i, n in enumerate(lengths)), []) + [3] * 6)
+    with torch.no_grad():
+        expected = model.pool(ids, mask)
+        got = model.pool_packed(packed, sequence_ids, len(lengths))
+    assert (expected - got).abs().max() < 1e-5

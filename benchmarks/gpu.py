@@ -1,0 +1,165 @@
+"""GPU throughput, MFU and peak memory: our packed FlexAttention path vs what users run today.
+
+One table from one run, for the base and small shapes (random weights: speed only), bf16:
+  (a) ours: packed rows without padding, ALiBi inside FlexAttention (``JinaEncoder``'s CUDA path),
+      from token ids, and end to end from text (tokenisation included) for the mixed corpus;
+  (b) SDPA with a materialised [B, heads, L, L] bias over length-sorted, padded batches
+      (how the published remote code runs);
+  (c) sentence-transformers with a standard BERT of the same size (512 max), from text,
+      on the texts it can take (L <= 512).
+MFU = forward FLOPs per real token, 2·(4H² + 3·I·H)·layers + 4·L·H·layers, × tokens/s ÷ the
+bf16 matmul peak measured in this run.
+
+    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    SHAPES, device_name, lognormal_lengths, matmul_peak_tflops, peak_memory_during, random_model_folder,
+    texts_of_lengths, timed,
+)
+
+from jina_rag import JinaEncoder, load_model  # noqa: E402
+from jina_rag.batching import pad_batch, plan_batches  # noqa: E402
+
+BATCH_TOKENS = 65536
+
+
+def flops(config, lengths) -> float:
+    """Forward FLOPs of a set of sequences (real tokens only)."""
+    return float(sum(n * config.flops_per_token(n) for n in lengths))
+
+
+def ours_from_ids(encoder: JinaEncoder, sequences, budget=BATCH_TOKENS):
+    backend = encoder.backend
+    batches = plan_batches([len(s) for s in sequences], budget, packed=True)
+
+    def run():
+        outs = [backend.embed([sequences[i] for i in b]) for b in batches]
+        torch.cat(outs).cpu()
+
+    return run
+
+
+def sdpa_padded(model, sequences, budget=BATCH_TOKENS):
+    batches = plan_batches([len(s) for s in sequences], budget)
+    tensors = []
+    for b in batches:
+        ids, mask = pad_batch([sequences[i] for i in b], 0)
+        tensors.append((torch.from_numpy(ids).cuda(), torch.from_numpy(mask).cuda()))
+
+    def run():
+        with torch.inference_mode():
+            torch.cat([model.pool(ids, mask) for ids, mask in tensors]).cpu()
+
+    return run
+
+
+def sentence_transformers_run(shape: str, folder: Path, texts, budget=BATCH_TOKENS):
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    bert_dir = folder / "bert"
+    if not (bert_dir / "config.json").is_file():
+        s = SHAPES[shape]
+        config = BertConfig(
+            hidden_size=s["hidden_size"], num_hidden_layers=s["num_hidden_layers"],
+            num_attention_heads=s["num_attention_heads"], intermediate_size=s["intermediate_size"],
+            max_position_embeddings=512, vocab_size=30522,
+        )
+        BertModel(config).save_pretrained(bert_dir)
+        from common import tokenizer
+
+        tokenizer().save_pretrained(str(bert_dir))
+    transformer = models.Transformer(str(bert_dir), max_seq_length=512, model_args={"attn_implementation": "sdpa"})
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[transformer, pooling], device="cuda").to(torch.bfloat16)
+    longest = max(len(t.split()) + 2 for t in texts)
+    batch_size = max(1, budget // min(512, longest))
+
+    def run():
+        model.encode(texts, batch_size=batch_size, convert_to_numpy=True)
+
+    return run
+
+
+def measure(run, tokens: int, total_flops: float, peak_tflops: float) -> dict:
+    peak = peak_memory_during(run, torch.device("cuda"))
+    seconds = timed(run, torch.device("cuda"), min_seconds=1.0, max_runs=5)
+    rate = tokens / seconds
+    return {"tok_s": rate, "mfu": total_flops / seconds / (peak_tflops * 1e12), "peak_gb": peak / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="base,small")
+    parser.add_argument("--lengths", default="128,512,2048,8192")
+    parser.add_argument("--docs", type=int, default=3000, help="documents in the mixed-length corpus")
+    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    peak_tflops = matmul_peak_tflops(device)
+    skip = set(args.skip.split(","))
+    rows = []
+    work = Path(tempfile.mkdtemp())
+    for shape in args.shapes.split(","):
+        folder = random_model_folder(shape, work / shape)
+        encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16")
+        config = encoder.backend.model.config
+        reference = load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="blockwise",
+                               attention_block_elements=1 << 62)
+        cases = [(f"L={n}", [n] * max(1, 2 * BATCH_TOKENS // n)) for n in map(int, filter(None, args.lengths.split(",")))]
+        cases.append((f"mixed ({args.docs} docs)", lognormal_lengths(args.docs)))
+        for name, lengths in cases:
+            texts = texts_of_lengths(lengths)
+            sequences = encoder.tokenizer(texts, verbose=False)["input_ids"]
+            real = [len(s) for s in sequences]
+            tokens, total = sum(real), flops(config, real)
+            row = {"shape": shape, "case": name, "tokens": tokens}
+            row["a"] = measure(ours_from_ids(encoder, sequences), tokens, total, peak_tflops)
+            if name.startswith("mixed"):
+                row["a_text"] = measure(lambda: encoder.encode(texts, batch_tokens=BATCH_TOKENS, show_progress=False),
+                                        tokens, total, peak_tflops)
+            if "b" not in skip:
+                try:
+                    row["b"] = measure(sdpa_padded(reference, sequences), tokens, total, peak_tflops)
+                except torch.OutOfMemoryError:
+                    row["b"] = None
+                torch.cuda.empty_cache()
+            if "c" not in skip and max(real) <= 512:
+                row["c"] = measure(sentence_transformers_run(shape, work / shape, texts), tokens, total, peak_tflops)
+            rows.append(row)
+            print(row, flush=True)
+
+    print()
+    print(f"# GPU benchmark, {device_name(device)}, {datetime.date.today()}, torch {torch.__version__}, "
+          f"bf16 matmul peak {peak_tflops:.0f} TFLOP/s (measured)")
+    print("| shape | case | tokens | (a) ours tok/s | MFU | peak GB | (b) SDPA+bias tok/s | MFU | peak GB "
+          "| a/b speed | a/b memory | (c) ST BERT tok/s | MFU | a/c |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        a, b, c = r["a"], r.get("b"), r.get("c")
+        cells = [r["shape"], r["case"], f"{r['tokens']:,}", f"{a['tok_s']:,.0f}", f"{a['mfu']:.0%}", f"{a['peak_gb']:.2f}"]
+        cells += [f"{b['tok_s']:,.0f}", f"{b['mfu']:.0%}", f"{b['peak_gb']:.2f}", f"{a['tok_s'] / b['tok_s']:.2f}x",
+                  f"{a['peak_gb'] / b['peak_gb']:.2f}x"] if b else ["OOM/skipped", "", "", "", ""]
+        cells += [f"{c['tok_s']:,.0f}", f"{c['mfu']:.0%}", f"{a['tok_s'] / c['tok_s']:.2f}x"] if c else ["n/a", "", ""]
+        print("| " + " | ".join(cells) + " |")
+        if "a_text" in r:
+            t = r["a_text"]
+            print(f"| {r['shape']} | {r['case']}, ours from text (tokenisation included) | | {t['tok_s']:,.0f} | "
+                  f"{t['mfu']:.0%} | {t['peak_gb']:.2f} | | | | | | | | |")
+
+
+if __name__ == "__main__":
+    main()

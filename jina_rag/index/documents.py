@@ -1,0 +1,169 @@
+"""Documents to index: text files under a root (id = path relative to it) or records (id, text, metadata)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdx", ".rst", ".org", ".adoc", ".asciidoc", ".tex"})
+# Stored beside the user's metadata (Chroma's metadata is flat), so users may not use them.
+RESERVED_METADATA_KEYS = frozenset({"doc_id", "content_hash"})
+# A fixed namespace makes point ids a pure function of the document id, on every machine and run.
+POINT_NAMESPACE = uuid.UUID("4f6b1c52-2a8e-5d0b-9c1e-6a3f0e7d9b21")
+
+
+def point_id(doc_id: str) -> str:
+    """The store's id for a document's point: a UUID5 of the document id (stable across runs)."""
+    return str(uuid.uuid5(POINT_NAMESPACE, doc_id))
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document to index as one vector: a unique ``id``, its ``text`` and JSON ``metadata``."""
+
+    id: str
+    text: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        """SHA-256 of text and metadata: equal hashes mean the stored point is up to date."""
+        canonical = json.dumps({"text": self.text, "metadata": self.metadata}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def read_documents(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    suffixes: Iterable[str] = TEXT_SUFFIXES,
+) -> Iterator[Document]:
+    """Yield one document per text file, with id = path relative to the indexed root.
+
+    A folder is walked recursively (hidden entries skipped) and is its own root; a file's root is
+    its folder. ``root`` makes every id relative to one folder instead. In folders, files of other
+    types are skipped (and counted in the log); a file named explicitly must be a supported type.
+    """
+    suffixes = frozenset(s.lower() for s in suffixes)
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(path)
+        if path.is_dir():
+            files, skipped = _walk(path, suffixes)
+            if skipped:
+                logger.warning(
+                    "skipped %d files of unsupported types under %s (%s); supported: %s",
+                    sum(skipped.values()), path, ", ".join(f"{s or 'no suffix'}: {n}" for s, n in skipped.most_common()),
+                    " ".join(sorted(suffixes)),
+                )
+            base = path
+        elif path.is_file():
+            if path.suffix.lower() not in suffixes:
+                raise ValueError(
+                    f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; supported are "
+                    f"{' '.join(sorted(suffixes))}. Convert it to text first, or pass it as a record."
+                )
+            files, base = [path], path.parent
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        for file in files:
+            yield _read_file(file, Path(root) if root is not None else base)
+
+
+def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[str]]:
+    files, skipped = [], Counter()
+    for directory, subdirectories, names in os.walk(folder):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            file = Path(directory) / name
+            if file.suffix.lower() in suffixes:
+                files.append(file)
+            else:
+                skipped[file.suffix.lower()] += 1
+    return files, skipped
+
+
+def _read_file(file: Path, root: Path) -> Document:
+    try:
+        relative = file.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"{file} is not inside the root {root}: pass a root that contains every path") from None
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): convert it to UTF-8") from None
+    return Document(relative, text, {"path": relative, "file_type": file.suffix.lower().lstrip(".")})
+
+
+def documents_from_records(records: Iterable[Document | Mapping[str, Any] | Sequence[Any]]) -> Iterator[Document]:
+    """Documents from ``Document``s, ``{"id", "text", "metadata"}`` mappings or ``(id, text[, metadata])`` tuples."""
+    for number, record in enumerate(records):
+        if isinstance(record, Document):
+            yield record
+            continue
+        if isinstance(record, Mapping):
+            doc_id, text, metadata = record.get("id"), record.get("text"), record.get("metadata") or {}
+        elif isinstance(record, Sequence) and not isinstance(record, str) and len(record) in (2, 3):
+            doc_id, text, metadata = record[0], record[1], record[2] if len(record) == 3 else {}
+        else:
+            raise TypeError(
+                f"record {number} is a {type(record).__name__}: pass Document, a mapping with 'id', 'text' "
+                f"and optional 'metadata', or an (id, text[, metadata]) tuple"
+            )
+        if doc_id is None or doc_id == "":
+            raise ValueError(f"record {number} has no id: every document needs a unique, non-empty 'id'")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            raise TypeError(f"record {number}: id {doc_id!r} is a {type(doc_id).__name__}; use a string")
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"record {number} ({doc_id}): metadata must be a mapping, not {type(metadata).__name__}")
+        yield Document(str(doc_id), text, dict(metadata))
+
+
+def read_records_file(path: str | os.PathLike[str]) -> Iterator[Document]:
+    """Documents from a JSON Lines file, one ``{"id", "text", "metadata"}`` object per line."""
+    path = Path(path)
+
+    def records() -> Iterator[Any]:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+
+    yield from documents_from_records(records())
+
+
+def validate_documents(documents: Iterable[Document]) -> list[Document]:
+    """Check every document before anything is encoded or written, so bad input never half-lands."""
+    checked: list[Document] = []
+    seen: set[str] = set()
+    for document in documents:
+        where = f"document {document.id!r}"
+        if document.id in seen:
+            raise ValueError(f"{where} appears twice: document ids must be unique within one run")
+        seen.add(document.id)
+        if not isinstance(document.text, str):
+            raise TypeError(f"{where}: text is a {type(document.text).__name__}, not str")
+        if not document.text.strip():
+            raise ValueError(f"{where} is empty or whitespace only: remove it or give it text")
+        reserved = RESERVED_METADATA_KEYS.intersection(document.metadata)
+        if reserved:
+            raise ValueError(f"{where}: metadata key(s) {', '.join(sorted(reserved))} are reserved for the index; rename them")
+        try:
+            json.dumps(dict(document.metadata))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{where}: metadata must be JSON-serialisable ({error})") from None
+        checked.append(document)
+    return checked

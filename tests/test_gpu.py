@@ -1,0 +1,73 @@
+"""The CUDA path (FlexAttention, packed rows, bf16/fp16) against the fp32 reference path.
+
+Marked ``gpu``: skipped in CI, run on the GPU machine with ``pytest -m gpu``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jina_rag import JinaEncoder, load_model
+
+from conftest import write_published_checkpoint
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+
+@pytest.fixture(scope="module")
+def base_like(tmp_path_factory):
+    return write_published_checkpoint(
+        tmp_path_factory.mktemp("gpu") / "m", heads=12, hidden_size=768, intermediate_size=3072, num_hidden_layers=2
+    )
+
+
+def random_batch(lengths, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(1000, 30000, (n,), generator=generator)
+        mask[row, :n] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_flex_padded_matches_fp32_reference(base_like, dtype):
+    ids, mask = random_batch([4096, 1000, 37])
+    reference = load_model(base_like, attn_implementation="blockwise", device="cuda")
+    flex = load_model(base_like, attn_implementation="flex", device="cuda", dtype=dtype)
+    with torch.no_grad():
+        expected = reference.pool(ids.cuda(), mask.cuda())
+        got = flex.pool(ids.cuda(), mask.cuda())
+    assert F.cosine_similarity(expected, got).min() >= 0.999
+    if dtype == torch.float32:
+        assert (expected - got).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_flex_packed_matches_fp32_reference(base_like, dtype):
+    lengths = [8192, 300, 5, 2000]
+    reference = load_model(base_like, attn_implementation="blockwise", device="cuda")
+    flex = load_model(base_like, attn_implementation="flex", device="cuda", dtype=dtype)
+    ids, mask = random_batch(lengths)
+    packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths)] + [torch.zeros(16384 - sum(lengths), dtype=torch.long)])
+    sequence_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
+    sequence_ids = torch.cat([sequence_ids, len(lengths) + torch.arange(16384 - sum(lengths)) // 128])
+    with torch.no_grad():
+        expected = reference.pool(ids.cuda(), mask.cuda())
+        got = flex.pool_packed(packed.cuda(), sequence_ids.cuda(), len(lengths))
+    assert F.cosine_similarity(expected, got).min() >= 0.999
+
+
+def test_encoder_on_cuda_matches_cpu(base_like):
+    texts = ["short text"] + [" ".join(["word"] * n) for n in (50, 700, 3000)]
+    cpu = JinaEncoder.from_pretrained(base_like, device="cpu").encode(texts)
+    gpu = JinaEncoder.from_pretrained(base_like, device="cuda", dtype="bf16").encode(texts, batch_tokens=4096)
+    cosine = (cpu * gpu).sum(axis=1)
+    assert np.all(cosine >= 0.999), cosine

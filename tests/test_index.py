@@ -1,0 +1,342 @@
+"""Whole-document indexing on real stores: Qdrant (:memory:, a folder, $QDRANT_URL) and Chroma (embedded, a server).
+
+The model has random weights, so retrieval is asserted only for exact-duplicate queries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from jina_rag import TextTooLongError
+from jina_rag.cli import main as cli_main
+from jina_rag.index import (
+    CollectionMismatchError,
+    Document,
+    DocumentIndex,
+    IndexingError,
+    documents_from_records,
+    open_store,
+    point_id,
+    read_documents,
+    read_records_file,
+)
+
+from conftest import ChromaServer
+
+TOPICS = {
+    "astronomy.md": ("astronomy", "Telescopes collect light from distant galaxies and nebulae; astronomers measure redshift."),
+    "baking.md": ("cooking", "Knead the dough, let the yeast rise overnight, then bake the bread in a hot oven."),
+    "sailing.txt": ("sport", "The crew trims the mainsail and tacks the sloop upwind across the harbour."),
+    "taxes.md": ("finance", "File the annual return before April and keep receipts for deductible expenses."),
+    "volcanoes.rst": ("geology", "Magma rises through the crust and erupts as lava from the volcano's vent."),
+    "chess.txt": ("games", "Open with the king's pawn, develop knights before bishops and castle early."),
+}
+
+
+def corpus() -> list[Document]:
+    return [Document(name, text, {"topic": topic}) for name, (topic, text) in TOPICS.items()]
+
+
+@dataclass
+class StoreSpec:
+    kind: str
+    location: str
+    collection: str
+
+    def open(self, encoder, **kwargs) -> DocumentIndex:
+        return DocumentIndex(open_store(self.kind, self.location, self.collection, **kwargs), encoder)
+
+
+STORE_KINDS = ["qdrant-memory", "qdrant-path", "chroma-embedded", "chroma-server"]
+if os.environ.get("QDRANT_URL"):
+    STORE_KINDS.append("qdrant-server")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request, tmp_path):
+    collection = f"test-{uuid.uuid4().hex[:12]}"
+    kind = request.param
+    if kind == "qdrant-memory":
+        # :memory: lives in one client, so reopening gives an empty store; tests reuse the index instead.
+        yield StoreSpec("qdrant", ":memory:", collection)
+    elif kind == "qdrant-path":
+        yield StoreSpec("qdrant", str(tmp_path / "qdrant"), collection)
+    elif kind == "qdrant-server":
+        yield StoreSpec("qdrant", os.environ["QDRANT_URL"], collection)
+        from qdrant_client import QdrantClient
+
+        client = QdrantClient(url=os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"))
+        for name in (collection, f"{collection}-other"):
+            client.delete_collection(name)
+    elif kind == "chroma-embedded":
+        yield StoreSpec("chroma", str(tmp_path / "chroma"), collection)
+    else:
+        yield StoreSpec("chroma", request.getfixturevalue("chroma_server").url, collection)
+
+
+# -- reading documents ---------------------------------------------------------------------------
+
+
+def test_files_get_relative_path_ids_and_unsupported_types_are_skipped_in_folders(tmp_path, caplog):
+    (tmp_path / "notes" / "deep").mkdir(parents=True)
+    (tmp_path / "notes" / "a.md").write_text("alpha")
+    (tmp_path / "notes" / "deep" / "b.txt").write_text("beta")
+    (tmp_path / "notes" / "deep" / "scan.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "notes" / ".hidden.md").write_text("hidden")
+    (tmp_path / "notes" / ".git").mkdir()
+    (tmp_path / "notes" / ".git" / "HEAD.txt").write_text("ref")
+    with caplog.at_level(logging.WARNING):
+        docs = list(read_documents(tmp_path / "notes"))
+    assert [d.id for d in docs] == ["a.md", "deep/b.txt"]
+    assert docs[1].text == "beta" and docs[1].metadata == {"path": "deep/b.txt", "file_type": "txt"}
+    assert "skipped 1 files of unsupported types" in caplog.text and ".pdf" in caplog.text
+    # A file's root is its folder; an explicit root makes ids relative to it.
+    assert [d.id for d in read_documents([tmp_path / "notes" / "deep" / "b.txt"])] == ["b.txt"]
+    assert [d.id for d in read_documents([tmp_path / "notes"], root=tmp_path)] == ["notes/a.md", "notes/deep/b.txt"]
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "scan.pdf").write_bytes(b"%PDF-1.4")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.pdf'.*supported are .*\.md"):
+        list(read_documents(tmp_path / "scan.pdf"))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8 text"):
+        list(read_documents(tmp_path / "latin1.txt"))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        list(read_documents(tmp_path / "missing"))
+    (tmp_path / "a.md").write_text("a")
+    with pytest.raises(ValueError, match="not inside the root"):
+        list(read_documents(tmp_path / "a.md", root=tmp_path / "elsewhere"))
+
+
+def test_records_in_every_form_and_missing_ids(tmp_path):
+    records = [
+        Document("d1", "one"),
+        {"id": "d2", "text": "two", "metadata": {"lang": "en"}},
+        ("d3", "three"),
+        ("d4", "four", {"n": 4}),
+        {"id": 5, "text": "five"},
+    ]
+    docs = list(documents_from_records(records))
+    assert [(d.id, d.text, dict(d.metadata)) for d in docs] == [
+        ("d1", "one", {}), ("d2", "two", {"lang": "en"}), ("d3", "three", {}), ("d4", "four", {"n": 4}), ("5", "five", {}),
+    ]
+    for record in ({"text": "no id"}, {"id": "", "text": "empty id"}, (None, "none id")):
+        with pytest.raises(ValueError, match="record 1 has no id"):
+            list(documents_from_records([("ok", "fine"), record]))
+    with pytest.raises(TypeError, match="record 0"):
+        list(documents_from_records(["just a string"]))
+    jsonl = tmp_path / "records.jsonl"
+    jsonl.write_text('{"id": "x", "text": "ex", "metadata": {"k": 1}}\n\n{"text": "no id"}\n')
+    with pytest.raises(ValueError, match="record 1 has no id"):
+        list(read_records_file(jsonl))
+
+
+def test_point_ids_are_uuid5_of_the_document_id():
+    assert point_id("notes/a.md") == point_id("notes/a.md") == str(uuid.UUID(point_id("notes/a.md")))
+    assert uuid.UUID(point_id("notes/a.md")).version == 5
+    assert point_id("notes/a.md") != point_id("notes/b.md")
+
+
+@pytest.mark.parametrize(
+    ("records", "error", "message"),
+    [
+        ([("a", "fine"), ("b", "   \n")], ValueError, "document 'b' is empty"),
+        ([("a", "fine"), ("a", "again")], ValueError, "document 'a' appears twice"),
+        ([("a", "fine", {"doc_id": "x"})], ValueError, "reserved for the index"),
+        ([("a", "fine", {"when": object()})], TypeError, "JSON-serialisable"),
+        ([{"text": "no id"}], ValueError, "record 0 has no id"),
+    ],
+)
+def test_bad_documents_stop_the_run_before_anything_is_written(encoder, records, error, message):
+    index = StoreSpec("qdrant", ":memory:", "bad").open(encoder)
+    with pytest.raises(error, match=message):
+        index.index(records)
+    assert not index.store.client.collection_exists("bad")
+
+
+# -- indexing on every store -----------------------------------------------------------------------
+
+
+def test_reindexing_is_idempotent_and_changed_documents_replace_their_point(store, encoder):
+    docs = corpus()
+    with store.open(encoder) as index:
+        first = index.index(docs, batch_docs=2, show_progress=False)
+        assert sorted(first.indexed) == sorted(d.id for d in docs) and first.tokens > 0
+        assert index.count() == len(docs)
+        second = index.index(docs, batch_docs=2)
+        assert second.indexed == [] and sorted(second.skipped) == sorted(d.id for d in docs)
+        assert second.tokens == 0  # nothing was encoded
+        assert index.count() == len(docs)
+
+        changed_text = "Orbital mechanics: a probe slingshots around Jupiter to reach the outer planets."
+        docs[0] = Document(docs[0].id, changed_text, docs[0].metadata)
+        docs[3] = Document(docs[3].id, docs[3].text, {"topic": "accounting"})
+        third = index.index(docs, batch_docs=2)
+        assert sorted(third.indexed) == sorted([docs[0].id, docs[3].id]) and len(third.skipped) == 4
+        assert index.count() == len(docs)
+        top = index.search(changed_text, limit=1)[0]
+        assert (top.id, top.text, top.metadata) == (docs[0].id, changed_text, {"topic": "astronomy"})
+        assert top.score == pytest.approx(1.0, abs=1e-4)
+        assert index.search(docs[3].text, limit=1)[0].metadata == {"topic": "accounting"}
+
+
+def test_exact_duplicate_queries_rank_their_document_first_and_filters_hold(store, encoder):
+    docs = corpus()
+    with store.open(encoder) as index:
+        index.index(docs, batch_docs=4)
+        for doc in docs:
+            hits = index.search(doc.text, limit=3)
+            assert hits[0].id == doc.id and hits[0].text == doc.text
+            assert hits[0].score == pytest.approx(1.0, abs=1e-4) and hits[0].score > hits[1].score
+        hits = index.search(docs[0].text, limit=10, filter={"topic": "cooking"})
+        assert [h.id for h in hits] == ["baking.md"]
+        hits = index.search(docs[0].text, limit=10, filter={"topic": ["sport", "games", "astronomy"]})
+        assert [h.id for h in hits][0] == "astronomy.md" and sorted(h.id for h in hits) == ["astronomy.md", "chess.txt", "sailing.txt"]
+        assert index.search(docs[0].text, limit=10, filter={"topic": "no such topic"}) == []
+
+
+def test_documents_persist_for_a_new_client_and_can_be_deleted(store, encoder):
+    if store.location == ":memory:":
+        pytest.skip(":memory: does not outlive its client")
+    docs = corpus()
+    with store.open(encoder) as index:
+        index.index(docs)
+    with store.open(encoder) as index:
+        assert index.count() == len(docs)
+        assert sorted(index.index(docs).skipped) == sorted(d.id for d in docs)
+        index.delete(["chess.txt", "taxes.md"])
+        assert index.count() == len(docs) - 2
+        assert all(hit.id not in ("chess.txt", "taxes.md") for hit in index.search(docs[-1].text, limit=10))
+
+
+def test_a_long_document_is_one_point_with_the_encoders_windowed_vector(store, encoder):
+    long_text = " ".join(f"paragraph {i} of a long report on tidal energy and coastal engineering." for i in range(60))
+    assert encoder.count_tokens(long_text)[0] > 4 * encoder.max_length
+    with store.open(encoder) as index:
+        index.index([("report", long_text), ("note", "a short note")])
+        assert index.count() == 2
+        hit = index.search(long_text, limit=1)[0]
+        assert hit.id == "report" and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_existing_collection_of_another_dimension_or_distance_is_refused_untouched(store, encoder):
+    other = f"{store.collection}-other"
+    with store.open(encoder) as index:
+        client = index.store.client
+        if store.kind == "qdrant":
+            from qdrant_client import models
+
+            from jina_rag.index.qdrant import QdrantStore
+
+            client.create_collection(store.collection, vectors_config=models.VectorParams(size=32, distance=models.Distance.COSINE))
+            client.upsert(store.collection, [models.PointStruct(id=1, vector=[0.1] * 32)])
+            client.create_collection(other, vectors_config=models.VectorParams(size=encoder.dim, distance=models.Distance.EUCLID))
+            other_index = DocumentIndex(QdrantStore(client, other), encoder)
+        else:
+            from jina_rag.index.chroma import ChromaStore
+
+            client.create_collection(store.collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+            client.get_collection(store.collection).add(ids=["x"], embeddings=[[0.1] * 32])
+            client.create_collection(other, configuration={"hnsw": {"space": "l2"}}, embedding_function=None)
+            other_index = DocumentIndex(ChromaStore(client, other), encoder)
+        with pytest.raises(CollectionMismatchError, match=rf"32-dimensional.*{encoder.dim}-dimensional.*not changed"):
+            index.index(corpus())
+        assert index.count() == 1
+        with pytest.raises(CollectionMismatchError, match="(?i)euclid|'l2'"):
+            other_index.index(corpus())
+        assert other_index.count() == 0
+
+
+def test_long_text_error_policy_refuses_before_writing(encoder, checkpoint):
+    from jina_rag import JinaEncoder
+
+    strict = JinaEncoder.from_pretrained(checkpoint, device="cpu", max_length=128, long_text="error")
+    index = StoreSpec("qdrant", ":memory:", "strict").open(strict)
+    with pytest.raises(TextTooLongError, match="document 'long'.*long_text='windows'"):
+        index.index([("short", "fine"), ("long", "word " * 400)])
+    assert index.count() == 0
+
+
+# -- the fault: the server dies right after the first acknowledged batch ---------------------------
+
+
+def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding(tmp_path, encoder):
+    server = ChromaServer(tmp_path / "db").start()
+    try:
+        docs = corpus()
+        spec = StoreSpec("chroma", server.url, "fault")
+        acknowledged: list[tuple[str, ...]] = []
+
+        def kill_after_first_batch(batch) -> None:
+            acknowledged.append(batch.doc_ids)
+            if batch.index == 0:
+                server.kill()
+
+        with pytest.raises(IndexingError) as failure:
+            spec.open(encoder).index(docs, batch_docs=2, retries=1, retry_delay=0.05, on_batch=kill_after_first_batch)
+        landed = set(acknowledged[0])
+        missing = sorted(d.id for d in docs if d.id not in landed)
+        assert len(acknowledged) == 1 and len(landed) == 2
+        assert sorted(failure.value.failed_ids) == missing
+        assert failure.value.report.indexed == list(acknowledged[0])
+        for doc_id in missing:
+            assert doc_id in str(failure.value)
+        assert "Run the same indexing again" in str(failure.value)
+
+        server.start()
+        with spec.open(encoder) as index:
+            rerun = index.index(docs, batch_docs=2, retries=1, retry_delay=0.05)
+            assert sorted(rerun.skipped) == sorted(landed)  # not re-encoded
+            assert sorted(rerun.indexed) == missing
+            assert rerun.tokens == sum(encoder.count_tokens([d.text for d in docs if d.id in missing]))
+            assert index.count() == len(docs)
+            stored = index.store.client.get_collection("fault").get(include=["metadatas"])
+            assert sorted(stored["ids"]) == sorted(point_id(d.id) for d in docs)
+            assert sorted(m["doc_id"] for m in stored["metadatas"]) == sorted(d.id for d in docs)
+    finally:
+        server.stop()
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "chroma"])
+def test_cli_index_then_search(tmp_path, checkpoint, capsys, kind):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, (topic, text) in TOPICS.items():
+        (folder / name).write_text(text)
+    store = ["--store", kind, "--location", str(tmp_path / kind), "--collection", "cli"]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    assert cli_main(["index", str(folder), *store, *model, "--batch-docs", "4"]) == 0
+    assert "6 indexed, 0 unchanged" in capsys.readouterr().out
+    assert cli_main(["index", str(folder), *store, *model]) == 0
+    assert "0 indexed, 6 unchanged" in capsys.readouterr().out
+
+    query = TOPICS["sailing.txt"][1]
+    assert cli_main(["search", query, *store, *model, "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "1" and lines[0].split()[2] == "sailing.txt"
+    assert cli_main(["search", query, *store, *model, "--json", "--filter", "file_type=md", "--filter", "file_type=rst"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 4 and all(h["metadata"]["file_type"] in ("md", "rst") for h in hits)
+
+
+def test_cli_reports_bad_input_clearly(tmp_path, checkpoint, capsys):
+    (tmp_path / "scan.pdf").write_bytes(b"%PDF")
+    store = ["--store", "qdrant", "--location", str(tmp_path / "q"), "--collection", "cli"]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128"]
+    assert cli_main(["index", str(tmp_path / "scan.pdf"), *store, *model]) == 2
+    assert "unsupported file type '.pdf'" in capsys.readouterr().err
+    assert cli_main(["index", *store, *model]) == 2
+    assert "nothing to index" in capsys.readouterr().err
+    assert cli_main(["search", "anything", *store, *model]) == 2
+    assert "does not exist: index documents into it first" in capsys.readouterr().err
