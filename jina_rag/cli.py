@@ -130,6 +130,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("\nnDCG@10 against max_length: " + "  ".join(f"{r.system.split('=')[1]}: {r.metrics['ndcg@10']:.4f}" for r in jina))
     if args.output:
         evaluation.write_results(results, args.output)
+    return 0
+
+
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     """Options naming the vector store and collection (``index`` and ``search``)."""
     group = parser.add_argument_group("store")
