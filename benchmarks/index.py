@@ -4,7 +4,7 @@ One run, one table: tokens/s of ``JinaEncoder.encode`` over the corpus, and of
 ``DocumentIndex.index`` (validation, hashing, stored-hash lookup, token counting, encoding, upserts)
 into Qdrant ``:memory:`` and embedded Chroma, each as a ratio to raw encoding; plus the time a
 re-run over the unchanged corpus takes (everything skipped, nothing encoded). Modes are
-interleaved over the repeats so machine load hits all alike; the table shows medians. On a shared
+interleaved (in rotating order) over the repeats so machine load hits all alike; the table shows medians. On a shared
 machine the ratio is noisy, so each indexing run also times its own ``encode`` calls: the share
 of its time spent outside them is the indexing overhead, measured within one run.
 
@@ -81,13 +81,17 @@ def main() -> None:
 
     seconds: dict[str, list[float]] = {"raw": [], "qdrant": [], "chroma": [], "qdrant rerun": [], "chroma rerun": []}
     overhead: dict[str, list[float]] = {"qdrant": [], "chroma": []}
+    modes = ["raw", "qdrant", "chroma"]
     for repeat in range(args.repeats):
-        seconds["raw"].append(raw())
-        for kind, location in (("qdrant", ":memory:"), ("chroma", str(work / f"chroma-{repeat}"))):
-            first, outside, rerun = index_into(kind, location, f"bench-{uuid.uuid4().hex[:8]}")
-            seconds[kind].append(first)
-            overhead[kind].append(outside)
-            seconds[f"{kind} rerun"].append(rerun)
+        for mode in modes[repeat % 3 :] + modes[: repeat % 3]:  # rotated, so no mode always runs first
+            if mode == "raw":
+                seconds["raw"].append(raw())
+                continue
+            location = ":memory:" if mode == "qdrant" else str(work / f"chroma-{repeat}")
+            first, outside, rerun = index_into(mode, location, f"bench-{uuid.uuid4().hex[:8]}")
+            seconds[mode].append(first)
+            overhead[mode].append(outside)
+            seconds[f"{mode} rerun"].append(rerun)
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()), file=sys.stderr)
 
     median = {k: statistics.median(v) for k, v in seconds.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from jina_rag.index import (
     read_records_file,
 )
 
-from conftest import ChromaServer
+from conftest import ChromaServer, free_port
 
 TOPICS = {
     "astronomy.md": ("astronomy", "Telescopes collect light from distant galaxies and nebulae; astronomers measure redshift."),
@@ -265,6 +266,19 @@ def test_long_text_error_policy_refuses_before_writing(encoder, checkpoint):
     assert index.count() == 0
 
 
+def test_progress_bars_count_documents_and_tokens_and_can_be_hidden(encoder, capsys):
+    docs = corpus()
+    tokens = sum(encoder.count_tokens([d.text for d in docs]))
+    with StoreSpec("qdrant", ":memory:", "progress").open(encoder) as index:
+        index.index(docs[:2], show_progress=False)
+        assert capsys.readouterr().err == ""
+        index.index(docs, batch_docs=2, show_progress=True)
+        bars = capsys.readouterr().err
+    rest = tokens - sum(encoder.count_tokens([d.text for d in docs[:2]]))
+    assert "documents: 100%" in bars and "6/6" in bars
+    assert re.search(rf"tokens: 100%.* {rest}(\.0)?/{rest}(\.0)? ", bars)  # tqdm scales units: 77.0/77.0
+
+
 # -- the fault: the server dies right after the first acknowledged batch ---------------------------
 
 
@@ -340,3 +354,7 @@ def test_cli_reports_bad_input_clearly(tmp_path, checkpoint, capsys):
     assert "nothing to index" in capsys.readouterr().err
     assert cli_main(["search", "anything", *store, *model]) == 2
     assert "does not exist: index documents into it first" in capsys.readouterr().err
+    nobody = f"http://127.0.0.1:{free_port()}"
+    for kind, message in (("qdrant", "cannot reach the Qdrant server"), ("chroma", "Could not connect to a Chroma server")):
+        assert cli_main(["search", "anything", "--store", kind, "--location", nobody, "--collection", "c", *model]) == 2
+        assert message in capsys.readouterr().err

@@ -2,9 +2,9 @@
 
 Data flows one way: documents → validation → content hashes → lookup of stored hashes (unchanged
 documents are skipped before any encoding) → token counts → write batches of similar length →
-encode → upsert with bounded retries → ``on_batch`` hook. Stores sit behind :class:`DocumentStore`,
-so encoding and writing stay separable (several passage vectors per document, or encoding spread
-over workers, only change what produces the :class:`Point`\\ s).
+encode → upsert with bounded retries → ``on_batch`` hook. Stores sit behind :class:`DocumentStore`
+and take :class:`Point` objects, so whatever produces the points (one vector per document here;
+passage vectors, or encoding spread over workers, later) writes through the same stores.
 """
 
 from __future__ import annotations
