@@ -319,6 +319,28 @@ def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding
         server.stop()
 
 
+def test_a_batch_retried_while_the_server_restarts_lands(tmp_path, encoder, caplog):
+    import threading
+
+    server = ChromaServer(tmp_path / "db").start()
+    restarted = threading.Thread(target=server.start)
+    try:
+        def kill_and_restart(batch) -> None:
+            if batch.index == 0:
+                server.kill()
+                restarted.start()  # comes back while the next batch is being retried
+
+        with StoreSpec("chroma", server.url, "retry").open(encoder) as index, caplog.at_level(logging.WARNING):
+            report = index.index(corpus(), batch_docs=2, retries=8, retry_delay=0.1, on_batch=kill_and_restart)
+            assert sorted(report.indexed) == sorted(d.id for d in corpus()) and report.failed == []
+            assert index.count() == len(TOPICS)
+        assert "retry 1 of 8" in caplog.text
+    finally:
+        if restarted.is_alive():
+            restarted.join()
+        server.stop()
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
