@@ -50,9 +50,10 @@ class StoreSpec:
     kind: str
     location: str
     collection: str
+    api_key: str | None = None
 
-    def open(self, encoder, **kwargs) -> DocumentIndex:
-        return DocumentIndex(open_store(self.kind, self.location, self.collection, **kwargs), encoder)
+    def open(self, encoder) -> DocumentIndex:
+        return DocumentIndex(open_store(self.kind, self.location, self.collection, api_key=self.api_key), encoder)
 
 
 STORE_KINDS = ["qdrant-memory", "qdrant-path", "chroma-embedded", "chroma-server"]
@@ -70,7 +71,7 @@ def store(request, tmp_path):
     elif kind == "qdrant-path":
         yield StoreSpec("qdrant", str(tmp_path / "qdrant"), collection)
     elif kind == "qdrant-server":
-        yield StoreSpec("qdrant", os.environ["QDRANT_URL"], collection)
+        yield StoreSpec("qdrant", os.environ["QDRANT_URL"], collection, os.environ.get("QDRANT_API_KEY"))
         from qdrant_client import QdrantClient
 
         client = QdrantClient(url=os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"))
