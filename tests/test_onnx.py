@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import json
 from pathlib import Path
@@ -63,7 +64,7 @@ def int8_export(checkpoint, tmp_path_factory):
 @pytest.mark.parametrize("lengths", [[8, 5, 3], [512, 257, 3], [2048, 5], [2500]], ids=["8", "512", "2048", "2500"])
 def test_fp32_export_equals_torch_with_padding_beyond_the_example_length(fp32_export, torch_model, lengths):
     # Exported with 16 tokens: 2048 and 2500 only match if ALiBi is built from the actual length.
-    assert fp32_export.exporter == "dynamo"
+    assert fp32_export.exporter == ("dynamo" if importlib.util.find_spec("onnxscript") else "torchscript")
     ids, mask = padded_batch(lengths)
     hidden, pooled = session(fp32_export.folder).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     with torch.inference_mode():
@@ -141,7 +142,8 @@ def test_adapters_run_on_the_onnx_backend(fp32_export, encoder):
 
 
 def test_optimum_loads_the_exported_folder(fp32_export, torch_model):
-    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    # optimum-onnx pins transformers < 4.58; where transformers 5 is installed it is absent.
+    ORTModelForFeatureExtraction = pytest.importorskip("optimum.onnxruntime").ORTModelForFeatureExtraction
 
     model = ORTModelForFeatureExtraction.from_pretrained(fp32_export.folder)
     tokens = bert_tokenizer()(["ONNX Runtime runs the exported encoder", "a second, longer sentence about ALiBi"], padding=True, return_tensors="pt")
