@@ -18,11 +18,15 @@ from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
 
 __version__ = "0.1.0"
 
-# Adapters import their framework (an optional extra), so they load on first use.
+# Adapters import their framework and the ONNX tools ONNX Runtime (optional extras), so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
+    "OnnxBackend": "jina_rag.onnx_backend",
+    "OnnxExport": "jina_rag.onnx_export",
+    "OnnxExportError": "jina_rag.onnx_export",
+    "export_onnx": "jina_rag.onnx_export",
 }
 
 
@@ -49,10 +53,14 @@ __all__ = [
     "JinaEmbeddings",
     "JinaEncoder",
     "ModelNotFoundError",
+    "OnnxBackend",
+    "OnnxExport",
+    "OnnxExportError",
     "RetrievalSet",
     "SearchHit",
     "TextTooLongError",
     "alibi_slopes",
+    "export_onnx",
     "load_beir",
     "load_model",
     "load_narrativeqa",
