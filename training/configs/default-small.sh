@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The default model (jina-rag-small-en) in one GPU call of at most ~9 minutes, from the repo root:
+#
+#   bash training/configs/default-small.sh            # carry: data/gpu-default (python -m training.prepare_default)
+#
+# MLM from scratch (default-small-mlm.yaml), then pairs + distillation (default-small-pairs.yaml),
+# each under a timeout so the export always runs; the export writes the newest checkpoint as fp16
+# pieces (model.part-aa.. of <= 15 MiB) and model-files.tar.gz into $OUT. Bring them home with
+# `python -m training.ship_default install FILES_DIR`.
+#
+# Environment: OUT (default runs/default-small/out), MLM_SECONDS / PAIRS_SECONDS (stage timeouts),
+# MLM_STEPS / PAIRS_STEPS (override the configs' steps), DEFAULT_SMALL_TINY=1 (a tiny model and a
+# few CPU steps on the same data: checks the whole script end to end in a minute or two).
+set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM=true
+RUNS=${RUNS:-runs/default-small}
+OUT=${OUT:-$RUNS/out}
+MLM_SECONDS=${MLM_SECONDS:-250}
+PAIRS_SECONDS=${PAIRS_SECONDS:-230}
+START=$(date +%s)
+
+mlm=(output_dir="$RUNS/mlm")
+pairs=(output_dir="$RUNS/pairs" model.init_from="$RUNS/mlm")
+[ -n "${MLM_STEPS:-}" ] && mlm+=(train.steps="$MLM_STEPS")
+[ -n "${PAIRS_STEPS:-}" ] && pairs+=(train.steps="$PAIRS_STEPS")
+if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
+  tiny=(train.device=cpu train.precision=fp32 train.log_every=1 train.checkpoint_every=2 optim.warmup_steps=1)
+  mlm+=("${tiny[@]}" train.steps=3 train.batch_size=2 model.attn_implementation=auto mlm.seq_len=64
+        mlm.eval_lengths=[64,128] mlm.eval_sequences=2
+        'model.architecture={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 64}')
+  pairs+=("${tiny[@]}" train.steps=3 train.batch_size=4 train.eval_every=3 contrastive.eval_batch_size=64
+          contrastive.passage_max_length=64 contrastive.query_max_length=16)
+fi
+
+echo "== device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+ls -l data/gpu-default
+
+stage() {  # name seconds config overrides...
+  local name=$1 seconds=$2 config=$3; shift 3
+  local t0=$(date +%s)
+  echo "== $name (timeout ${seconds}s): python3 -m training $config $*"
+  timeout -k 15 "$seconds" python3 -m training "$config" "$@" train.progress=false
+  local rc=$?
+  echo "== $name: exit $rc after $(( $(date +%s) - t0 ))s"
+  [ "$rc" = 124 ] && echo "== $name: stopped by the timeout; its newest checkpoint carries on"
+  local metrics="$(grep -o 'output_dir=[^ ]*' <<<"$*" | head -1 | cut -d= -f2)/metrics.jsonl"
+  [ -f "$metrics" ] && { echo "== $name: metrics (last 4 records)"; tail -n 4 "$metrics"; }
+  return 0
+}
+
+stage mlm "$MLM_SECONDS" training/configs/default-small-mlm.yaml "${mlm[@]}"
+stage pairs "$PAIRS_SECONDS" training/configs/default-small-pairs.yaml "${pairs[@]}"
+
+echo "== export to $OUT"
+mkdir -p "$OUT"
+timeout 120 python3 -m training.ship_default export --run "$RUNS/pairs" --fallback "$RUNS/mlm" --out "$OUT"
+echo "== export: exit $?"
+ls -l "$OUT"
+echo "== total $(( $(date +%s) - START ))s"
