@@ -192,3 +192,37 @@ def test_export_then_install_gives_the_same_fp16_model(tmp_path, checkpoint):
     piece.write_bytes(piece.read_bytes()[:-1] + b"\0")
     with pytest.raises(ValueError, match="does not match the exported sha256"):
         assemble(files, tmp_path / "again")
+
+
+def write_beir(folder: Path, docs: dict[str, str], queries: dict[str, tuple[str, str]]) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _) in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d) in queries.items()))
+    return folder
+
+
+def test_default_model_benchmark_prints_the_acceptance_table(tmp_path, checkpoint, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("default_model", Path(__file__).resolve().parent.parent / "benchmarks" / "default_model.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    filler = " ".join(f"word{i}" for i in range(300))  # pushes the answers of the long set past 256 tokens
+    long_docs = {f"d{i}": f"{filler} the {a} lives in the forest and eats berries" for i, a in enumerate(ANIMALS[:6])}
+    short_docs = {f"p{i}": f"the {a} sleeps" for i, a in enumerate(ANIMALS[:6])}
+    write_beir(tmp_path / "data" / "long", long_docs, {f"q{i}": (f"where does the {ANIMALS[i]} live", f"d{i}") for i in range(3)})
+    write_beir(tmp_path / "data" / "short", short_docs, {f"q{i}": (f"{ANIMALS[i]}", f"p{i}") for i in range(3)})
+    output = tmp_path / "out.json"
+    assert benchmark.main(["--data", str(tmp_path / "data"), "--model", str(checkpoint), "--max-lengths", "64,512",
+                           "--max-docs", "5", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "| jina max_length=64 |" in printed and "| BM25 |" in printed and "chunked (256-token chunks)" in printed
+    assert printed.count("target") == 2
+    report = json.loads(output.read_text())
+    assert report["sets"] == {"long": {"documents": 5, "queries": 3}, "short": {"documents": 5, "queries": 3}}
+    bm25 = {r["dataset"]: r["metrics"]["ndcg@10"] for r in report["results"] if r["system"] == "BM25"}
+    assert bm25 == {"long": 1.0, "short": 1.0}  # each query names its document's one distinctive word
+    # On the short set every passage fits 64 tokens: the 512 run is the 64 run, not computed again.
+    shared = [r for r in report["results"] if r["dataset"] == "short" and r["system"] == "jina max_length=512"][0]
+    assert shared["same_as"] == "jina max_length=64"
