@@ -20,8 +20,8 @@ export TOKENIZERS_PARALLELISM=true
 DATA=${DATA:-data/gpu-default}
 RUNS=${RUNS:-runs/default-small}
 OUT=${OUT:-$RUNS/out}
-MLM_SECONDS=${MLM_SECONDS:-250}
-PAIRS_SECONDS=${PAIRS_SECONDS:-230}
+MLM_SECONDS=${MLM_SECONDS:-230}
+PAIRS_SECONDS=${PAIRS_SECONDS:-190}
 START=$(date +%s)
 
 mlm=(output_dir="$RUNS/mlm" model.tokenizer="$DATA/tokenizer"
@@ -61,7 +61,7 @@ stage() {  # name seconds config overrides...
 echo "== teacher embeddings of the pairs"
 t0=$(date +%s)
 mkdir -p "$RUNS"
-timeout -k 10 "${TEACHER_SECONDS:-120}" python3 -m training.teacher embed --pairs "$DATA/pairs-train.jsonl.gz" \
+timeout -k 10 "${TEACHER_SECONDS:-90}" python3 -m training.teacher embed --pairs "$DATA/pairs-train.jsonl.gz" \
   --model "$DATA/teacher" --out "$TEACHER" --no-progress
 echo "== teacher: exit $? after $(( $(date +%s) - t0 ))s"
 if [ ! -f "$TEACHER" ]; then
