@@ -3,6 +3,7 @@
 from typing import Any
 
 from jina_rag.encoder import JinaEncoder, TextTooLongError
+from jina_rag.eval import RetrievalSet, load_beir, load_narrativeqa
 from jina_rag.index import (
     CollectionMismatchError,
     Document,
@@ -52,14 +53,17 @@ __all__ = [
     "JinaEmbeddings",
     "JinaEncoder",
     "ModelNotFoundError",
+    "alibi_slopes",
+    "export_onnx",
+    "load_beir",
     "OnnxBackend",
     "OnnxExport",
     "OnnxExportError",
+    "RetrievalSet",
     "SearchHit",
     "TextTooLongError",
-    "alibi_slopes",
-    "export_onnx",
     "load_model",
+    "load_narrativeqa",
     "load_tokenizer",
     "read_documents",
     "save_pretrained",
