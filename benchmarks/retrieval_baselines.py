@@ -43,11 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     retrievers = []
     if args.model:
         retrievers += jina_retrievers(args.model, [int(n) for n in args.max_lengths.split(",")], device=args.device)
-    retrievers += comparison_retrievers(args.compare, (None, 512), 256, args.device)
+    name = "all-MiniLM-L6-v2" if args.compare == MINILM else args.compare.name
+    retrievers += comparison_retrievers(args.compare, (None, 512), 256, args.device, name=name)
     retrievers.append(BM25Retriever())
     started = time.time()
     results = {}
-    compared = [r for r in retrievers if r.name.startswith(args.compare.name)]
+    compared = [r for r in retrievers if r.name.startswith(name)]
     for data in sets:
         # Where every document fits in 256 tokens, the comparison model's whole-256, whole-512 and
         # chunked runs read the same tokens: one run stands for all three.
@@ -55,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         fits = max(len(ids) for ids in tokenizer(data.doc_texts, verbose=False)["input_ids"]) <= 256
         shared = None
         for retriever in retrievers:
-            if fits and shared is not None and retriever in compared:
+            if fits and shared is not None and any(retriever is c for c in compared):
                 results[(retriever.name, data.name)] = shared
                 continue
             result = evaluate(data, retriever)
             results[(retriever.name, data.name)] = result
-            if fits and retriever in compared:
+            if fits and any(retriever is c for c in compared):
                 shared = result
             print(f"  {data.name} | {retriever.name}: nDCG@10 {result.metrics['ndcg@10']:.4f} ({result.seconds:.0f} s)", file=sys.stderr)
 

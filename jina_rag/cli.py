@@ -88,6 +88,56 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,2048,8192, got {text!r}") from None
+    if not values or min(values) < 8:
+        raise argparse.ArgumentTypeError(f"expected token counts of at least 8, got {text!r}")
+    return values
+
+
+def _compare_lengths(text: str) -> list[int | None]:
+    return [None if v.strip() == "default" else _comma_ints(v)[0] for v in text.split(",")]
+
+
+DEFAULT_EVAL_LENGTHS = (512, 2048, 8192)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from jina_rag import eval as evaluation
+
+    data = evaluation.load_dataset(args.dataset, split=args.split, stories_dir=args.stories_dir)
+    if args.max_queries:
+        data = data.subset(args.max_queries)
+    print(f"{data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} queries", file=sys.stderr)
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    retrievers: list = []
+    if not args.no_jina:
+        lengths = args.max_lengths or ([args.max_length] if args.max_length else list(DEFAULT_EVAL_LENGTHS))
+        retrievers += evaluation.jina_retrievers(
+            None, lengths, make_encoder=lambda m: encoder_from_args(argparse.Namespace(**{**vars(args), "max_length": m}))
+        )
+    for model in args.compare or []:
+        retrievers += evaluation.comparison_retrievers(model, args.compare_max_lengths, args.chunk_tokens, args.device)
+    if not args.no_bm25:
+        retrievers.append(evaluation.BM25Retriever())
+    if not retrievers:
+        raise ValueError("nothing to evaluate: drop --no-jina or --no-bm25, or add --compare MODEL")
+    results = []
+    for retriever in retrievers:
+        results.append(evaluation.evaluate(data, retriever, show_progress=show_progress))
+        print(f"  {retriever.name}: nDCG@10 {results[-1].metrics['ndcg@10']:.4f} ({results[-1].seconds:.0f} s)", file=sys.stderr)
+    print(evaluation.format_table(results))
+    jina = [r for r in results if r.system.startswith("jina max_length=")]
+    if len(jina) > 1:
+        print("\nnDCG@10 against max_length: " + "  ".join(f"{r.system.split('=')[1]}: {r.metrics['ndcg@10']:.4f}" for r in jina))
+    if args.output:
+        evaluation.write_results(results, args.output)
+    return 0
+
+
 def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     """Options naming the vector store and collection (``index`` and ``search``)."""
     group = parser.add_argument_group("store")
@@ -170,49 +220,6 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def _comma_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,2048,8192, got {text!r}") from None
-    if not values or min(values) < 8:
-        raise argparse.ArgumentTypeError(f"expected token counts of at least 8, got {text!r}")
-    return values
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from jina_rag import eval as evaluation
-
-    data = evaluation.load_dataset(args.dataset, split=args.split, stories_dir=args.stories_dir)
-    if args.max_queries:
-        data = data.subset(args.max_queries)
-    print(f"{data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} queries", file=sys.stderr)
-    show_progress = not args.no_progress and sys.stderr.isatty()
-    retrievers: list = []
-    if not args.no_jina:
-        lengths = args.max_lengths or [args.max_length]
-        retrievers += evaluation.jina_retrievers(
-            None, lengths, make_encoder=lambda m: encoder_from_args(argparse.Namespace(**{**vars(args), "max_length": m}))
-        )
-    for model in args.compare or []:
-        retrievers += evaluation.comparison_retrievers(model, args.compare_max_lengths, args.chunk_tokens, args.device)
-    if not args.no_bm25:
-        retrievers.append(evaluation.BM25Retriever())
-    if not retrievers:
-        raise ValueError("nothing to evaluate: drop --no-jina or --no-bm25, or add --compare MODEL")
-    results = []
-    for retriever in retrievers:
-        results.append(evaluation.evaluate(data, retriever, show_progress=show_progress))
-        print(f"  {retriever.name}: nDCG@10 {results[-1].metrics['ndcg@10']:.4f} ({results[-1].seconds:.0f} s)", file=sys.stderr)
-    print(evaluation.format_table(results))
-    jina = [r for r in results if r.system.startswith("jina max_length=")]
-    if len(jina) > 1:
-        print("\nnDCG@10 against max_length: " + "  ".join(f"{r.system.split('=')[1]}: {r.metrics['ndcg@10']:.4f}" for r in jina))
-    if args.output:
-        evaluation.write_results(results, args.output)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jina-rag", description="Jina Embeddings v2 for retrieval-augmented generation")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -235,18 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or NarrativeQA folder (documents.csv, qaps.csv, tmp/)")
     evaluate.add_argument("--split", default="test", help="qrels split (BEIR) or set (NarrativeQA); default: test")
     evaluate.add_argument("--stories-dir", default=None, help="NarrativeQA: folder of <document_id>.content files (default: DATASET/tmp)")
-    evaluate.add_argument("--max-lengths", type=_comma_ints, default=None, help="our model's max_length values, e.g. 512,2048,8192 (default: --max-length)")
+    evaluate.add_argument("--max-lengths", type=_comma_ints, default=None, help="our model's max_length values (default: 512,2048,8192, or --max-length when given)")
     evaluate.add_argument("--no-jina", action="store_true", help="skip our model (baselines only)")
     evaluate.add_argument("--compare", action="append", metavar="ST_MODEL", help="a sentence-transformers model folder to compare with (repeatable)")
-    evaluate.add_argument("--compare-max-lengths", type=lambda t: [None if v == "default" else int(v) for v in t.split(",")],
-                          default=[None, 512], help="max_length values for --compare models; 'default' is the model's own (default: default,512)")
+    evaluate.add_argument("--compare-max-lengths", type=_compare_lengths, default=[None, 512],
+                          help="max_length values for --compare models; 'default' is the model's own (default: default,512)")
     evaluate.add_argument("--chunk-tokens", type=int, default=256, help="also run --compare models on chunks of this many tokens, best chunk scores the document (0: off)")
     evaluate.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
     evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate a reproducible sample of this many queries")
     evaluate.add_argument("-o", "--output", metavar="PATH", help="also write the results as JSON")
     add_model_arguments(evaluate)
     # The paper's curve reads each document up to max_length and drops the rest.
-    evaluate.set_defaults(run=cmd_eval, long_text="truncate")
+    evaluate.set_defaults(run=cmd_eval, long_text="truncate", max_length=None)
 
     info = commands.add_parser("info", help="print the model's facts")
     add_model_arguments(info)

@@ -396,11 +396,12 @@ def jina_retrievers(
 
 
 def comparison_retrievers(
-    model: str | Path, max_lengths: Sequence[int | None] = (None, 512), chunk_tokens: int | None = 256, device: str | None = None,
+    model: str | Path, max_lengths: Sequence[int | None] = (None, 512), chunk_tokens: int | None = 256,
+    device: str | None = None, name: str | None = None,
 ) -> list[DenseRetriever]:
     """A sentence-transformers model read whole at each ``max_length`` (None: its own default), and
     chunked: chunks of ``chunk_tokens`` tokens, the best chunk scoring the document."""
-    name = Path(model).name or str(model)
+    name = name or Path(model).name or str(model)
     retrievers = []
     for length in max_lengths:
         encoder = SentenceTransformerEncoder(model, max_length=length, device=device)
