@@ -9,9 +9,11 @@ from jina_rag.index import (
     DocumentIndex,
     IndexingError,
     IndexReport,
+    Passage,
     SearchHit,
     read_documents,
 )
+from jina_rag.late_chunking import LateChunks, encode_late_chunks
 from jina_rag.loading import CheckpointError, ModelNotFoundError, load_model, load_tokenizer, save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes
 
@@ -20,7 +22,9 @@ __version__ = "0.1.0"
 # Adapters import their framework (an optional extra), so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
+    "JinaRetriever": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
+    "JinaNodeRetriever": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
 }
 
@@ -47,10 +51,15 @@ __all__ = [
     "JinaEmbeddingFunction",
     "JinaEmbeddings",
     "JinaEncoder",
+    "JinaNodeRetriever",
+    "JinaRetriever",
+    "LateChunks",
     "ModelNotFoundError",
+    "Passage",
     "SearchHit",
     "TextTooLongError",
     "alibi_slopes",
+    "encode_late_chunks",
     "load_model",
     "load_tokenizer",
     "read_documents",
