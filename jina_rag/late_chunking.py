@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
 import torch
@@ -103,6 +103,21 @@ def split_spans(text: str, splitter: Splitter) -> list[Span]:
             spans.append((start, start + len(chunk.page_content)))
         return spans
     return [(int(start), int(end)) for start, end in splitter(text)]
+
+
+@overload
+def encode_late_chunks(
+    encoder: JinaEncoder, documents: str, *, spans: Sequence[Span] | None = None, splitter: Splitter | None = None,
+    chunk_tokens: int = ..., batch_tokens: int = ..., normalize: bool = ..., show_progress: bool | None = ...,
+) -> LateChunks: ...
+
+
+@overload
+def encode_late_chunks(
+    encoder: JinaEncoder, documents: Sequence[str], *, spans: Sequence[Sequence[Span]] | None = None,
+    splitter: Splitter | None = None, chunk_tokens: int = ..., batch_tokens: int = ..., normalize: bool = ...,
+    show_progress: bool | None = ...,
+) -> list[LateChunks]: ...
 
 
 def encode_late_chunks(
