@@ -119,7 +119,7 @@ def main() -> None:
         config = encoder.backend.model.config
         reference = load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="blockwise",
                                attention_block_elements=1 << 62)
-        cases = [(f"L={n}", [n] * max(1, 2 * BATCH_TOKENS // n)) for n in map(int, args.lengths.split(","))]
+        cases = [(f"L={n}", [n] * max(1, 2 * BATCH_TOKENS // n)) for n in map(int, filter(None, args.lengths.split(",")))]
         cases.append((f"mixed ({args.docs} docs)", lognormal_lengths(args.docs)))
         for name, lengths in cases:
             texts = texts_of_lengths(lengths)

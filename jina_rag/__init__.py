@@ -19,13 +19,17 @@ from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
 
 __version__ = "0.1.0"
 
-# Adapters import their framework (an optional extra), so they load on first use.
+# Adapters import their framework and the ONNX tools ONNX Runtime (optional extras), so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
     "JinaRetriever": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
     "JinaNodeRetriever": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
+    "OnnxBackend": "jina_rag.onnx_backend",
+    "OnnxExport": "jina_rag.onnx_export",
+    "OnnxExportError": "jina_rag.onnx_export",
+    "export_onnx": "jina_rag.onnx_export",
 }
 
 
@@ -55,11 +59,15 @@ __all__ = [
     "JinaRetriever",
     "LateChunks",
     "ModelNotFoundError",
+    "OnnxBackend",
+    "OnnxExport",
+    "OnnxExportError",
     "Passage",
     "SearchHit",
     "TextTooLongError",
     "alibi_slopes",
     "encode_late_chunks",
+    "export_onnx",
     "load_model",
     "load_tokenizer",
     "read_documents",

@@ -10,7 +10,7 @@ try:
 except ImportError as error:  # an optional extra
     raise ImportError("the Chroma adapter needs chromadb: pip install 'jina-rag[chroma]'") from error
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, LongTextPolicy
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
 
 
 @register_embedding_function
@@ -31,6 +31,8 @@ class JinaEmbeddingFunction(EmbeddingFunction[Documents]):
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         normalize: bool = True,
         long_text: LongTextPolicy = "windows",
+        backend: BackendName = "torch",
+        providers: list[str] | None = None,
     ) -> None:
         self.model_name = model_name
         self.device = device
@@ -38,7 +40,11 @@ class JinaEmbeddingFunction(EmbeddingFunction[Documents]):
         self.batch_tokens = batch_tokens
         self.normalize = normalize
         self.long_text = long_text
-        self.encoder = JinaEncoder.from_pretrained(model_name, device=device, max_length=max_length, long_text=long_text)
+        self.backend = backend
+        self.providers = providers
+        self.encoder = JinaEncoder.from_pretrained(
+            model_name, device=device, max_length=max_length, long_text=long_text, backend=backend, providers=providers
+        )
 
     def __call__(self, input: Documents) -> Embeddings:
         return list(self.encoder.encode(list(input), batch_tokens=self.batch_tokens, normalize=self.normalize, show_progress=False))
@@ -62,6 +68,8 @@ class JinaEmbeddingFunction(EmbeddingFunction[Documents]):
             "batch_tokens": self.batch_tokens,
             "normalize": self.normalize,
             "long_text": self.long_text,
+            "backend": self.backend,
+            "providers": self.providers,
         }
 
     @staticmethod

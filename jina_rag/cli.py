@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
+from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
 from jina_rag.index import INDEX_MODES, STORES, DocumentIndex, IndexingError, read_documents, read_records_file
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import MODEL_ENV_VAR
@@ -31,11 +32,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--long-text", choices=LONG_TEXT_POLICIES, default="windows", help="what to do with texts over --max-length (default: windows)")
     group.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="tokens per batch, padding included")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    group.add_argument("--backend", choices=BACKENDS, default="torch", help="torch, or onnx for a folder from export-onnx (default: torch)")
+    group.add_argument("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: CPUExecutionProvider)")
 
 
 def encoder_from_args(args: argparse.Namespace) -> JinaEncoder:
+    providers = args.providers.split(",") if args.providers else None
     return JinaEncoder.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text
+        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
+        backend=args.backend, providers=providers,
     )
 
 
@@ -153,6 +158,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from jina_rag.onnx_export import OnnxExportError, export_onnx
+
+    try:
+        result = export_onnx(
+            args.model, args.out_dir, dtype=args.dtype, quantize=args.quantize, optimize=args.optimize,
+            exporter=args.exporter, show_progress=False if args.no_progress else None,
+        )
+    except OnnxExportError as error:
+        print(f"jina-rag export-onnx: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.model_file} ({result.file_bytes / 1e6:.1f} MB; weights {result.weight_bytes / 1e6:.1f} MB)")
+    print(f"exporter {result.exporter}, dtype {result.dtype}, quantization {result.quantization or 'none'}, optimized {result.optimized}")
+    if not math.isnan(result.min_cosine):  # NaN: fp16 files are not checked on the CPU provider
+        print(f"checked against PyTorch: max |diff| {result.max_abs_diff:.2g}, min cosine {result.min_cosine:.6f}")
+    print(f"use it: JinaEncoder.from_pretrained({str(args.out_dir)!r}, backend='onnx')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jina-rag", description="Jina Embeddings v2 for retrieval-augmented generation")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -203,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_arguments(search)
     add_model_arguments(search)
     search.set_defaults(run=cmd_search)
+
+    export = commands.add_parser("export-onnx", help="export a model to ONNX for ONNX Runtime (CPU or GPU)")
+    export.add_argument("model", metavar="MODEL", help="model folder or hub id to export")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="folder to write model.onnx, config.json and the tokenizer to")
+    export.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="fp16 is for the CUDA provider (default: fp32)")
+    export.add_argument("--quantize", choices=("int8",), default=None, help="dynamic int8 quantisation, for CPU")
+    export.add_argument("--optimize", action="store_true", help="fuse attention, LayerNorm and GELU for ONNX Runtime")
+    export.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto", help="torch.onnx exporter (default: dynamo, TorchScript if it fails)")
+    export.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    export.set_defaults(run=cmd_export_onnx)
     return parser
 
 

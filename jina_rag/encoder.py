@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 LongTextPolicy = Literal["windows", "truncate", "error"]
 LONG_TEXT_POLICIES = ("windows", "truncate", "error")
+BackendName = Literal["torch", "onnx"]
+BACKENDS = ("torch", "onnx")
 DEFAULT_BATCH_TOKENS = 16384
 TOKENIZE_CHUNK_TEXTS = 1024
 
@@ -48,8 +50,11 @@ class Backend(Protocol):
     dim: int
     max_positions: int
     packed: bool  # whether batches are packed rows (cost = sum of lengths) or padded
+    config: Any
 
     def embed(self, sequences: list[list[int]]) -> torch.Tensor | np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class TorchBackend:
@@ -66,6 +71,7 @@ class TorchBackend:
         self.model = model
         self.device = device
         self.pad_id = pad_id
+        self.config = model.config
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
         self.packed = flex_attention_available(device) and model.attn_implementation in ("auto", "flex")
@@ -114,6 +120,10 @@ class TorchBackend:
                 self._compiled_forward = None
         return self.model.forward_packed(input_ids, sequence_ids)
 
+    def describe(self) -> dict[str, Any]:
+        dtype = next(self.model.parameters()).dtype
+        return {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
+
 
 def packed_width(tokens: int, granularity: int = 1024) -> int:
     """Round a packed row up to a power of two (at least ``granularity``): few shapes to compile."""
@@ -143,12 +153,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 @functools.lru_cache(maxsize=8)
-def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Backend]:
-    """Load tokenizer and model once per (folder, device, dtype): adapters share one instance."""
-    logger.info("loading %s on %s (%s)", folder, device, dtype)
-    model = load_model(folder, dtype=dtype, device=device)
+def _load(folder: Path, backend: BackendName, device: torch.device, dtype: torch.dtype, providers: tuple | None) -> tuple[Any, Backend]:
+    """Load tokenizer and model once per (folder, backend, device, dtype, providers): adapters share one instance."""
     tokenizer = load_tokenizer(folder)
-    return tokenizer, TorchBackend(model, device, tokenizer.pad_token_id or 0)
+    pad_id = tokenizer.pad_token_id or 0
+    if backend == "onnx":
+        from jina_rag.onnx_backend import OnnxBackend
+
+        logger.info("loading %s on ONNX Runtime (%s)", folder, ", ".join(map(str, providers)))
+        return tokenizer, OnnxBackend(folder, providers, pad_id=pad_id)
+    logger.info("loading %s on %s (%s)", folder, device, dtype)
+    return tokenizer, TorchBackend(load_model(folder, dtype=dtype, device=device), device, pad_id)
 
 
 def window_spans(num_tokens: int, span: int, overlap: int) -> list[tuple[int, int]]:
@@ -194,6 +209,10 @@ class JinaEncoder:
     ``"windows"`` (default) encodes overlapping windows and averages them, weighted by token
     count, into one vector, so no text is dropped; ``"truncate"`` keeps the first
     ``max_length`` tokens and logs a warning; ``"error"`` raises :class:`TextTooLongError`.
+
+    ``backend="onnx"`` runs a folder written by ``jina-rag export-onnx`` on ONNX Runtime with the
+    given execution ``providers`` (default CPU; ``device="cuda"`` means the CUDA provider); its
+    precision is the export's, so ``dtype`` is not taken.
     """
 
     def __init__(
@@ -205,14 +224,31 @@ class JinaEncoder:
         max_length: int = 8192,
         long_text: LongTextPolicy = "windows",
         window_overlap: int | None = None,
+        backend: BackendName = "torch",
+        providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if long_text not in LONG_TEXT_POLICIES:
             raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {long_text!r}")
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
         self.model_name_or_path = model_name_or_path
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.backend_name = backend
+        self.providers = None
+        if backend == "onnx":
+            from jina_rag.onnx_backend import providers_for_device, resolve_providers
+
+            if dtype is not None:
+                raise ValueError("backend='onnx' runs at the precision of the export: drop dtype (export with --dtype/--quantize instead)")
+            self.providers = resolve_providers(providers_for_device(providers, device))
+            self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.providers else "cpu")
+            self.dtype = None
+        else:
+            if providers is not None:
+                raise ValueError("providers are ONNX Runtime execution providers: pass backend='onnx' with them")
+            self.device = resolve_device(device)
+            self.dtype = resolve_dtype(dtype, self.device)
         self.max_length = max_length
         self.long_text = long_text
         self.window_overlap = max_length // 8 if window_overlap is None else window_overlap
@@ -232,7 +268,7 @@ class JinaEncoder:
         with self._lock:
             if self._loaded is None:
                 folder = resolve_model(self.model_name_or_path)
-                self._loaded = _load(folder.resolve(), self.device, self.dtype)
+                self._loaded = _load(folder.resolve(), self.backend_name, self.device, self.dtype, self.providers)
                 if self.max_length > self._loaded[1].max_positions:
                     limit = self._loaded[1].max_positions
                     self._loaded = None
@@ -361,7 +397,7 @@ class JinaEncoder:
 
     def info(self) -> dict[str, Any]:
         """Facts about the model, for ``jina-rag info`` and logs."""
-        config = self.backend.model.config
+        config = self.backend.config
         return {
             "model": str(resolve_model(self.model_name_or_path)),
             "layers": config.num_hidden_layers,
@@ -374,8 +410,7 @@ class JinaEncoder:
             "max_length": self.max_length,
             "model_max_length": config.max_position_embeddings,
             "long_text": self.long_text,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            **self.backend.describe(),
         }
 
 

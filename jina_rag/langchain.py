@@ -15,7 +15,7 @@ except ImportError as error:  # an optional extra
     raise ImportError("the LangChain adapter needs langchain-core: pip install 'jina-rag[langchain]'") from error
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, LongTextPolicy
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.core import FilterValue
 
@@ -38,12 +38,15 @@ class JinaEmbeddings(BaseModel, Embeddings):
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     normalize: bool = True
     long_text: LongTextPolicy = "windows"
+    backend: BackendName = "torch"  # "onnx": a folder from ``jina-rag export-onnx`` on ONNX Runtime
+    providers: list[str] | None = None  # ONNX Runtime execution providers (default: CPU)
 
     _encoder: JinaEncoder = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
         self._encoder = JinaEncoder.from_pretrained(
-            self.model_name, device=self.device, max_length=self.max_length, long_text=self.long_text
+            self.model_name, device=self.device, max_length=self.max_length, long_text=self.long_text,
+            backend=self.backend, providers=self.providers,
         )
 
     @property

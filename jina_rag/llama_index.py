@@ -16,7 +16,7 @@ except ImportError as error:  # an optional extra
     raise ImportError("the LlamaIndex adapter needs llama-index-core: pip install 'jina-rag[llamaindex]'") from error
 from pydantic import Field, PrivateAttr
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, LongTextPolicy
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.core import FilterValue
 
@@ -38,6 +38,8 @@ class JinaEmbedding(BaseEmbedding):
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     normalize: bool = True
     long_text: LongTextPolicy = "windows"
+    backend: BackendName = "torch"  # "onnx": a folder from ``jina-rag export-onnx`` on ONNX Runtime
+    providers: list[str] | None = None  # ONNX Runtime execution providers (default: CPU)
     embed_batch_size: int = Field(default=64, gt=0, le=2048)
 
     _encoder: JinaEncoder = PrivateAttr()
@@ -45,7 +47,8 @@ class JinaEmbedding(BaseEmbedding):
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)
         self._encoder = JinaEncoder.from_pretrained(
-            self.model_name, device=self.device, max_length=self.max_length, long_text=self.long_text
+            self.model_name, device=self.device, max_length=self.max_length, long_text=self.long_text,
+            backend=self.backend, providers=self.providers,
         )
 
     @classmethod

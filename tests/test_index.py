@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from jina_rag.index import (
     read_records_file,
 )
 
-from conftest import ChromaServer
+from conftest import ChromaServer, free_port
 
 TOPICS = {
     "astronomy.md": ("astronomy", "Telescopes collect light from distant galaxies and nebulae; astronomers measure redshift."),
@@ -49,9 +50,10 @@ class StoreSpec:
     kind: str
     location: str
     collection: str
+    api_key: str | None = None
 
     def open(self, encoder, **options) -> DocumentIndex:
-        return DocumentIndex(open_store(self.kind, self.location, self.collection), encoder, **options)
+        return DocumentIndex(open_store(self.kind, self.location, self.collection, api_key=self.api_key), encoder, **options)
 
 
 STORE_KINDS = ["qdrant-memory", "qdrant-path", "chroma-embedded", "chroma-server"]
@@ -69,7 +71,7 @@ def store(request, tmp_path):
     elif kind == "qdrant-path":
         yield StoreSpec("qdrant", str(tmp_path / "qdrant"), collection)
     elif kind == "qdrant-server":
-        yield StoreSpec("qdrant", os.environ["QDRANT_URL"], collection)
+        yield StoreSpec("qdrant", os.environ["QDRANT_URL"], collection, os.environ.get("QDRANT_API_KEY"))
         from qdrant_client import QdrantClient
 
         client = QdrantClient(url=os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY"))
@@ -265,6 +267,19 @@ def test_long_text_error_policy_refuses_before_writing(encoder, checkpoint):
     assert index.count() == 0
 
 
+def test_progress_bars_count_documents_and_tokens_and_can_be_hidden(encoder, capsys):
+    docs = corpus()
+    tokens = sum(encoder.count_tokens([d.text for d in docs]))
+    with StoreSpec("qdrant", ":memory:", "progress").open(encoder) as index:
+        index.index(docs[:2], show_progress=False)
+        assert capsys.readouterr().err == ""
+        index.index(docs, batch_docs=2, show_progress=True)
+        bars = capsys.readouterr().err
+    rest = tokens - sum(encoder.count_tokens([d.text for d in docs[:2]]))
+    assert "documents: 100%" in bars and "6/6" in bars
+    assert re.search(rf"tokens: 100%.* {rest}(\.0)?/{rest}(\.0)? ", bars)  # tqdm scales units: 77.0/77.0
+
+
 # -- the fault: the server dies right after the first acknowledged batch ---------------------------
 
 
@@ -311,6 +326,28 @@ def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding
         server.stop()
 
 
+def test_a_batch_retried_while_the_server_restarts_lands(tmp_path, encoder, caplog):
+    import threading
+
+    server = ChromaServer(tmp_path / "db").start()
+    restarted = threading.Thread(target=server.start)
+    try:
+        def kill_and_restart(batch) -> None:
+            if batch.index == 0:
+                server.kill()
+                restarted.start()  # comes back while the next batch is being retried
+
+        with StoreSpec("chroma", server.url, "retry").open(encoder) as index, caplog.at_level(logging.WARNING):
+            report = index.index(corpus(), batch_docs=2, retries=8, retry_delay=0.1, on_batch=kill_and_restart)
+            assert sorted(report.indexed) == sorted(d.id for d in corpus()) and report.failed == []
+            assert index.count() == len(TOPICS)
+        assert "retry 1 of 8" in caplog.text
+    finally:
+        if restarted.is_alive():
+            restarted.join()
+        server.stop()
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
@@ -346,6 +383,10 @@ def test_cli_reports_bad_input_clearly(tmp_path, checkpoint, capsys):
     assert "nothing to index" in capsys.readouterr().err
     assert cli_main(["search", "anything", *store, *model]) == 2
     assert "does not exist: index documents into it first" in capsys.readouterr().err
+    nobody = f"http://127.0.0.1:{free_port()}"
+    for kind, message in (("qdrant", "cannot reach the Qdrant server"), ("chroma", "Could not connect to a Chroma server")):
+        assert cli_main(["search", "anything", "--store", kind, "--location", nobody, "--collection", "c", *model]) == 2
+        assert message in capsys.readouterr().err
 
 
 # -- late chunks: passage vectors beside the whole-document vector ----------------------------------

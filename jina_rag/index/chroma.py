@@ -120,7 +120,8 @@ class ChromaStore:
 
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         found = self._collection().get(ids=[point_id(doc_id) for doc_id in doc_ids], include=["metadatas"])
-        return {metadata["doc_id"]: metadata["content_hash"] for metadata in found["metadatas"]}
+        # Points written by other tools carry no hash: they count as absent and get rewritten.
+        return {m["doc_id"]: m["content_hash"] for m in found["metadatas"] if m and "content_hash" in m}
 
     def upsert(self, points: Sequence[Point]) -> None:
         for point in points:

@@ -1,9 +1,11 @@
 """Document indexing: one point per document, written idempotently to a vector store.
 
 Data flows one way: documents → validation → content hashes → lookup of stored hashes (unchanged
-documents are skipped before any encoding) → token counts → write batches of similar length →
-encode → upsert with bounded retries → ``on_batch`` hook. Stores sit behind :class:`DocumentStore`,
-so encoding and writing stay separable.
+documents are skipped before any encoding) → token counts → write batches of similar length
+(:meth:`DocumentIndex.plan`) → points (:meth:`DocumentIndex.encode_points`) → upsert with bounded
+retries → ``on_batch`` hook. Stores sit behind :class:`DocumentStore` and take :class:`Point`
+objects, so another way of making points (encoding spread over workers, say) replaces
+``encode_points`` and keeps planning, stores and failure reporting.
 
 Modes: ``document`` stores one whole-document vector per document; ``late-chunks`` and ``both``
 also store late-chunked passage vectors (:mod:`jina_rag.late_chunking`) with their character
@@ -97,6 +99,16 @@ class WrittenBatch:
     index: int
     doc_ids: tuple[str, ...]
     tokens: int
+
+
+@dataclass
+class IndexPlan:
+    """What an indexing run will do: write batches of documents to encode, and the unchanged ones."""
+
+    batches: list[list[Document]]
+    hashes: dict[str, str]  # content hash of every document in the run
+    tokens: dict[str, int]  # tokens of every document to encode
+    skipped: list[str]
 
 
 @dataclass
@@ -293,29 +305,16 @@ class DocumentIndex:
     def close(self) -> None:
         self.store.close()
 
-    def index(
-        self,
-        documents: Iterable[Document | Mapping[str, Any] | Sequence[Any]],
-        *,
-        batch_docs: int = 32,
-        retries: int = 3,
-        retry_delay: float = 0.5,
-        on_batch: Callable[[WrittenBatch], None] | None = None,
-        show_progress: bool | None = None,
-    ) -> IndexReport:
-        """Encode and write new or changed documents; skip unchanged ones.
+    def plan(self, documents: Iterable[Document | Mapping[str, Any] | Sequence[Any]], *, batch_docs: int = 32) -> IndexPlan:
+        """Validate documents, create or check the collection, and find what needs encoding.
 
-        Documents are validated up front (a bad one stops the run before anything is written).
-        Each write batch holds up to ``batch_docs`` documents of similar length and is retried
-        ``retries`` times with doubling delays. If a batch still fails, the run stops and raises
-        :class:`IndexingError` naming every document that did not land; running again finishes
-        the job. ``on_batch`` is called after each batch the store acknowledged.
+        A bad document stops here, before anything is written. Documents whose stored hash
+        matches are skipped; the rest are sorted longest first into write batches, so each batch
+        holds documents of similar length and pads little.
         """
-        if batch_docs < 1 or retries < 0:
-            raise ValueError(f"batch_docs must be >= 1 and retries >= 0, got {batch_docs} and {retries}")
-        started = time.perf_counter()
+        if batch_docs < 1:
+            raise ValueError(f"batch_docs must be >= 1, got {batch_docs}")
         docs = validate_documents(documents_from_records(documents))
-        report = IndexReport(self.store.description)
         passages = self.resolved_mode() != "document"
         self.store.ensure_collection(self.encoder.dim, passages=passages)
         hashes = {doc.id: self._content_hash(doc, passages) for doc in docs}
@@ -323,47 +322,22 @@ class DocumentIndex:
         for start in range(0, len(docs), LOOKUP_BATCH):
             stored.update(self.store.existing_hashes([doc.id for doc in docs[start : start + LOOKUP_BATCH]]))
         todo = [doc for doc in docs if stored.get(doc.id) != hashes[doc.id]]
-        report.skipped = [doc.id for doc in docs if stored.get(doc.id) == hashes[doc.id]]
-        tokens = self.encoder.count_tokens([doc.text for doc in todo]) if todo else []
-        self._check_lengths(todo, tokens)
-        # Longest first, so each write batch holds documents of similar length and pads little.
-        order = sorted(range(len(todo)), key=lambda i: -tokens[i])
-        batches = [order[start : start + batch_docs] for start in range(0, len(order), batch_docs)]
-        if show_progress is None:
-            show_progress = bool(todo) and sys.stderr.isatty()
-        with (
-            tqdm(total=len(docs), initial=len(report.skipped), unit="doc", desc="documents", disable=not show_progress) as doc_bar,
-            tqdm(total=sum(tokens), unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
-        ):
-            for number, batch in enumerate(batches):
-                chunk = [todo[i] for i in batch]
-                points = self._points(chunk, hashes, passages)
-                try:
-                    self._upsert_with_retries(points, retries, retry_delay)
-                except Exception as error:
-                    report.failed = [todo[i].id for later in batches[number:] for i in later]
-                    report.seconds = time.perf_counter() - started
-                    raise IndexingError(self._failure_message(report, error), report.failed, report) from error
-                batch_tokens = sum(tokens[i] for i in batch)
-                report.indexed.extend(doc.id for doc in chunk)
-                report.tokens += batch_tokens
-                doc_bar.update(len(batch))
-                token_bar.update(batch_tokens)
-                if on_batch is not None:
-                    on_batch(WrittenBatch(number, tuple(doc.id for doc in chunk), batch_tokens))
-        report.seconds = time.perf_counter() - started
-        logger.info("%s", report.summary())
-        return report
+        counts = self.encoder.count_tokens([doc.text for doc in todo]) if todo else []
+        tokens = {doc.id: count for doc, count in zip(todo, counts)}
+        self._check_lengths(todo, counts)
+        todo.sort(key=lambda doc: -tokens[doc.id])
+        return IndexPlan(
+            batches=[todo[start : start + batch_docs] for start in range(0, len(todo), batch_docs)],
+            hashes=hashes,
+            tokens=tokens,
+            skipped=[doc.id for doc in docs if stored.get(doc.id) == hashes[doc.id]],
+        )
 
-    def _content_hash(self, doc: Document, passages: bool) -> str:
-        if not passages:
-            return doc.content_hash()
-        key = f"{doc.content_hash()}\n{chunking_key(self.splitter, self.chunk_tokens)}"
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-    def _points(self, docs: list[Document], hashes: Mapping[str, str], passages: bool) -> list[Point]:
+    def encode_points(self, docs: Sequence[Document], hashes: Mapping[str, str]) -> list[Point]:
+        """One point per document: its whole text as one vector (long ones through the encoder's
+        windows) and, in passage modes, its late-chunked passage vectors and spans."""
         texts = [doc.text for doc in docs]
-        if not passages:
+        if self.resolved_mode() == "document":
             vectors = self.encoder.encode(texts, batch_tokens=self.batch_tokens, show_progress=False)
             return [
                 Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
@@ -380,6 +354,60 @@ class DocumentIndex:
             )
             for doc, chunks in zip(docs, chunked)
         ]
+
+    def index(
+        self,
+        documents: Iterable[Document | Mapping[str, Any] | Sequence[Any]],
+        *,
+        batch_docs: int = 32,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        on_batch: Callable[[WrittenBatch], None] | None = None,
+        show_progress: bool | None = None,
+    ) -> IndexReport:
+        """Encode and write new or changed documents; skip unchanged ones (see :meth:`plan`).
+
+        Each write batch of up to ``batch_docs`` documents is retried ``retries`` times with
+        doubling delays. If a batch still fails, the run stops and raises :class:`IndexingError`
+        naming every document that did not land; running again finishes the job. ``on_batch`` is
+        called after each batch the store acknowledged.
+        """
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        started = time.perf_counter()
+        plan = self.plan(documents, batch_docs=batch_docs)
+        report = IndexReport(self.store.description, skipped=plan.skipped)
+        total_tokens = sum(plan.tokens.values())
+        if show_progress is None:
+            show_progress = bool(plan.batches) and sys.stderr.isatty()
+        with (
+            tqdm(total=len(plan.hashes), initial=len(plan.skipped), unit="doc", desc="documents", disable=not show_progress) as doc_bar,
+            tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
+        ):
+            for number, batch in enumerate(plan.batches):
+                points = self.encode_points(batch, plan.hashes)
+                try:
+                    self._upsert_with_retries(points, retries, retry_delay)
+                except Exception as error:
+                    report.failed = [doc.id for later in plan.batches[number:] for doc in later]
+                    report.seconds = time.perf_counter() - started
+                    raise IndexingError(self._failure_message(report, error), report.failed, report) from error
+                written = WrittenBatch(number, tuple(doc.id for doc in batch), sum(plan.tokens[doc.id] for doc in batch))
+                report.indexed.extend(written.doc_ids)
+                report.tokens += written.tokens
+                doc_bar.update(len(batch))
+                token_bar.update(written.tokens)
+                if on_batch is not None:
+                    on_batch(written)
+        report.seconds = time.perf_counter() - started
+        logger.info("%s", report.summary())
+        return report
+
+    def _content_hash(self, doc: Document, passages: bool) -> str:
+        if not passages:
+            return doc.content_hash()
+        key = f"{doc.content_hash()}\n{chunking_key(self.splitter, self.chunk_tokens)}"
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
     def _check_lengths(self, docs: list[Document], tokens: list[int]) -> None:
         if self.encoder.long_text != "error":

@@ -16,6 +16,7 @@ import numpy as np
 
 try:
     from qdrant_client import QdrantClient, models
+    from qdrant_client.http.exceptions import ResponseHandlingException
 except ImportError as error:  # an optional extra
     raise ImportError("Qdrant support needs qdrant-client: pip install 'jina-rag[qdrant]'") from error
 
@@ -66,9 +67,16 @@ class QdrantStore:
             client = QdrantClient(path=location)
         return cls(client, collection, index_fields=index_fields)
 
+    def _exists(self) -> bool:
+        """Whether the collection exists; the first call to a server, so unreachable ones fail here."""
+        try:
+            return self.client.collection_exists(self.collection)
+        except ResponseHandlingException as error:
+            raise ConnectionError(f"cannot reach the Qdrant server for {self.description} ({error}): is it running?") from error
+
     def ensure_collection(self, dim: int, *, passages: bool = False) -> None:
         dense = models.VectorParams(size=dim, distance=models.Distance.COSINE)
-        if not self.client.collection_exists(self.collection):
+        if not self._exists():
             if passages:
                 multivector = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
                 vectors_config = {
@@ -115,7 +123,7 @@ class QdrantStore:
         return multivector is not None and multivector.comparator == models.MultiVectorComparator.MAX_SIM
 
     def holds_passages(self) -> bool | None:
-        if self._passages is None and self.client.collection_exists(self.collection):
+        if self._passages is None and self._exists():
             self._passages = self._holds_passages(self.client.get_collection(self.collection).config.params.vectors)
         return self._passages
 
@@ -124,7 +132,8 @@ class QdrantStore:
             self.collection, ids=[point_id(doc_id) for doc_id in doc_ids],
             with_payload=["doc_id", "content_hash"], with_vectors=False,
         )
-        return {record.payload["doc_id"]: record.payload["content_hash"] for record in records}
+        # Points written by other tools carry no hash: they count as absent and get rewritten.
+        return {r.payload["doc_id"]: r.payload["content_hash"] for r in records if "content_hash" in (r.payload or {})}
 
     def upsert(self, points: Sequence[Point]) -> None:
         # One point per document, so an upsert replaces all of a document's passages at once.
@@ -209,5 +218,5 @@ class QdrantStore:
         self.client.close()
 
     def _require_collection(self) -> None:
-        if not self.client.collection_exists(self.collection):
+        if not self._exists():
             raise ValueError(f"{self.description} does not exist: index documents into it first")
