@@ -10,9 +10,11 @@ from jina_rag.index import (
     DocumentIndex,
     IndexingError,
     IndexReport,
+    Passage,
     SearchHit,
     read_documents,
 )
+from jina_rag.late_chunking import LateChunks, encode_late_chunks
 from jina_rag.loading import CheckpointError, ModelNotFoundError, load_model, load_tokenizer, save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes
 
@@ -21,7 +23,9 @@ __version__ = "0.1.0"
 # Adapters import their framework and the ONNX tools ONNX Runtime (optional extras), so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
+    "JinaRetriever": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
+    "JinaNodeRetriever": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
     "OnnxBackend": "jina_rag.onnx_backend",
     "OnnxExport": "jina_rag.onnx_export",
@@ -39,12 +43,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "alibi_slopes",
     "CheckpointError",
     "CollectionMismatchError",
     "Document",
     "DocumentIndex",
-    "IndexReport",
+    "encode_late_chunks",
+    "export_onnx",
     "IndexingError",
+    "IndexReport",
     "JinaBertConfig",
     "JinaBertForMaskedLM",
     "JinaBertModel",
@@ -52,19 +59,21 @@ __all__ = [
     "JinaEmbeddingFunction",
     "JinaEmbeddings",
     "JinaEncoder",
-    "ModelNotFoundError",
-    "alibi_slopes",
-    "export_onnx",
+    "JinaNodeRetriever",
+    "JinaRetriever",
+    "LateChunks",
     "load_beir",
-    "OnnxBackend",
-    "OnnxExport",
-    "OnnxExportError",
-    "RetrievalSet",
-    "SearchHit",
-    "TextTooLongError",
     "load_model",
     "load_narrativeqa",
     "load_tokenizer",
+    "ModelNotFoundError",
+    "OnnxBackend",
+    "OnnxExport",
+    "OnnxExportError",
+    "Passage",
     "read_documents",
+    "RetrievalSet",
     "save_pretrained",
+    "SearchHit",
+    "TextTooLongError",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -12,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
-from jina_rag.index import STORES, DocumentIndex, IndexingError, read_documents, read_records_file
+from jina_rag.index import INDEX_MODES, STORES, DocumentIndex, IndexingError, read_documents, read_records_file
+from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import MODEL_ENV_VAR
 
 logger = logging.getLogger("jina_rag.cli")
@@ -154,7 +156,8 @@ def _open_index(args: argparse.Namespace, index_fields: Sequence[str] = ()) -> D
     api_key = args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY")
     return DocumentIndex.open(
         args.store, args.location, args.collection, encoder=encoder_from_args(args), api_key=api_key,
-        index_fields=index_fields, batch_tokens=args.batch_tokens,
+        index_fields=index_fields, batch_tokens=args.batch_tokens, mode=args.mode,
+        chunk_tokens=getattr(args, "chunk_tokens", DEFAULT_CHUNK_TOKENS),
     )
 
 
@@ -194,10 +197,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = index.search(args.query, limit=args.limit, filter=_parse_filter(args.filter or []))
     for rank, hit in enumerate(hits, start=1):
         if args.json:
-            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata, "text": hit.text}))
+            passage = dataclasses.asdict(hit.passage) if hit.passage else None
+            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata, "text": hit.text, "passage": passage}))
         else:
             preview = " ".join(hit.text.split())[: args.preview]
             print(f"{rank:>3}  {hit.score:.4f}  {hit.id}\n     {preview}")
+            if hit.passage:
+                passage = " ".join(hit.passage.text.split())[: args.preview]
+                print(f"     passage {hit.passage.index} [{hit.passage.start}:{hit.passage.end}] {hit.passage.score:.4f}: {passage}")
     return 0
 
 
@@ -259,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(info)
     info.set_defaults(run=cmd_info)
 
-    index = commands.add_parser("index", help="index whole documents (one vector each) into Qdrant or Chroma")
+    index = commands.add_parser("index", help="index documents (whole, and late-chunked passages) into Qdrant or Chroma")
     index.add_argument("paths", nargs="*", metavar="PATH", help="text files or folders (id = path relative to the folder)")
     index.add_argument("--records", action="append", metavar="FILE.jsonl", help='JSON lines {"id", "text", "metadata"} (repeatable)')
     index.add_argument("--root", default=None, help="make every id relative to this folder")
@@ -267,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-docs", type=int, default=32, help="documents per write batch (default: 32)")
     index.add_argument("--retries", type=int, default=3, help="retries per write batch (default: 3)")
     index.add_argument("--index-field", action="append", metavar="KEY", help="metadata key to give a payload index on a Qdrant server")
+    index.add_argument(
+        "--mode", choices=INDEX_MODES, default=None,
+        help="document: one vector per document; late-chunks / both: passage vectors too, from one pass over the "
+        "document (default: the collection's, document for a new one)",
+    )
+    index.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
     add_store_arguments(index)
     add_model_arguments(index)
     index.set_defaults(run=cmd_index)
@@ -277,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata filter (repeatable; all keys must match)")
     search.add_argument("--json", action="store_true", help="print JSON lines")
     search.add_argument("--preview", type=int, default=200, help="characters of text to show (default: 200)")
+    search.add_argument(
+        "--mode", choices=INDEX_MODES, default=None,
+        help="score documents by their whole vector (document), best passage (late-chunks) or the better of both "
+        "(default: late-chunks if the collection holds passages, else document)",
+    )
     add_store_arguments(search)
     add_model_arguments(search)
     search.set_defaults(run=cmd_search)

@@ -94,6 +94,21 @@ class TorchBackend:
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         return self.model.pool(self._to_device(input_ids), self._to_device(attention_mask))
 
+    @torch.inference_mode()
+    def token_states(self, sequences: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """Token states of a batch as rows ``[T, H]`` on the device, and the row where each sequence starts.
+
+        Row ``starts[i] + t`` holds token ``t`` of ``sequences[i]`` (packed on CUDA, padded elsewhere).
+        """
+        if self.packed:
+            input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
+            hidden = self._forward_packed(self._to_device(input_ids), self._to_device(sequence_ids))
+            return hidden, np.cumsum([0, *map(len, sequences[:-1])]).tolist()
+        input_ids, attention_mask = pad_batch(sequences, self.pad_id)
+        hidden = self.model(self._to_device(input_ids), self._to_device(attention_mask))
+        width = input_ids.shape[1]
+        return hidden.reshape(-1, hidden.shape[-1]), [row * width for row in range(len(sequences))]
+
 
     def _forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
         if self._compiled_forward is not None:

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdx", ".rst", ".org", ".adoc", ".asciidoc", ".tex"})
 # Stored beside the user's metadata (Chroma's metadata is flat), so users may not use them.
-RESERVED_METADATA_KEYS = frozenset({"doc_id", "content_hash"})
+RESERVED_METADATA_KEYS = frozenset({"doc_id", "content_hash", "passage_index", "passage_start", "passage_end"})
 # A fixed namespace makes point ids a pure function of the document id, on every machine and run.
 POINT_NAMESPACE = uuid.UUID("4f6b1c52-2a8e-5d0b-9c1e-6a3f0e7d9b21")
 
