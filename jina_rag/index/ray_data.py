@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -70,7 +71,7 @@ SERVER_SCHEMES = ("http://", "https://")
 # Documents per block that read and tokenise tasks hand on: small enough to stream, large enough
 # that per-block overhead stays negligible.
 BLOCK_DOCS = 256
-# Input files per block: each read task streams through this many files.
+# The list of input files is cut into at most this many blocks, a read task each.
 MAX_SOURCE_BLOCKS = 4096
 # Read and tokenise tasks ask for half a CPU: their work is light next to encoding, and resources
 # unlike the workers' keep Ray Data from fusing them into the worker actors (where one large input
@@ -82,8 +83,7 @@ DOCUMENTS = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("metadata", pa.string()), ("content_hash", pa.string()),
     ("error", pa.string()), ("reading", pa.float64()),
 ])
-TOKENISED = DOCUMENTS.append(pa.field("token_ids", pa.list_(pa.int32()))).append(pa.field("tokens", pa.int64())) \
-    .append(pa.field("tokenising", pa.float64()))
+TOKENISED = pa.schema([*DOCUMENTS, ("token_ids", pa.list_(pa.int32())), ("tokens", pa.int64()), ("tokenising", pa.float64())])
 RESULTS = pa.schema([
     ("id", pa.string()), ("status", pa.string()), ("tokens", pa.int64()), ("error", pa.string()),
     *((stage, pa.float64()) for stage in STAGES),
@@ -99,10 +99,12 @@ class RayIndexReport(IndexReport):
     workers: int = 0
     device: str = "cpu"
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    seconds_to_first_result: float = 0.0
 
     def summary(self) -> str:
         lines = [
             f"{super().summary()}; {self.workers} {self.device.upper()} worker{'s' if self.workers != 1 else ''}",
+            f"first results after {self.seconds_to_first_result:.1f} s (starting workers, loading the model); "
             "time summed over tasks and workers: "
             + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.stage_seconds.items()),
         ]
@@ -164,7 +166,7 @@ def index_with_ray(
             f"{workers}, {retries} and {cpus_per_worker}"
         )
     require_shared_store(store, location, workers)
-    JinaEncoder(model, device="cpu", max_length=max_length, long_text=long_text)  # checks the settings
+    JinaEncoder(model, device="cpu", dtype=dtype, max_length=max_length, long_text=long_text)  # checks the settings
     folder = resolve_model(model)
     config = JinaBertConfig.from_json_file(folder / "config.json")
     if max_length > config.max_position_embeddings:
@@ -181,7 +183,9 @@ def index_with_ray(
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address, logging_level=logging.WARNING)
+        # A local Ray gets the logical CPUs the workers asked for, even beyond this machine's cores.
+        local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker) + 1)} if address is None and workers else {}
+        ray.init(address=address, logging_level=logging.WARNING, **local)
     try:
         plan = plan_workers(device, workers, cpus_per_worker)
         if show_progress is None:
@@ -204,8 +208,7 @@ def index_with_ray(
             )
             report = RayIndexReport(description, workers=plan.workers, device=plan.device)
             total = len(sources) if all(source["kind"] == "text" for source in sources) else None
-            _collect(results, report, total, show_progress)
-            report.seconds = time.perf_counter() - started
+            _collect(results, report, total, show_progress, started)
         finally:
             context.enable_progress_bars = ray_bars
     finally:
@@ -334,16 +337,15 @@ def _pipeline(
 def read_sources(sources: pa.Table) -> Iterator[pa.Table]:
     """Documents of each source, validated and hashed; what cannot be read becomes a failure row."""
     rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
     for source in sources.to_pylist():
-        started = time.perf_counter()
         for row in _read_source(source["path"], source["kind"], source["root"]):
             rows.append(row)
             if len(rows) == BLOCK_DOCS:
                 yield _table(rows, DOCUMENTS, "reading", time.perf_counter() - started)
                 rows, started = [], time.perf_counter()
-        if rows:
-            yield _table(rows, DOCUMENTS, "reading", time.perf_counter() - started)
-            rows = []
+    if rows:
+        yield _table(rows, DOCUMENTS, "reading", time.perf_counter() - started)
 
 
 def _read_source(path: str, kind: SourceKind, root: str) -> Iterator[dict[str, Any]]:
@@ -555,13 +557,16 @@ def _spread(rows: list[dict[str, Any]], stage: str, seconds: float) -> None:
 # -- stage 5: results on the driver -------------------------------------------------------------------
 
 
-def _collect(results: ray.data.Dataset, report: RayIndexReport, total: int | None, show_progress: bool) -> None:
+def _collect(
+    results: ray.data.Dataset, report: RayIndexReport, total: int | None, show_progress: bool, started: float
+) -> None:
     seen: set[str] = set()
     with (
         tqdm(total=total, unit="doc", desc="documents", disable=not show_progress) as doc_bar,
         tqdm(unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
     ):
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            report.seconds_to_first_result = report.seconds_to_first_result or time.perf_counter() - started
             for row in batch.to_pylist():
                 status, doc_id = row["status"], row["id"]
                 if status == "failed":
@@ -577,3 +582,4 @@ def _collect(results: ray.data.Dataset, report: RayIndexReport, total: int | Non
                     report.stage_seconds[stage] += row[stage]
             doc_bar.update(batch.num_rows)
             token_bar.update(sum(batch["tokens"].to_pylist()))
+    report.seconds = time.perf_counter() - started
