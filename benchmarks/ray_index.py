@@ -67,6 +67,7 @@ def main() -> None:
     ray.init(num_cpus=cores + 1, include_dashboard=False, logging_level="ERROR")
     seconds: dict[str, list[float]] = {"single process": [], **{f"ray, {n} workers": [] for n in args.workers}}
     stages: dict[str, dict[str, float]] = {}
+    first_result: dict[str, list[float]] = {f"ray, {n} workers": [] for n in args.workers}
     try:
         for repeat in range(args.repeats):
             started = time.perf_counter()
@@ -83,6 +84,7 @@ def main() -> None:
                 assert len(report.indexed) == args.docs and report.tokens == tokens and not report.failed, report.summary()
                 seconds[f"ray, {workers} workers"].append(report.seconds)
                 stages[f"ray, {workers} workers"] = report.stage_seconds
+                first_result[f"ray, {workers} workers"].append(report.seconds_to_first_result)
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), file=sys.stderr)
     finally:
         ray.shutdown()
@@ -97,15 +99,16 @@ def main() -> None:
         f"corpus: {args.docs} text files, {tokens:,} tokens (median {statistics.median(lengths):.0f}, max {max(lengths)} "
         f"per document), write batches of {args.batch_docs}, Chroma server on 127.0.0.1; medians of {args.repeats} runs\n"
     )
-    print("| path | encoding on | seconds | tokens/s | ratio to single process |")
-    print("|---|---|---|---|---|")
+    print("| path | encoding on | seconds | tokens/s | ratio to single process | first result after (s) |")
+    print("|---|---|---|---|---|---|")
     for path, value in median.items():
         if path == "single process":
             on = "1 GPU" if args.device != "cpu" else f"{torch.get_num_threads()} torch threads"
         else:
             workers = int(path.split(", ")[1].split()[0])
             on = f"{workers} GPUs" if args.device != "cpu" else f"{workers} × {max(1, cores // workers)} threads"
-        print(f"| {path} | {on} | {value:.1f} | {tokens / value:,.0f} | {median['single process'] / value:.2f} |")
+        first = f"{statistics.median(first_result[path]):.1f}" if path in first_result else ""
+        print(f"| {path} | {on} | {value:.1f} | {tokens / value:,.0f} | {median['single process'] / value:.2f} | {first} |")
     print("\nwhere the Ray workers' time went (seconds summed over tasks and workers, last repeat):\n")
     print("| path | " + " | ".join(STAGES) + " |")
     print("|---|" + "---|" * len(STAGES))

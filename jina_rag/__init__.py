@@ -17,11 +17,12 @@ from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
 
 __version__ = "0.1.0"
 
-# Adapters import their framework (an optional extra), so they load on first use.
+# Adapters and the Ray engine import their framework (an optional extra), so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
+    "index_with_ray": "jina_rag.index.ray_data",
 }
 
 
@@ -51,6 +52,7 @@ __all__ = [
     "SearchHit",
     "TextTooLongError",
     "alibi_slopes",
+    "index_with_ray",
     "load_model",
     "load_tokenizer",
     "read_documents",

@@ -1,9 +1,10 @@
 """Scale-out indexing on Ray Data: a local Ray started here, a real ``chroma run`` server on 127.0.0.1.
 
-Ray starts once for the module, with 3 logical CPUs: 2 CPU workers and one for reading and
-tokenising. Every Ray job pays for starting its workers (importing torch, loading the tiny model),
-so the module runs three jobs in all. Readers and the tokenise stage are also tested directly,
-without Ray. The model has random weights: vectors are compared, never judged.
+Ray starts once for the module, with 3 logical CPUs (2 CPU workers and one for reading and
+tokenising) and 2 declared GPUs, which no job uses: they let the worker planning be checked,
+while the jobs ask for CPU workers. Every Ray job pays for starting its workers (importing torch,
+loading the tiny model), so the module runs two. Readers and the tokenise stage are also tested
+directly, without Ray. The model has random weights: vectors are compared, never judged.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ ray = pytest.importorskip("ray")
 
 from jina_rag.cli import main as cli_main  # noqa: E402
 from jina_rag.index import Document, DocumentIndex, open_store, point_id  # noqa: E402
-from jina_rag.index.ray_data import index_with_ray, list_sources, read_sources, tokenize_documents  # noqa: E402
+from jina_rag.index.ray_data import (  # noqa: E402
+    WorkerPlan,
+    index_with_ray,
+    list_sources,
+    plan_workers,
+    read_sources,
+    tokenize_documents,
+)
 
 TESTS = Path(__file__).resolve().parent
 WORDS = "tidal energy coastal engineering harbour sediment turbine survey report long".split()
@@ -51,7 +59,7 @@ def ray_cluster():
     # Workers are new processes: they import this module (for the kill hook) and the checkout's jina_rag.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]))
-        ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=3, num_gpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield
     finally:
@@ -157,6 +165,19 @@ def test_local_stores_are_refused_for_several_workers(tmp_path, capsys):
 # -- jobs on a local Ray ------------------------------------------------------------------------------
 
 
+def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_cluster):
+    assert plan_workers(None, None, 1.0) == WorkerPlan(2, "cuda", num_cpus=1, num_gpus=1, threads=1)
+    assert plan_workers("cuda:1", 1, 1.0) == WorkerPlan(1, "cuda", num_cpus=1, num_gpus=1, threads=1)
+    assert plan_workers("cpu", None, 1.0) == WorkerPlan(2, "cpu", num_cpus=1.0, num_gpus=0, threads=1)
+    assert plan_workers("cpu", 1, 2.0) == WorkerPlan(1, "cpu", num_cpus=2.0, num_gpus=0, threads=2)
+    with pytest.raises(ValueError, match="3 GPU workers need 3 GPUs; the Ray cluster has 2"):
+        plan_workers(None, 3, 1.0)
+    with pytest.raises(ValueError, match=r"2 CPU workers of 2 CPUs each, plus 1 CPU .* need 5 CPUs; the Ray cluster has 3"):
+        plan_workers("cpu", 2, 2.0)
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        plan_workers("mps", None, 1.0)
+
+
 def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_the_single_process_path(
     tmp_path, ray_cluster, chroma_server, checkpoint, encoder, capsys
 ):
@@ -177,7 +198,8 @@ def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_t
     report = index_with_ray(
         [tmp_path / "docs"], records=[tmp_path / "records.jsonl", tmp_path / "rows.parquet"],
         store="chroma", location=chroma_server.url, collection=collection,
-        model=checkpoint, max_length=128, workers=2, batch_docs=3, on_batch=ExitOnce(marker), show_progress=False,
+        model=checkpoint, device="cpu", max_length=128, workers=2, batch_docs=3, on_batch=ExitOnce(marker),
+        show_progress=False,
     )
     # The hook ran, so a worker died right after its first write. Ray restarted it and retried the
     # batch, which found the points the dead attempt had written: reported unchanged, not rewritten.
@@ -211,7 +233,7 @@ def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_t
 
     # The whole job again, from the command line: nothing is encoded, the count stays.
     store = ["--store", "chroma", "--location", chroma_server.url, "--collection", collection]
-    model = ["--model", str(checkpoint), "--max-length", "128", "--no-progress"]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
     sources = [str(tmp_path / "docs"), "--records", str(tmp_path / "records.jsonl"), "--records", str(tmp_path / "rows.parquet")]
     assert cli_main(["index", *sources, *store, *model, "--engine", "ray", "--workers", "2"]) == 1  # 1: failures
     out = capsys.readouterr().out
