@@ -20,7 +20,7 @@ from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
 
 __version__ = "0.1.0"
 
-# Adapters import their framework and the ONNX tools ONNX Runtime (optional extras), so they load on first use.
+# Adapters, the ONNX tools and the Ray engine import optional extras, so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
     "JinaRetriever": "jina_rag.langchain",
@@ -31,6 +31,7 @@ _ADAPTERS = {
     "OnnxExport": "jina_rag.onnx_export",
     "OnnxExportError": "jina_rag.onnx_export",
     "export_onnx": "jina_rag.onnx_export",
+    "index_with_ray": "jina_rag.index.ray_data",
 }
 
 
@@ -50,6 +51,7 @@ __all__ = [
     "DocumentIndex",
     "encode_late_chunks",
     "export_onnx",
+    "index_with_ray",
     "IndexingError",
     "IndexReport",
     "JinaBertConfig",

@@ -165,6 +165,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not args.paths and not args.records:
         raise ValueError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
     suffixes = {s if s.startswith(".") else f".{s}" for s in args.suffix} if args.suffix else None
+    if args.engine == "ray":
+        return _index_with_ray(args, suffixes)
+    if args.address or args.workers or args.cpus_per_worker:
+        raise ValueError("--address, --workers and --cpus-per-worker apply to --engine ray")
+    if any(Path(records).suffix.lower() == ".parquet" or Path(records).is_dir() for records in args.records or []):
+        raise ValueError("Parquet files and folders of records need --engine ray; the local engine reads JSON Lines files")
     documents = list(read_documents(args.paths, root=args.root, **({"suffixes": suffixes} if suffixes else {})))
     for records in args.records or []:
         documents.extend(read_records_file(records))
@@ -179,6 +185,23 @@ def cmd_index(args: argparse.Namespace) -> int:
             return 1
     print(report.summary())
     return 0
+
+
+def _index_with_ray(args: argparse.Namespace, suffixes: set[str] | None) -> int:
+    from jina_rag.index.ray_data import index_with_ray
+
+    report = index_with_ray(
+        args.paths, records=args.records or (), root=args.root, **({"suffixes": suffixes} if suffixes else {}),
+        store=args.store, location=args.location, collection=args.collection,
+        api_key=args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY"),
+        index_fields=args.index_field or (),
+        model=args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
+        batch_tokens=args.batch_tokens, workers=args.workers, cpus_per_worker=args.cpus_per_worker or 1.0,
+        address=args.address, batch_docs=args.batch_docs, retries=args.retries,
+        show_progress=False if args.no_progress else None,
+    )
+    print(report.summary())
+    return 1 if report.failed else 0
 
 
 def _parse_filter(items: Sequence[str]) -> dict[str, list[str | int]]:
@@ -268,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser("index", help="index documents (whole, and late-chunked passages) into Qdrant or Chroma")
     index.add_argument("paths", nargs="*", metavar="PATH", help="text files or folders (id = path relative to the folder)")
-    index.add_argument("--records", action="append", metavar="FILE.jsonl", help='JSON lines {"id", "text", "metadata"} (repeatable)')
+    index.add_argument("--records", action="append", metavar="FILE.jsonl", help='JSON lines {"id", "text", "metadata"} (repeatable; with --engine ray also .parquet files and folders of record files)')
     index.add_argument("--root", default=None, help="make every id relative to this folder")
     index.add_argument("--suffix", action="append", metavar=".EXT", help="file types to read (repeatable; default: common text types)")
     index.add_argument("--batch-docs", type=int, default=32, help="documents per write batch (default: 32)")
@@ -280,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         "document (default: the collection's, document for a new one)",
     )
     index.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
+    engine = index.add_argument_group("engine")
+    engine.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local: this process (default); ray: a Ray cluster's workers (server stores only; --records may be .parquet or folders)",
+    )
+    engine.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://HOST:PORT); default: start a local Ray")
+    engine.add_argument("--workers", type=int, default=None, help="encoding workers (default: one per GPU, else as the CPUs allow)")
+    engine.add_argument("--cpus-per-worker", type=float, default=None, help="CPU threads per CPU worker (default: 1)")
     add_store_arguments(index)
     add_model_arguments(index)
     index.set_defaults(run=cmd_index)

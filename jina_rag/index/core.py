@@ -237,6 +237,33 @@ def open_store(
     raise ValueError(f"unknown store {kind!r}: use one of {', '.join(STORES)}")
 
 
+def too_long_message(doc_id: str, tokens: int, max_length: int) -> str:
+    """Why a document over ``max_length`` is refused under the ``long_text="error"`` policy."""
+    return (
+        f"document {doc_id!r} has {tokens} tokens, over max_length={max_length}; "
+        f"use an encoder with long_text='windows' (one averaged vector) or 'truncate'"
+    )
+
+
+def upsert_with_retries(store: DocumentStore, points: Sequence[Point], retries: int, retry_delay: float) -> None:
+    """Upsert, retrying ``retries`` times with doubling delays; bad input is raised at once."""
+    for attempt in range(retries + 1):
+        try:
+            store.upsert(points)
+            return
+        except (TypeError, ValueError):
+            raise  # bad input: retrying cannot help
+        except Exception as error:
+            if attempt == retries:
+                raise
+            delay = retry_delay * 2**attempt
+            logger.warning(
+                "writing %d points to %s failed (%s: %s); retry %d of %d in %.1f s",
+                len(points), store.description, type(error).__name__, error, attempt + 1, retries, delay,
+            )
+            time.sleep(delay)
+
+
 class DocumentIndex:
     """Index documents into a store (one point each), and search them.
 
@@ -387,7 +414,7 @@ class DocumentIndex:
             for number, batch in enumerate(plan.batches):
                 points = self.encode_points(batch, plan.hashes)
                 try:
-                    self._upsert_with_retries(points, retries, retry_delay)
+                    upsert_with_retries(self.store, points, retries, retry_delay)
                 except Exception as error:
                     report.failed = [doc.id for later in plan.batches[number:] for doc in later]
                     report.seconds = time.perf_counter() - started
@@ -414,27 +441,7 @@ class DocumentIndex:
             return
         for doc, count in zip(docs, tokens):
             if count > self.encoder.max_length:
-                raise TextTooLongError(
-                    f"document {doc.id!r} has {count} tokens, over max_length={self.encoder.max_length}; "
-                    f"use an encoder with long_text='windows' (one averaged vector) or 'truncate'"
-                )
-
-    def _upsert_with_retries(self, points: list[Point], retries: int, retry_delay: float) -> None:
-        for attempt in range(retries + 1):
-            try:
-                self.store.upsert(points)
-                return
-            except (TypeError, ValueError):
-                raise  # bad input: retrying cannot help
-            except Exception as error:
-                if attempt == retries:
-                    raise
-                delay = retry_delay * 2**attempt
-                logger.warning(
-                    "writing %d points to %s failed (%s: %s); retry %d of %d in %.1f s",
-                    len(points), self.store.description, type(error).__name__, error, attempt + 1, retries, delay,
-                )
-                time.sleep(delay)
+                raise TextTooLongError(too_long_message(doc.id, count, self.encoder.max_length))
 
     @staticmethod
     def _failure_message(report: IndexReport, error: Exception) -> str:
