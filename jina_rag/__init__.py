@@ -10,23 +10,28 @@ from jina_rag.index import (
     DocumentIndex,
     IndexingError,
     IndexReport,
+    Passage,
     SearchHit,
     read_documents,
 )
+from jina_rag.late_chunking import LateChunks, encode_late_chunks
 from jina_rag.loading import CheckpointError, ModelNotFoundError, load_model, load_tokenizer, save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes
 
 __version__ = "0.1.0"
 
-# Adapters import their framework and the ONNX tools ONNX Runtime (optional extras), so they load on first use.
+# Adapters, the ONNX tools and the Ray engine import optional extras, so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
+    "JinaRetriever": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
+    "JinaNodeRetriever": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
     "OnnxBackend": "jina_rag.onnx_backend",
     "OnnxExport": "jina_rag.onnx_export",
     "OnnxExportError": "jina_rag.onnx_export",
     "export_onnx": "jina_rag.onnx_export",
+    "index_with_ray": "jina_rag.index.ray_data",
 }
 
 
@@ -39,12 +44,16 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "alibi_slopes",
     "CheckpointError",
     "CollectionMismatchError",
     "Document",
     "DocumentIndex",
-    "IndexReport",
+    "encode_late_chunks",
+    "export_onnx",
+    "index_with_ray",
     "IndexingError",
+    "IndexReport",
     "JinaBertConfig",
     "JinaBertForMaskedLM",
     "JinaBertModel",
@@ -52,19 +61,21 @@ __all__ = [
     "JinaEmbeddingFunction",
     "JinaEmbeddings",
     "JinaEncoder",
-    "ModelNotFoundError",
-    "OnnxBackend",
-    "OnnxExport",
-    "OnnxExportError",
-    "RetrievalSet",
-    "SearchHit",
-    "TextTooLongError",
-    "alibi_slopes",
-    "export_onnx",
+    "JinaNodeRetriever",
+    "JinaRetriever",
+    "LateChunks",
     "load_beir",
     "load_model",
     "load_narrativeqa",
     "load_tokenizer",
+    "ModelNotFoundError",
+    "OnnxBackend",
+    "OnnxExport",
+    "OnnxExportError",
+    "Passage",
     "read_documents",
+    "RetrievalSet",
     "save_pretrained",
+    "SearchHit",
+    "TextTooLongError",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -12,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
-from jina_rag.index import STORES, DocumentIndex, IndexingError, read_documents, read_records_file
+from jina_rag.index import INDEX_MODES, STORES, DocumentIndex, IndexingError, read_documents, read_records_file
+from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import MODEL_ENV_VAR
 
 logger = logging.getLogger("jina_rag.cli")
@@ -154,7 +156,8 @@ def _open_index(args: argparse.Namespace, index_fields: Sequence[str] = ()) -> D
     api_key = args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY")
     return DocumentIndex.open(
         args.store, args.location, args.collection, encoder=encoder_from_args(args), api_key=api_key,
-        index_fields=index_fields, batch_tokens=args.batch_tokens,
+        index_fields=index_fields, batch_tokens=args.batch_tokens, mode=args.mode,
+        chunk_tokens=getattr(args, "chunk_tokens", DEFAULT_CHUNK_TOKENS),
     )
 
 
@@ -162,6 +165,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not args.paths and not args.records:
         raise ValueError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
     suffixes = {s if s.startswith(".") else f".{s}" for s in args.suffix} if args.suffix else None
+    if args.engine == "ray":
+        return _index_with_ray(args, suffixes)
+    if args.address or args.workers or args.cpus_per_worker:
+        raise ValueError("--address, --workers and --cpus-per-worker apply to --engine ray")
+    if any(Path(records).suffix.lower() == ".parquet" or Path(records).is_dir() for records in args.records or []):
+        raise ValueError("Parquet files and folders of records need --engine ray; the local engine reads JSON Lines files")
     documents = list(read_documents(args.paths, root=args.root, **({"suffixes": suffixes} if suffixes else {})))
     for records in args.records or []:
         documents.extend(read_records_file(records))
@@ -176,6 +185,23 @@ def cmd_index(args: argparse.Namespace) -> int:
             return 1
     print(report.summary())
     return 0
+
+
+def _index_with_ray(args: argparse.Namespace, suffixes: set[str] | None) -> int:
+    from jina_rag.index.ray_data import index_with_ray
+
+    report = index_with_ray(
+        args.paths, records=args.records or (), root=args.root, **({"suffixes": suffixes} if suffixes else {}),
+        store=args.store, location=args.location, collection=args.collection,
+        api_key=args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY"),
+        index_fields=args.index_field or (),
+        model=args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
+        batch_tokens=args.batch_tokens, workers=args.workers, cpus_per_worker=args.cpus_per_worker or 1.0,
+        address=args.address, batch_docs=args.batch_docs, retries=args.retries,
+        show_progress=False if args.no_progress else None,
+    )
+    print(report.summary())
+    return 1 if report.failed else 0
 
 
 def _parse_filter(items: Sequence[str]) -> dict[str, list[str | int]]:
@@ -194,10 +220,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = index.search(args.query, limit=args.limit, filter=_parse_filter(args.filter or []))
     for rank, hit in enumerate(hits, start=1):
         if args.json:
-            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata, "text": hit.text}))
+            passage = dataclasses.asdict(hit.passage) if hit.passage else None
+            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "metadata": hit.metadata, "text": hit.text, "passage": passage}))
         else:
             preview = " ".join(hit.text.split())[: args.preview]
             print(f"{rank:>3}  {hit.score:.4f}  {hit.id}\n     {preview}")
+            if hit.passage:
+                passage = " ".join(hit.passage.text.split())[: args.preview]
+                print(f"     passage {hit.passage.index} [{hit.passage.start}:{hit.passage.end}] {hit.passage.score:.4f}: {passage}")
     return 0
 
 
@@ -259,14 +289,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(info)
     info.set_defaults(run=cmd_info)
 
-    index = commands.add_parser("index", help="index whole documents (one vector each) into Qdrant or Chroma")
+    index = commands.add_parser("index", help="index documents (whole, and late-chunked passages) into Qdrant or Chroma")
     index.add_argument("paths", nargs="*", metavar="PATH", help="text files or folders (id = path relative to the folder)")
-    index.add_argument("--records", action="append", metavar="FILE.jsonl", help='JSON lines {"id", "text", "metadata"} (repeatable)')
+    index.add_argument("--records", action="append", metavar="FILE.jsonl", help='JSON lines {"id", "text", "metadata"} (repeatable; with --engine ray also .parquet files and folders of record files)')
     index.add_argument("--root", default=None, help="make every id relative to this folder")
     index.add_argument("--suffix", action="append", metavar=".EXT", help="file types to read (repeatable; default: common text types)")
     index.add_argument("--batch-docs", type=int, default=32, help="documents per write batch (default: 32)")
     index.add_argument("--retries", type=int, default=3, help="retries per write batch (default: 3)")
     index.add_argument("--index-field", action="append", metavar="KEY", help="metadata key to give a payload index on a Qdrant server")
+    index.add_argument(
+        "--mode", choices=INDEX_MODES, default=None,
+        help="document: one vector per document; late-chunks / both: passage vectors too, from one pass over the "
+        "document (default: the collection's, document for a new one)",
+    )
+    index.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
+    engine = index.add_argument_group("engine")
+    engine.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local: this process (default); ray: a Ray cluster's workers (server stores only; --records may be .parquet or folders)",
+    )
+    engine.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://HOST:PORT); default: start a local Ray")
+    engine.add_argument("--workers", type=int, default=None, help="encoding workers (default: one per GPU, else as the CPUs allow)")
+    engine.add_argument("--cpus-per-worker", type=float, default=None, help="CPU threads per CPU worker (default: 1)")
     add_store_arguments(index)
     add_model_arguments(index)
     index.set_defaults(run=cmd_index)
@@ -277,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata filter (repeatable; all keys must match)")
     search.add_argument("--json", action="store_true", help="print JSON lines")
     search.add_argument("--preview", type=int, default=200, help="characters of text to show (default: 200)")
+    search.add_argument(
+        "--mode", choices=INDEX_MODES, default=None,
+        help="score documents by their whole vector (document), best passage (late-chunks) or the better of both "
+        "(default: late-chunks if the collection holds passages, else document)",
+    )
     add_store_arguments(search)
     add_model_arguments(search)
     search.set_defaults(run=cmd_search)

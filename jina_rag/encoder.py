@@ -94,6 +94,21 @@ class TorchBackend:
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         return self.model.pool(self._to_device(input_ids), self._to_device(attention_mask))
 
+    @torch.inference_mode()
+    def token_states(self, sequences: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """Token states of a batch as rows ``[T, H]`` on the device, and the row where each sequence starts.
+
+        Row ``starts[i] + t`` holds token ``t`` of ``sequences[i]`` (packed on CUDA, padded elsewhere).
+        """
+        if self.packed:
+            input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
+            hidden = self._forward_packed(self._to_device(input_ids), self._to_device(sequence_ids))
+            return hidden, np.cumsum([0, *map(len, sequences[:-1])]).tolist()
+        input_ids, attention_mask = pad_batch(sequences, self.pad_id)
+        hidden = self.model(self._to_device(input_ids), self._to_device(attention_mask))
+        width = input_ids.shape[1]
+        return hidden.reshape(-1, hidden.shape[-1]), [row * width for row in range(len(sequences))]
+
 
     def _forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
         if self._compiled_forward is not None:
@@ -179,6 +194,13 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
         if full[start : start + len(bare)] == bare:
             return full[:start], full[start + len(bare) :]
     raise ValueError("cannot find the special-token template of this tokenizer")
+
+
+def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens: what the encoder windows, counts and embeds."""
+    return tokenizer(
+        texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False,
+    )["input_ids"]
 
 
 @dataclass
@@ -287,17 +309,14 @@ class JinaEncoder:
         return special_tokens(self.tokenizer)
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(
-            texts, add_special_tokens=False, return_attention_mask=False,
-            return_token_type_ids=False, verbose=False,
-        )["input_ids"]
+        return tokenize(self.tokenizer, texts)
 
-    def _segments(self, texts: list[str], policy: LongTextPolicy, first_index: int = 0) -> list[_Segment]:
+    def _segments(self, token_ids: list[list[int]], policy: LongTextPolicy, first_index: int = 0) -> list[_Segment]:
         prefix, suffix = self.special_tokens
         span = self.max_length - len(prefix) - len(suffix)
         segments = []
         truncated = 0
-        for index, ids in enumerate(self._tokenize(texts), start=first_index):
+        for index, ids in enumerate(token_ids, start=first_index):
             if len(ids) > span:
                 if policy == "error":
                     raise TextTooLongError(
@@ -312,7 +331,7 @@ class JinaEncoder:
         if truncated:
             logger.warning(
                 "%d of %d texts were truncated to max_length=%d tokens (long_text='truncate')",
-                truncated, len(texts), self.max_length,
+                truncated, len(token_ids), self.max_length,
             )
         return segments
 
@@ -333,39 +352,68 @@ class JinaEncoder:
         """
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
-        policy = long_text or self.long_text
-        if policy not in LONG_TEXT_POLICIES:
-            raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {policy!r}")
+        policy = self._policy(long_text)
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         _check_texts(texts)
         if not texts:
             vectors = np.zeros((0, self.dim), dtype=np.float32)
         else:
-            vectors = self._encode(texts, policy, batch_tokens, normalize, show_progress)
+            vectors = self._encode(texts, False, policy, batch_tokens, normalize, show_progress)
         if single:
             vectors = vectors[0]
         return torch.from_numpy(vectors) if convert_to == "torch" else vectors
 
+    def encode_tokenized(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        *,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        normalize: bool = True,
+        long_text: LongTextPolicy | None = None,
+    ) -> np.ndarray:
+        """Embed texts already split by :func:`tokenize` (ids without special tokens); ``[n, dim]`` float32.
+
+        Gives the vectors :meth:`encode` gives for the same texts, so tokenising can run elsewhere
+        (on other CPUs than the ones feeding the device).
+        """
+        policy = self._policy(long_text)
+        if not token_ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._encode([list(ids) for ids in token_ids], True, policy, batch_tokens, normalize, False)
+
+    def _policy(self, long_text: LongTextPolicy | None) -> LongTextPolicy:
+        policy = long_text or self.long_text
+        if policy not in LONG_TEXT_POLICIES:
+            raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {policy!r}")
+        return policy
+
     def _encode(
-        self, texts: list[str], policy: LongTextPolicy, batch_tokens: int, normalize: bool, show_progress: bool | None
+        self,
+        items: list[str] | list[list[int]],
+        tokenized: bool,
+        policy: LongTextPolicy,
+        batch_tokens: int,
+        normalize: bool,
+        show_progress: bool | None,
     ) -> np.ndarray:
         backend = self.backend
         if show_progress is None:
-            show_progress = len(texts) > TOKENIZE_CHUNK_TEXTS // 8 and sys.stderr.isatty()
+            show_progress = len(items) > TOKENIZE_CHUNK_TEXTS // 8 and sys.stderr.isatty()
         segments: list[_Segment] = []
         parts, order = [], []
-        with tqdm(total=len(texts), unit="text", desc="encoding", disable=not show_progress) as bar:
+        with tqdm(total=len(items), unit="text", desc="encoding", disable=not show_progress) as bar:
             # Tokenising chunk by chunk overlaps it with the device working on the previous chunk:
             # launches are asynchronous and results are collected only at the end.
-            for first in range(0, len(texts), TOKENIZE_CHUNK_TEXTS):
-                chunk = self._segments(texts[first : first + TOKENIZE_CHUNK_TEXTS], policy, first)
+            for first in range(0, len(items), TOKENIZE_CHUNK_TEXTS):
+                part = items[first : first + TOKENIZE_CHUNK_TEXTS]
+                chunk = self._segments(part if tokenized else self._tokenize(part), policy, first)
                 lengths = [len(s.input_ids) for s in chunk]
                 for batch in plan_batches(lengths, batch_tokens, packed=backend.packed):
                     parts.append(backend.embed([chunk[i].input_ids for i in batch]))
                     order.extend(len(segments) + i for i in batch)
                 segments.extend(chunk)
-                bar.update(min(TOKENIZE_CHUNK_TEXTS, len(texts) - first))
+                bar.update(min(TOKENIZE_CHUNK_TEXTS, len(items) - first))
                 bar.set_postfix(tokens=sum(len(s.input_ids) for s in segments), refresh=False)
         lengths = [len(s.input_ids) for s in segments]
         pooled = np.empty((len(segments), self.dim), dtype=np.float32)
@@ -373,9 +421,9 @@ class JinaEncoder:
         # Windows of one text are averaged, weighted by their token counts.
         owners = np.array([s.text_index for s in segments])
         weights = np.array(lengths, dtype=np.float32)
-        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
         np.add.at(vectors, owners, pooled * weights[:, None])
-        vectors /= np.bincount(owners, weights=weights, minlength=len(texts))[:, None].astype(np.float32)
+        vectors /= np.bincount(owners, weights=weights, minlength=len(items))[:, None].astype(np.float32)
         if normalize:
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
         return vectors

@@ -1,16 +1,23 @@
-"""LangChain adapter: :class:`JinaEmbeddings`, a ``langchain_core`` ``Embeddings`` over :class:`JinaEncoder`."""
+"""LangChain adapters: :class:`JinaEmbeddings` (``Embeddings`` over :class:`JinaEncoder`) and
+:class:`JinaRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 try:
+    from langchain_core.callbacks import CallbackManagerForRetrieverRun
+    from langchain_core.documents import Document
     from langchain_core.embeddings import Embeddings
+    from langchain_core.retrievers import BaseRetriever
 except ImportError as error:  # an optional extra
     raise ImportError("the LangChain adapter needs langchain-core: pip install 'jina-rag[langchain]'") from error
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
+from jina_rag.index import DocumentIndex, IndexMode
+from jina_rag.index.core import FilterValue
 
 
 class JinaEmbeddings(BaseModel, Embeddings):
@@ -55,3 +62,44 @@ class JinaEmbeddings(BaseModel, Embeddings):
     def embed_query(self, text: str) -> list[float]:
         """Queries and documents share one encoder (Jina v2 uses no query prefix)."""
         return self.embed_documents([text])[0]
+
+
+class JinaRetriever(BaseRetriever):
+    """Whole documents from a :class:`~jina_rag.index.DocumentIndex`, best first, for LangChain.
+
+    Works on any collection the index writes; on one indexed with passages (``late-chunks`` or
+    ``both``; langchain-qdrant cannot search multivectors) each document comes back with the
+    passage that matches the query best. Metadata: the document's own keys, ``doc_id``, ``score``
+    and ``passage`` (``{"index", "start", "end", "text", "score"}``, or None), so
+    ``doc.page_content[start:end] == passage["text"]``. ``invoke(query, k=..., filter=..., mode=...)``
+    overrides the fields for one call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index: DocumentIndex
+    k: int = Field(default=4, gt=0)
+    filter: dict[str, FilterValue | list[FilterValue]] | None = None
+    mode: IndexMode | None = None  # None: the index's mode
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        filter: dict[str, FilterValue | list[FilterValue]] | None = None,
+        mode: IndexMode | None = None,
+    ) -> list[Document]:
+        hits = self.index.search(query, limit=k or self.k, filter=filter or self.filter, mode=mode or self.mode)
+        return [
+            Document(
+                page_content=hit.text,
+                id=hit.id,
+                metadata={
+                    **hit.metadata, "doc_id": hit.id, "score": hit.score,
+                    "passage": dataclasses.asdict(hit.passage) if hit.passage else None,
+                },
+            )
+            for hit in hits
+        ]

@@ -1,17 +1,27 @@
-"""LlamaIndex adapter: :class:`JinaEmbedding`, a ``BaseEmbedding`` over :class:`JinaEncoder`."""
+"""LlamaIndex adapters: :class:`JinaEmbedding` (a ``BaseEmbedding`` over :class:`JinaEncoder`) and
+:class:`JinaNodeRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 try:
     from llama_index.core.embeddings import BaseEmbedding
+    from llama_index.core.retrievers import BaseRetriever
+    from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 except ImportError as error:  # an optional extra
     raise ImportError("the LlamaIndex adapter needs llama-index-core: pip install 'jina-rag[llamaindex]'") from error
 from pydantic import Field, PrivateAttr
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
+from jina_rag.index import DocumentIndex, IndexMode
+from jina_rag.index.core import FilterValue
+
+# Added to each node's metadata; kept out of what the LLM and embedders read.
+HIT_KEYS = ["doc_id", "passage"]
 
 
 class JinaEmbedding(BaseEmbedding):
@@ -68,3 +78,53 @@ class JinaEmbedding(BaseEmbedding):
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return (await self._aget_text_embeddings([query]))[0]
+
+
+class JinaNodeRetriever(BaseRetriever):
+    """Whole documents from a :class:`~jina_rag.index.DocumentIndex` as LlamaIndex nodes, best first.
+
+    Each node is a document (``id_`` and source = the document id, scored by the index); on a
+    collection indexed with passages (``late-chunks`` or ``both``) its metadata ``passage`` holds
+    the passage that matches the query best (``{"index", "start", "end", "text", "score"}``).
+    ``aretrieve`` runs the search in a worker thread.
+    """
+
+    def __init__(
+        self,
+        index: DocumentIndex,
+        *,
+        similarity_top_k: int = 4,
+        filter: Mapping[str, FilterValue | Sequence[FilterValue]] | None = None,
+        mode: IndexMode | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if similarity_top_k < 1:
+            raise ValueError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
+        self.index = index
+        self.similarity_top_k = similarity_top_k
+        self.filter = filter
+        self.mode = mode
+        super().__init__(**kwargs)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = self.index.search(query_bundle.query_str, limit=self.similarity_top_k, filter=self.filter, mode=self.mode)
+        return [
+            NodeWithScore(
+                node=TextNode(
+                    id_=hit.id,
+                    text=hit.text,
+                    metadata={
+                        **hit.metadata, "doc_id": hit.id,
+                        "passage": dataclasses.asdict(hit.passage) if hit.passage else None,
+                    },
+                    excluded_embed_metadata_keys=HIT_KEYS,
+                    excluded_llm_metadata_keys=HIT_KEYS,
+                    relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=hit.id)},
+                ),
+                score=hit.score,
+            )
+            for hit in hits
+        ]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)

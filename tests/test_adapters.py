@@ -10,15 +10,15 @@ import time
 
 import numpy as np
 import pytest
-from langchain_tests.integration_tests import EmbeddingsIntegrationTests
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from jina_rag import JinaEncoder, ModelNotFoundError
 from jina_rag.chroma import JinaEmbeddingFunction
 from jina_rag.index import Document, DocumentIndex, point_id
 from jina_rag.index.qdrant import QdrantStore
-from jina_rag.langchain import JinaEmbeddings
-from jina_rag.llama_index import JinaEmbedding
+from jina_rag.langchain import JinaEmbeddings, JinaRetriever
+from jina_rag.llama_index import JinaEmbedding, JinaNodeRetriever
 
 TEXTS = [
     "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
@@ -280,3 +280,87 @@ def test_document_index_collection_queried_through_chroma_with_the_embedding_fun
     found = collection.query(query_texts=[TEXTS[1]], n_results=1)
     assert found["documents"][0] == [TEXTS[1]] and found["metadatas"][0][0]["doc_id"] == "doc1"
     index.close()
+
+
+# -- retrievers over the indexing core (late chunks) --------------------------------------------------
+
+ARTICLES = {
+    "photosynthesis": [TEXTS[0], "Chlorophyll absorbs red and blue light but reflects green.", "Leaves open their stomata at dawn."],
+    "rates": [TEXTS[1], "Mortgage payments rose within a month.", "Savers finally earned interest again."],
+    "sonnets": [TEXTS[2], "Shakespeare wrote one hundred and fifty four of them.", "The final couplet often turns the argument."],
+    "glaciers": [TEXTS[3], "Meltwater deposits gravel in long ridges called eskers.", "Ice cores record ancient air."],
+}
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    import re
+
+    return [match.span() for match in re.finditer(r"[^.!?\s][^.!?]*[.!?]", text)]
+
+
+@pytest.fixture(scope="module", params=["qdrant", "chroma"])
+def late_index(request, checkpoint, tmp_path_factory):
+    location = ":memory:" if request.param == "qdrant" else str(tmp_path_factory.mktemp("late") / "chroma")
+    index = DocumentIndex.open(
+        request.param, location, "late-retrievers", encoder=JinaEncoder.from_pretrained(checkpoint, **SMALL),
+        mode="late-chunks", splitter=sentence_spans,
+    )
+    index.index([Document(name, " ".join(passages), {"n": n}) for n, (name, passages) in enumerate(ARTICLES.items())])
+    yield index
+    index.close()
+
+
+class TestJinaRetrieverStandardIntegration(RetrieversIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _index(self, late_index) -> None:
+        self.index = late_index
+
+    @property
+    def retriever_constructor(self) -> type[JinaRetriever]:
+        return JinaRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"index": self.index}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return ARTICLES["sonnets"][1]
+
+
+def test_langchain_retriever_returns_documents_with_the_matching_passage(late_index):
+    retriever = JinaRetriever(index=late_index, k=2)
+    for n, (name, passages) in enumerate(ARTICLES.items()):
+        for number, passage in enumerate(passages):
+            top = retriever.invoke(passage)[0]
+            assert top.id == top.metadata["doc_id"] == name and top.metadata["n"] == n
+            assert top.page_content == " ".join(passages)
+            found = top.metadata["passage"]
+            assert found["index"] == number and found["text"] == passage
+            assert top.page_content[found["start"] : found["end"]] == passage
+            assert top.metadata["score"] == pytest.approx(found["score"], abs=1e-4)
+    filtered = retriever.invoke(ARTICLES["rates"][2], k=4, filter={"n": [2, 3]})
+    assert sorted(doc.id for doc in filtered) == ["glaciers", "sonnets"]
+    whole = retriever.invoke(ARTICLES["rates"][2], mode="document")[0]
+    assert whole.metadata["passage"]["text"] == ARTICLES["rates"][2]
+    assert whole.metadata["score"] != pytest.approx(whole.metadata["passage"]["score"], abs=1e-4)
+    with pytest.raises(ValueError, match="greater than 0"):
+        JinaRetriever(index=late_index, k=0)
+
+
+def test_llama_index_retriever_returns_document_nodes_with_the_matching_passage(late_index):
+    from llama_index.core.schema import MetadataMode
+
+    retriever = JinaNodeRetriever(late_index, similarity_top_k=3)
+    for name, passages in ARTICLES.items():
+        for number, passage in enumerate(passages):
+            top = retriever.retrieve(passage)[0]
+            assert top.node.node_id == top.node.ref_doc_id == name and top.node.get_content() == " ".join(passages)
+            assert top.node.metadata["passage"]["index"] == number and top.node.metadata["passage"]["text"] == passage
+            assert top.score == pytest.approx(top.node.metadata["passage"]["score"], abs=1e-4)
+    nodes = asyncio.run(retriever.aretrieve(ARTICLES["glaciers"][2]))
+    assert len(nodes) == 3 and nodes[0].node.node_id == "glaciers"
+    llm_text = nodes[0].node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "n: 3" in llm_text and "passage" not in llm_text and "doc_id" not in llm_text
+    filtered = JinaNodeRetriever(late_index, similarity_top_k=4, filter={"n": 0}).retrieve(ARTICLES["glaciers"][2])
+    assert [node.node.node_id for node in filtered] == ["photosynthesis"]

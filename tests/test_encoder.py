@@ -12,7 +12,7 @@ import torch
 from jina_rag import JinaEncoder, ModelNotFoundError, TextTooLongError, load_model, save_pretrained
 from jina_rag.batching import plan_batches
 from jina_rag.cli import main as cli_main
-from jina_rag.encoder import window_spans
+from jina_rag.encoder import tokenize, window_spans
 
 from conftest import bert_tokenizer
 
@@ -155,6 +155,15 @@ def test_adapters_share_one_loaded_model(checkpoint):
 
 def test_count_tokens_includes_special_tokens(encoder):
     assert encoder.count_tokens(["hello world", "a"]) == [4, 3]
+
+
+def test_encoding_token_ids_gives_the_vectors_of_the_texts(encoder):
+    texts = [text_of(n, seed=n) for n in (3, 400, 40)]  # 400 words: several windows
+    token_ids = tokenize(encoder.tokenizer, texts)
+    np.testing.assert_allclose(encoder.encode_tokenized(token_ids, batch_tokens=200), encoder.encode(texts), atol=1e-6)
+    assert encoder.encode_tokenized([]).shape == (0, encoder.dim)
+    with pytest.raises(TextTooLongError, match=r"texts\[1\] has \d+ tokens"):
+        encoder.encode_tokenized(token_ids, long_text="error")
 
 
 def test_save_pretrained_round_trip(checkpoint, tmp_path, encoder):

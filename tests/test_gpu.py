@@ -71,3 +71,21 @@ def test_encoder_on_cuda_matches_cpu(base_like):
     gpu = JinaEncoder.from_pretrained(base_like, device="cuda", dtype="bf16").encode(texts, batch_tokens=4096)
     cosine = (cpu * gpu).sum(axis=1)
     assert np.all(cosine >= 0.999), cosine
+
+
+def test_late_chunks_on_cuda_match_the_cpu_reference(base_like):
+    from jina_rag import encode_late_chunks
+
+    sentences = [f"Section {i} covers tidal turbines, harbour walls and the dredging schedule." for i in range(400)]
+    texts = [" ".join(sentences), " ".join(sentences[:30]), "A short note about bread. It rises overnight."]
+    cpu = JinaEncoder.from_pretrained(base_like, device="cpu", max_length=2048)
+    # float32 on both sides: this checks the packed rows and windows, not bf16 rounding.
+    cuda = JinaEncoder.from_pretrained(base_like, device="cuda", dtype="float32", max_length=2048)
+    assert cuda.backend.packed
+    expected = encode_late_chunks(cpu, texts, chunk_tokens=40)
+    got = encode_late_chunks(cuda, texts, chunk_tokens=40, batch_tokens=4096)
+    assert len(expected[0].windows) > 1  # the long one is read in windows
+    for reference, packed in zip(expected, got):
+        assert packed.spans == reference.spans and packed.passage_windows == reference.passage_windows
+        np.testing.assert_allclose(packed.vectors, reference.vectors, atol=1e-3)
+        np.testing.assert_allclose(packed.document_vector, reference.document_vector, atol=1e-3)

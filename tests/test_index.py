@@ -52,8 +52,8 @@ class StoreSpec:
     collection: str
     api_key: str | None = None
 
-    def open(self, encoder) -> DocumentIndex:
-        return DocumentIndex(open_store(self.kind, self.location, self.collection, api_key=self.api_key), encoder)
+    def open(self, encoder, **options) -> DocumentIndex:
+        return DocumentIndex(open_store(self.kind, self.location, self.collection, api_key=self.api_key), encoder, **options)
 
 
 STORE_KINDS = ["qdrant-memory", "qdrant-path", "chroma-embedded", "chroma-server"]
@@ -283,7 +283,8 @@ def test_progress_bars_count_documents_and_tokens_and_can_be_hidden(encoder, cap
 # -- the fault: the server dies right after the first acknowledged batch ---------------------------
 
 
-def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding(tmp_path, encoder):
+@pytest.mark.parametrize("mode", ["document", "late-chunks"])
+def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding(tmp_path, encoder, mode):
     server = ChromaServer(tmp_path / "db").start()
     try:
         docs = corpus()
@@ -296,7 +297,9 @@ def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding
                 server.kill()
 
         with pytest.raises(IndexingError) as failure:
-            spec.open(encoder).index(docs, batch_docs=2, retries=1, retry_delay=0.05, on_batch=kill_after_first_batch)
+            spec.open(encoder, mode=mode).index(
+                docs, batch_docs=2, retries=1, retry_delay=0.05, on_batch=kill_after_first_batch
+            )
         landed = set(acknowledged[0])
         missing = sorted(d.id for d in docs if d.id not in landed)
         assert len(acknowledged) == 1 and len(landed) == 2
@@ -307,15 +310,18 @@ def test_server_killed_after_first_batch_then_rerun_completes_without_reencoding
         assert "Run the same indexing again" in str(failure.value)
 
         server.start()
-        with spec.open(encoder) as index:
+        with spec.open(encoder, mode=mode) as index:
             rerun = index.index(docs, batch_docs=2, retries=1, retry_delay=0.05)
             assert sorted(rerun.skipped) == sorted(landed)  # not re-encoded
             assert sorted(rerun.indexed) == missing
             assert rerun.tokens == sum(encoder.count_tokens([d.text for d in docs if d.id in missing]))
             assert index.count() == len(docs)
             stored = index.store.client.get_collection("fault").get(include=["metadatas"])
-            assert sorted(stored["ids"]) == sorted(point_id(d.id) for d in docs)
-            assert sorted(m["doc_id"] for m in stored["metadatas"]) == sorted(d.id for d in docs)
+            heads = [(i, m) for i, m in zip(stored["ids"], stored["metadatas"]) if m.get("passage_index", -1) == -1]
+            assert sorted(i for i, _ in heads) == sorted(point_id(d.id) for d in docs)
+            assert sorted(m["doc_id"] for _, m in heads) == sorted(d.id for d in docs)
+            # Each one-sentence document is one passage record beside its document record.
+            assert len(stored["ids"]) == len(docs) * (1 if mode == "document" else 2)
     finally:
         server.stop()
 
@@ -381,3 +387,161 @@ def test_cli_reports_bad_input_clearly(tmp_path, checkpoint, capsys):
     for kind, message in (("qdrant", "cannot reach the Qdrant server"), ("chroma", "Could not connect to a Chroma server")):
         assert cli_main(["search", "anything", "--store", kind, "--location", nobody, "--collection", "c", *model]) == 2
         assert message in capsys.readouterr().err
+
+
+# -- late chunks: passage vectors beside the whole-document vector ----------------------------------
+
+ARTICLES = {
+    "astronomy.md": ("science", [
+        "Telescopes collect faint light from distant galaxies and nebulae.",
+        "Astronomers measure redshift to estimate how fast a galaxy recedes.",
+        "The southern survey mapped a million galaxies over five years.",
+    ]),
+    "baking.md": ("cooking", [
+        "Knead the dough for ten minutes until it turns smooth and elastic.",
+        "Let the yeast rise overnight in a warm kitchen corner.",
+        "Bake the loaf in a hot oven until the crust sounds hollow.",
+    ]),
+    "sailing.txt": ("sport", [
+        "The crew trims the mainsail as the breeze freshens.",
+        "They tack the sloop upwind across the crowded harbour.",
+        "At dusk the skipper anchors in a sheltered cove.",
+    ]),
+    "taxes.md": ("finance", [
+        "File the annual return before the April deadline.",
+        "Keep receipts for every deductible business expense.",
+        "An accountant can explain depreciation of office equipment.",
+    ]),
+}
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """One passage per sentence: a splitter function, as users may pass one."""
+    import re
+
+    return [match.span() for match in re.finditer(r"[^.!?\s][^.!?]*[.!?]", text)]
+
+
+def articles() -> list[Document]:
+    return [Document(name, " ".join(sentences), {"topic": topic}) for name, (topic, sentences) in ARTICLES.items()]
+
+
+def test_late_chunk_search_returns_the_document_whose_passage_matches_with_its_span(store, encoder):
+    from jina_rag import encode_late_chunks
+
+    docs = articles()
+    chunks = encode_late_chunks(encoder, [d.text for d in docs], splitter=sentence_spans)
+    with store.open(encoder, mode="late-chunks", splitter=sentence_spans) as index:
+        report = index.index(docs, batch_docs=3)
+        assert len(report.indexed) == len(docs) and index.count() == len(docs)
+        for doc, doc_chunks in zip(docs, chunks):
+            for number, passage in enumerate(ARTICLES[doc.id][1]):
+                query = encoder.encode(passage)
+                hits = {mode: index.search(passage, limit=2, mode=mode) for mode in ("late-chunks", "document", "both")}
+                top = hits["late-chunks"][0]
+                assert (top.id, top.text, top.metadata) == (doc.id, doc.text, {"topic": ARTICLES[doc.id][0]})
+                assert top.passage.index == number and top.passage.text == passage
+                assert (top.passage.start, top.passage.end) == doc_chunks.spans[number]
+                assert top.text[top.passage.start : top.passage.end] == passage
+                # MAX_SIM over passages is the best passage's cosine: the re-scored passage's.
+                best = float(doc_chunks.vectors[number] @ query)
+                assert top.score == pytest.approx(best, abs=1e-4) and top.passage.score == pytest.approx(best, abs=1e-4)
+                # Encoded in its document, the passage is not its own query's vector.
+                assert best < 0.9999
+                whole = hits["document"][0]
+                assert whole.score == pytest.approx(float(doc_chunks.document_vector @ query), abs=1e-4)
+                assert whole.passage.index == number  # whole-document ranking still names the passage
+                both = hits["both"][0]
+                assert both.score == pytest.approx(max(best, whole.score if whole.id == doc.id else -1), abs=1e-4)
+        hits = index.search(ARTICLES["sailing.txt"][1][1], limit=4, filter={"topic": ["cooking", "finance"]})
+        assert sorted(h.id for h in hits) == ["baking.md", "taxes.md"]
+
+
+def test_late_chunk_reindexing_skips_unchanged_and_replaces_all_passages_of_changed(store, encoder):
+    docs = articles()
+    with store.open(encoder, mode="late-chunks", chunk_tokens=12) as index:
+        index.index(docs, batch_docs=2)
+        again = index.index(docs)
+        assert sorted(again.skipped) == sorted(d.id for d in docs) and again.tokens == 0
+        # Shorter text, so fewer passages: none of the old ones may survive.
+        docs[1] = Document("baking.md", "Bake bread.", {"topic": "cooking"})
+        changed = index.index(docs)
+        assert changed.indexed == ["baking.md"] and index.count() == len(docs)
+        hit = index.search("Bake bread.", limit=1)[0]
+        assert hit.id == "baking.md" and hit.passage.text == "Bake bread." and hit.passage.index == 0
+        if store.kind == "chroma":
+            records = index.store.client.get_collection(store.collection).get(where={"doc_id": "baking.md"})
+            assert len(records["ids"]) == 2  # the document record and its one passage
+        else:
+            point = index.store.client.retrieve(store.collection, [point_id("baking.md")], with_vectors=True)[0]
+            assert point.payload["passages"] == [[0, 11]] and len(point.vector["passages"]) == 1
+    # Another chunk size makes other passages: everything is re-indexed.
+    with store.open(encoder, mode="both", chunk_tokens=30) as index:
+        assert sorted(index.index(docs).indexed) == sorted(d.id for d in docs)
+        assert index.count() == len(docs)
+
+
+def test_modes_and_collections_must_agree(store, encoder):
+    docs = articles()
+    with store.open(encoder) as index:  # no mode, new collection: whole documents
+        index.index(docs)
+        with pytest.raises(ValueError, match="whole-document vectors only: index it with mode 'late-chunks'"):
+            index.search("galaxies", mode="late-chunks")
+        late = DocumentIndex(index.store, encoder, mode="late-chunks")
+        with pytest.raises(CollectionMismatchError, match="indexed with mode 'document'.*not changed"):
+            late.index(docs)
+        assert index.count() == len(docs) and index.search(docs[0].text, limit=1)[0].passage is None
+    other = StoreSpec(store.kind, store.location, f"{store.collection}-other")
+    with other.open(encoder, mode="both") as index:
+        index.index(docs)
+        with pytest.raises(CollectionMismatchError, match=r"indexed with passages \(mode 'late-chunks' or 'both'\)"):
+            DocumentIndex(index.store, encoder, mode="document").index(docs)
+        # Without a mode, an index follows its collection: passages are searched and kept up to date.
+        following = DocumentIndex(index.store, encoder)
+        assert following.resolved_mode() == "late-chunks"
+        assert following.index(docs).skipped == [d.id for d in docs]
+        assert following.search(ARTICLES["taxes.md"][1][0], limit=1)[0].passage.index == 0
+        with pytest.raises(ValueError, match="unknown mode 'passages'"):
+            following.search("x", mode="passages")
+
+
+def test_late_chunks_of_a_document_longer_than_max_length_are_all_searchable(store, encoder):
+    sentences = [f"Clause {i} sets the tide gauge number {i} at the harbour wall." for i in range(40)]
+    long_text = " ".join(sentences)
+    assert encoder.count_tokens(long_text)[0] > 4 * encoder.max_length
+    with store.open(encoder, mode="late-chunks", splitter=sentence_spans) as index:
+        index.index([("report", long_text), ("note", "A short note about bread.")])
+        assert index.count() == 2
+        for number in (0, 17, 39):
+            hit = index.search(sentences[number], limit=1)[0]
+            assert hit.id == "report" and hit.passage.index == number and hit.passage.text == sentences[number]
+
+
+def test_chroma_groups_passage_records_back_into_documents(tmp_path, encoder):
+    sentence = "The lighthouse keeper logs every passing ship."
+    crowded = " ".join([sentence] * 12)  # twelve passages nearer the query than any other document's
+    docs = [("lighthouse", crowded), *[(d.id, d.text) for d in articles()]]
+    with StoreSpec("chroma", str(tmp_path / "chroma"), "grouped").open(encoder, mode="late-chunks", splitter=sentence_spans) as index:
+        index.index(docs)
+        records = index.store.client.get_collection("grouped").count()
+        assert records == len(docs) + 12 + 3 * (len(docs) - 1)
+        hits = index.search(sentence, limit=3)
+        assert [h.id for h in hits][0] == "lighthouse" and len({h.id for h in hits}) == 3
+        assert hits[0].passage.text == sentence and hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_cli_late_chunks_index_then_search_shows_the_passage(tmp_path, checkpoint, capsys):
+    records = tmp_path / "articles.jsonl"
+    records.write_text("".join(json.dumps({"id": d.id, "text": d.text, "metadata": d.metadata}) + "\n" for d in articles()))
+    store = ["--store", "qdrant", "--location", str(tmp_path / "qdrant"), "--collection", "late"]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    assert cli_main(["index", "--records", str(records), *store, *model, "--mode", "late-chunks", "--chunk-tokens", "16"]) == 0
+    assert "4 indexed" in capsys.readouterr().out
+    passage = ARTICLES["sailing.txt"][1][1]
+    assert cli_main(["search", passage, *store, *model, "--limit", "1", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)
+    assert hit["id"] == "sailing.txt" and hit["passage"]["text"] == passage
+    assert hit["text"][hit["passage"]["start"] : hit["passage"]["end"]] == passage
+    assert cli_main(["search", passage, *store, *model, "--limit", "1", "--mode", "document"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[2] == "sailing.txt" and lines[2].startswith("     passage 1 [")

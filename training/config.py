@@ -99,6 +99,13 @@ class ContrastiveConfig:
     # Mined negatives per query (hard_negatives stage; the first N of each row are used).
     num_negatives: int = 0
     eval_batch_size: int = 256
+    # Distillation (pairs stage): teacher embeddings of the training pairs (python -m training.teacher),
+    # one .npz per data.train file. The loss adds distill_weight x (the student's in-batch query→passage
+    # similarities matched to the teacher's): "kl" between softmaxes at distill_temperature, or "mse".
+    teacher_embeddings: list[str] = field(default_factory=list)
+    distill_weight: float = 0.0
+    distill_temperature: float = 0.05
+    distill_loss: Literal["kl", "mse"] = "kl"
 
 
 @dataclass
@@ -142,6 +149,15 @@ class RunConfig:
                 raise ConfigError("the hard_negatives stage needs contrastive.num_negatives of at least 1")
             if self.stage == "pairs" and contrastive.num_negatives:
                 raise ConfigError("the pairs stage uses in-batch negatives only: set stage: hard_negatives to use mined ones")
+            if contrastive.distill_weight < 0 or contrastive.distill_temperature <= 0:
+                raise ConfigError("contrastive.distill_weight must be >= 0 and contrastive.distill_temperature positive")
+            if contrastive.distill_weight > 0 and not contrastive.teacher_embeddings:
+                raise ConfigError(
+                    "contrastive.distill_weight is set but contrastive.teacher_embeddings is empty: "
+                    "compute them with python -m training.teacher and list the .npz files"
+                )
+            if contrastive.teacher_embeddings and self.stage != "pairs":
+                raise ConfigError("teacher embeddings are aligned with pairs files: distillation is for the pairs stage")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -10,8 +10,10 @@ gradients. Dropout masks are replayed by restoring each chunk's RNG state for th
 so the gradients equal those of the whole batch encoded at once (same masks), while memory holds
 one chunk's activations.
 
-The loss is a weighted sum of :class:`LossTerm` s computed from the batch's embeddings (only
-``infonce`` today); a distillation term is one more entry in :meth:`PairsStage.loss_terms`.
+The loss is a weighted sum of :class:`LossTerm` s computed from the batch's embeddings:
+``infonce``, and with ``contrastive.distill_weight`` a relational distillation term that matches
+the student's in-batch query→passage similarities to a teacher's (embeddings precomputed by
+``python -m training.teacher``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from training.data import DataError, expand_paths, read_jsonl, require_text
 from training.distributed import DistEnv, gather_with_grad, world
 from training.loop import Stage, StepContext
 from training.models import build_model, load_stage_tokenizer
+from training.teacher import TeacherEmbeddings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ class ContrastiveBatch:
     queries: Tokens
     positives: Tokens
     negatives: Tokens | None = None
+    # The teacher's normalised (queries, positives) embeddings of these examples, when distilling.
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def groups(self) -> list[Tokens]:
         return [self.queries, self.positives] + ([self.negatives] if self.negatives is not None else [])
@@ -135,6 +140,50 @@ class InfoNCE:
         return info_nce(
             embeddings.queries, embeddings.positives, embeddings.negatives,
             temperature=self.temperature, symmetric=self.symmetric,
+        )
+
+
+def relational_distillation(
+    queries: torch.Tensor,
+    positives: torch.Tensor,
+    teacher_queries: torch.Tensor,
+    teacher_positives: torch.Tensor,
+    *,
+    temperature: float = 0.05,
+    symmetric: bool = True,
+    kind: str = "kl",
+) -> torch.Tensor:
+    """Match the student's in-batch cosine similarity matrix (query i × passage j) to the teacher's.
+
+    ``kl``: KL(teacher ‖ student) between the row softmaxes at ``temperature`` (with ``symmetric``,
+    plus the same over columns: each passage's distribution over the queries), averaged over rows.
+    ``mse``: mean squared difference of the cosine similarities. Computed on this rank's batch.
+    """
+    student = F.normalize(queries.float(), dim=-1) @ F.normalize(positives.float(), dim=-1).T
+    teacher = F.normalize(teacher_queries.float(), dim=-1) @ F.normalize(teacher_positives.float(), dim=-1).T
+    if kind == "mse":
+        return F.mse_loss(student, teacher.to(student.device))
+    teacher = teacher.to(student.device) / temperature
+    student = student / temperature
+
+    def kl(dim: int) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(student, dim=dim), F.log_softmax(teacher, dim=dim), log_target=True, reduction="sum") / student.shape[1 - dim]
+
+    return kl(1) + kl(0) if symmetric else kl(1)
+
+
+@dataclass
+class Distillation:
+    temperature: float = 0.05
+    symmetric: bool = True
+    kind: str = "kl"
+
+    def __call__(self, embeddings: ContrastiveEmbeddings, batch: ContrastiveBatch) -> torch.Tensor:
+        if batch.teacher is None:
+            raise ValueError("the distillation term needs the batch's teacher embeddings")
+        return relational_distillation(
+            embeddings.queries, embeddings.positives, *batch.teacher,
+            temperature=self.temperature, symmetric=self.symmetric, kind=self.kind,
         )
 
 
@@ -253,7 +302,15 @@ class PairsStage(Stage):
         self.settings = config.contrastive
         self.tokenizer = load_stage_tokenizer(config.model, weights_from)
         self.model = build_model(config.model, JinaBertModel, weights_from, self.tokenizer)
-        self.examples = read_pairs(expand_paths(config.data.train, "data.train"), self.settings.num_negatives)
+        train_files = expand_paths(config.data.train, "data.train")
+        per_file = [read_pairs([path], self.settings.num_negatives) for path in train_files]
+        self.examples = [example for examples in per_file for example in examples]
+        self.teacher = None
+        if self.settings.teacher_embeddings:
+            self.teacher = TeacherEmbeddings.load(
+                expand_paths(self.settings.teacher_embeddings, "contrastive.teacher_embeddings"),
+                train_files, [len(examples) for examples in per_file],
+            )
         self.eval_examples = read_pairs(expand_paths(config.data.eval, "data.eval")) if config.data.eval else []
         global_batch = config.train.batch_size * env.world_size
         if global_batch > len(self.examples):
@@ -264,7 +321,13 @@ class PairsStage(Stage):
 
     def loss_terms(self) -> dict[str, tuple[float, LossTerm]]:
         """Named ``(weight, term)`` pairs whose weighted sum is the loss."""
-        return {"infonce": (1.0, InfoNCE(self.settings.temperature, self.settings.symmetric))}
+        terms: dict[str, tuple[float, LossTerm]] = {"infonce": (1.0, InfoNCE(self.settings.temperature, self.settings.symmetric))}
+        if self.settings.distill_weight > 0:
+            terms["distill"] = (
+                self.settings.distill_weight,
+                Distillation(self.settings.distill_temperature, self.settings.symmetric, self.settings.distill_loss),
+            )
+        return terms
 
     @property
     def num_examples(self) -> int:
@@ -280,7 +343,10 @@ class PairsStage(Stage):
         )
 
     def make_batch(self, indices: list[int], positions: list[int]) -> ContrastiveBatch:
-        return self.batch_of([self.examples[i] for i in indices])
+        batch = self.batch_of([self.examples[i] for i in indices])
+        if self.teacher is not None:
+            batch.teacher = self.teacher.rows(indices)
+        return batch
 
     def forward_backward(self, step: StepContext, batch: ContrastiveBatch) -> dict[str, torch.Tensor]:
         groups = [g.to(step.device) for g in batch.groups()]

@@ -1,17 +1,21 @@
-"""Whole-document indexing into Qdrant and Chroma: one vector per document, idempotent, resumable.
+"""Document indexing into Qdrant and Chroma: one point per document (whole-document vector, and
+late-chunked passage vectors in modes ``late-chunks`` and ``both``), idempotent, resumable.
 
 Store modules (``jina_rag.index.qdrant``, ``jina_rag.index.chroma``) import their client library,
 so they load only when a store of that kind is opened.
 """
 
 from jina_rag.index.core import (
+    INDEX_MODES,
     STORES,
     CollectionMismatchError,
     DocumentIndex,
     DocumentStore,
     IndexingError,
+    IndexMode,
     IndexPlan,
     IndexReport,
+    Passage,
     Point,
     SearchHit,
     WrittenBatch,
@@ -29,15 +33,18 @@ from jina_rag.index.documents import (
 )
 
 __all__ = [
+    "INDEX_MODES",
     "STORES",
     "TEXT_SUFFIXES",
     "CollectionMismatchError",
     "Document",
     "DocumentIndex",
     "DocumentStore",
+    "IndexMode",
     "IndexPlan",
     "IndexReport",
     "IndexingError",
+    "Passage",
     "Point",
     "SearchHit",
     "WrittenBatch",

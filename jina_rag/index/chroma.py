@@ -1,6 +1,10 @@
 """Chroma behind :class:`~jina_rag.index.core.DocumentStore`: embedded (a folder) or a server (a URL).
 
 Chroma's metadata is flat, so ``doc_id`` and ``content_hash`` sit beside the document's own keys.
+Chroma has no multivectors: a passage collection (its metadata says ``jina_rag_layout: passages``)
+holds one record per document (whole-document vector and text, ``passage_index`` -1) and one per
+passage (its vector and text, ``passage_index``, ``passage_start``, ``passage_end`` and the
+document's metadata, so filters apply); search groups passage records back into documents.
 """
 
 from __future__ import annotations
@@ -8,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
+
+import uuid
 
 import numpy as np
 
@@ -17,10 +23,28 @@ try:
 except ImportError as error:  # an optional extra
     raise ImportError("Chroma support needs chromadb: pip install 'jina-rag[chroma]'") from error
 
-from jina_rag.index.core import CollectionMismatchError, FilterValue, Point, SearchHit
+from jina_rag.index.core import (
+    CollectionMismatchError,
+    FilterValue,
+    IndexMode,
+    Point,
+    SearchHit,
+    best_passage,
+    check_search_mode,
+)
 from jina_rag.index.documents import RESERVED_METADATA_KEYS, point_id
 
 METADATA_TYPES = (str, int, float, bool)
+LAYOUT_KEY = "jina_rag_layout"
+# Passage record ids live in a namespace of their own, so they never equal a document's point id.
+PASSAGE_NAMESPACE = uuid.UUID("b3d1a0c4-7e52-5f19-8a6d-2c4e9f1b7a30")
+# Search asks for this many records per wanted document, more if passages crowd out documents.
+RECORDS_PER_DOCUMENT = 4
+
+
+def passage_record_id(doc_id: str, index: int) -> str:
+    """The Chroma id of a document's ``index``-th passage record."""
+    return str(uuid.uuid5(PASSAGE_NAMESPACE, f"{index}:{doc_id}"))
 
 
 class ChromaStore:
@@ -31,6 +55,7 @@ class ChromaStore:
         self.collection = collection
         self.description = description or f"chroma collection {collection!r}"
         self._handle: Any = None
+        self._passages: bool | None = None  # the collection's layout, once known
 
     @classmethod
     def from_location(cls, location: str, collection: str, *, api_key: str | None = None) -> ChromaStore:
@@ -49,10 +74,21 @@ class ChromaStore:
             client = chromadb.PersistentClient(path=location)
         return cls(client, collection, description=f"chroma collection {collection!r} at {location}")
 
-    def ensure_collection(self, dim: int) -> None:
-        handle = self.client.get_or_create_collection(
-            self.collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
-        )
+    def ensure_collection(self, dim: int, *, passages: bool = False) -> None:
+        try:
+            handle = self.client.get_collection(self.collection, embedding_function=None)
+        except NotFoundError:
+            handle = self.client.create_collection(
+                self.collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None,
+                metadata={LAYOUT_KEY: "passages"} if passages else None,
+            )
+        if _holds_passages(handle) != passages:
+            raise CollectionMismatchError(
+                f"{self.description} was indexed with "
+                + ("mode 'document' (one vector per document); modes 'late-chunks' and 'both' need passage records."
+                   if passages else "passages (mode 'late-chunks' or 'both'); index it in one of those modes.")
+                + " Use another collection or delete this one; it was not changed."
+            )
         config = handle.configuration_json
         space = (config.get("hnsw") or config.get("spann") or {}).get("space", "l2")
         stored = handle.get(limit=1, include=["embeddings"])["embeddings"]
@@ -64,6 +100,7 @@ class ChromaStore:
                 f"this one; it was not changed."
             )
         self._handle = handle
+        self._passages = passages
 
     def _collection(self) -> Any:
         if self._handle is None:
@@ -72,6 +109,14 @@ class ChromaStore:
             except NotFoundError:
                 raise ValueError(f"{self.description} does not exist: index documents into it first") from None
         return self._handle
+
+    def holds_passages(self) -> bool | None:
+        if self._passages is None:
+            try:
+                self._passages = _holds_passages(self._collection())
+            except ValueError:  # no such collection yet
+                return None
+        return self._passages
 
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         found = self._collection().get(ids=[point_id(doc_id) for doc_id in doc_ids], include=["metadatas"])
@@ -86,35 +131,116 @@ class ChromaStore:
                         f"document {point.doc_id!r}: Chroma metadata values must be str, int, float or bool; "
                         f"{key!r} is a {type(value).__name__}"
                     )
-        self._collection().upsert(
+        collection = self._collection()
+        head = {"passage_index": -1} if self._passage_layout() else {}
+        documents = dict(
             ids=[point.id for point in points],
             embeddings=np.stack([point.vector for point in points]),
             documents=[point.text for point in points],
-            metadatas=[{**point.metadata, "doc_id": point.doc_id, "content_hash": point.content_hash} for point in points],
+            metadatas=[
+                {**point.metadata, "doc_id": point.doc_id, "content_hash": point.content_hash, **head} for point in points
+            ],
         )
+        if not self._passage_layout():
+            collection.upsert(**documents)
+            return
+        # Drop the old records first, so no stale passage outlives a shorter new version, and write
+        # the document records (which carry the hash) last: an interrupted write leaves no hash
+        # behind, and the next run re-indexes those documents.
+        self.delete([point.doc_id for point in points])
+        records = [
+            (passage_record_id(point.doc_id, index), vector, point.text[start:end],
+             {**point.metadata, "doc_id": point.doc_id, "passage_index": index, "passage_start": start, "passage_end": end})
+            for point in points
+            for index, ((start, end), vector) in enumerate(zip(point.passage_spans, point.passage_vectors))
+        ]
+        step = self.client.get_max_batch_size()
+        for first in range(0, len(records), step):
+            ids, vectors, texts, metadatas = zip(*records[first : first + step])
+            collection.add(ids=list(ids), embeddings=np.stack(vectors), documents=list(texts), metadatas=list(metadatas))
+        collection.add(**documents)
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
             self._collection().delete(where={"doc_id": {"$in": list(doc_ids)}})
 
-    def search(self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]]) -> list[SearchHit]:
+    def search(
+        self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
+    ) -> list[SearchHit]:
+        check_search_mode(mode, self._passage_layout(), self.description)
         clauses = [{key: {"$in": values}} for key, values in conditions.items()]
-        where = clauses[0] if len(clauses) == 1 else {"$and": clauses} if clauses else None
-        found = self._collection().query(
-            query_embeddings=vector[None], n_results=limit, where=where,
-            include=["documents", "metadatas", "distances"],
-        )
-        return [
-            SearchHit(
-                metadata["doc_id"], 1.0 - float(distance), text,
-                {k: v for k, v in metadata.items() if k not in RESERVED_METADATA_KEYS},
+        if not self._passage_layout():
+            found = self._collection().query(
+                query_embeddings=vector[None], n_results=limit, where=_all_of(clauses),
+                include=["documents", "metadatas", "distances"],
             )
-            for text, metadata, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0])
-        ]
+            return [
+                SearchHit(metadata["doc_id"], 1.0 - float(distance), text, _user_metadata(metadata))
+                for text, metadata, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0])
+            ]
+        kinds = {"document": [{"passage_index": -1}], "late-chunks": [{"passage_index": {"$gte": 0}}], "both": []}[mode]
+        scores = self._best_records(vector, limit, _all_of(clauses + kinds))
+        if not scores:
+            return []
+        records = self._collection().get(
+            where={"doc_id": {"$in": list(scores)}}, include=["embeddings", "documents", "metadatas"]
+        )
+        heads: dict[str, tuple[str, dict[str, Any]]] = {}
+        passages: dict[str, list[tuple[int, int, int, np.ndarray]]] = {doc_id: [] for doc_id in scores}
+        for text, metadata, embedding in zip(records["documents"], records["metadatas"], records["embeddings"]):
+            if metadata["passage_index"] < 0:
+                heads[metadata["doc_id"]] = (text, metadata)
+            else:
+                span = (metadata["passage_index"], metadata["passage_start"], metadata["passage_end"])
+                passages[metadata["doc_id"]].append((*span, embedding))
+        hits = []
+        for doc_id, score in scores.items():
+            if doc_id not in heads:
+                continue  # being written right now: its document record comes last
+            text, metadata = heads[doc_id]
+            ordered = sorted(passages[doc_id], key=lambda passage: passage[0])
+            passage = best_passage(vector, np.stack([p[3] for p in ordered]), [p[1:3] for p in ordered], text)
+            hits.append(SearchHit(doc_id, score, text, _user_metadata(metadata), passage))
+        return hits
+
+    def _best_records(self, vector: np.ndarray, limit: int, where: dict[str, Any] | None) -> dict[str, float]:
+        """The ``limit`` documents whose best record (within ``where``) is nearest, with its similarity."""
+        wanted = limit * RECORDS_PER_DOCUMENT
+        while True:
+            found = self._collection().query(
+                query_embeddings=vector[None], n_results=wanted, where=where, include=["metadatas", "distances"]
+            )
+            best: dict[str, float] = {}
+            # Records come nearest first, so a document's first record is its best.
+            for metadata, distance in zip(found["metadatas"][0], found["distances"][0]):
+                best.setdefault(metadata["doc_id"], 1.0 - float(distance))
+            if len(best) >= limit or len(found["ids"][0]) < wanted:
+                return dict(list(best.items())[:limit])
+            wanted *= RECORDS_PER_DOCUMENT
 
     def count(self) -> int:
-        return self._collection().count()
+        if not self._passage_layout():
+            return self._collection().count()
+        return len(self._collection().get(where={"passage_index": -1}, include=[])["ids"])
+
+    def _passage_layout(self) -> bool:
+        """Whether the existing collection holds passage records."""
+        self._collection()  # a clear error if it does not exist
+        return bool(self.holds_passages())
 
     def close(self) -> None:
         self._handle = None
         self.client.close()
+
+
+def _holds_passages(collection: Any) -> bool:
+    return (collection.metadata or {}).get(LAYOUT_KEY) == "passages"
+
+
+def _all_of(clauses: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A Chroma ``where`` requiring every clause (``$and`` needs two or more)."""
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses} if clauses else None
+
+
+def _user_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metadata.items() if key not in RESERVED_METADATA_KEYS}

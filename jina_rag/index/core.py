@@ -1,15 +1,23 @@
-"""Whole-document indexing: one vector per document, written idempotently to a vector store.
+"""Document indexing: one point per document, written idempotently to a vector store.
 
 Data flows one way: documents → validation → content hashes → lookup of stored hashes (unchanged
 documents are skipped before any encoding) → token counts → write batches of similar length
 (:meth:`DocumentIndex.plan`) → points (:meth:`DocumentIndex.encode_points`) → upsert with bounded
 retries → ``on_batch`` hook. Stores sit behind :class:`DocumentStore` and take :class:`Point`
-objects, so another way of making points (passage vectors per document, or encoding spread over
-workers) replaces ``encode_points`` and keeps planning, stores and failure reporting.
+objects, so another way of making points (encoding spread over workers, say) replaces
+``encode_points`` and keeps planning, stores and failure reporting.
+
+Modes: ``document`` stores one whole-document vector per document; ``late-chunks`` and ``both``
+also store late-chunked passage vectors (:mod:`jina_rag.late_chunking`) with their character
+spans. They differ only in search: ``late-chunks`` scores a document by its best passage, ``both``
+by the better of that and its whole-document vector. Hits of passage collections name the
+passage that matches best.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 import time
@@ -22,12 +30,15 @@ from tqdm.auto import tqdm
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, TextTooLongError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
+from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS, SEPARATORS, Splitter, TextSplitter, encode_late_chunks
 
 logger = logging.getLogger(__name__)
 
 StoreKind = Literal["qdrant", "chroma"]
 STORES: tuple[StoreKind, ...] = ("qdrant", "chroma")
 FilterValue = str | int | bool
+IndexMode = Literal["document", "late-chunks", "both"]
+INDEX_MODES: tuple[IndexMode, ...] = ("document", "late-chunks", "both")
 # Stored hashes are looked up in chunks of this many ids (one round trip each).
 LOOKUP_BATCH = 256
 
@@ -47,7 +58,7 @@ class IndexingError(RuntimeError):
 
 @dataclass(frozen=True)
 class Point:
-    """One vector as a store keeps it, with the document it belongs to."""
+    """One document as a store keeps it: its whole-document vector and, in passage modes, its passages."""
 
     id: str
     doc_id: str
@@ -55,16 +66,30 @@ class Point:
     text: str
     metadata: Mapping[str, Any]
     content_hash: str
+    passage_spans: tuple[tuple[int, int], ...] = ()
+    passage_vectors: np.ndarray | None = None  # [passages, dim]; None: a whole-document collection
+
+
+@dataclass(frozen=True)
+class Passage:
+    """The passage of a hit that matches the query best: ``text == document_text[start:end]``."""
+
+    index: int
+    start: int
+    end: int
+    text: str
+    score: float
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A search result: the document's id, cosine similarity, text and metadata."""
+    """A search result: the document's id, cosine similarity, text, metadata and best passage (passage collections)."""
 
     id: str
     score: float
     text: str
     metadata: dict[str, Any]
+    passage: Passage | None = None
 
 
 @dataclass(frozen=True)
@@ -110,23 +135,31 @@ class DocumentStore(Protocol):
 
     description: str
 
-    def ensure_collection(self, dim: int) -> None:
-        """Create the collection, or check an existing one (raise :class:`CollectionMismatchError`)."""
+    def ensure_collection(self, dim: int, *, passages: bool = False) -> None:
+        """Create the collection, or check an existing one (raise :class:`CollectionMismatchError`).
+
+        ``passages``: the collection holds passage vectors beside the whole-document ones.
+        """
+
+    def holds_passages(self) -> bool | None:
+        """Whether the collection holds passage vectors; ``None`` if it does not exist yet."""
 
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Stored content hashes of those documents that have a point with id ``point_id(doc_id)``."""
 
     def upsert(self, points: Sequence[Point]) -> None:
-        """Write points, replacing those with the same ids; return only once the store has them."""
+        """Write points, replacing everything stored for their documents; return only once the store has them."""
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         """Remove every point of these documents."""
 
-    def search(self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]]) -> list[SearchHit]:
-        """Nearest points whose metadata matches every condition (key → any of the values)."""
+    def search(
+        self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
+    ) -> list[SearchHit]:
+        """Nearest documents whose metadata matches every condition (key → any of the values), scored as ``mode`` says."""
 
     def count(self) -> int:
-        """Points in the collection."""
+        """Documents in the collection."""
 
     def close(self) -> None:
         """Release the client (local stores hold a lock on their folder)."""
@@ -141,6 +174,47 @@ def filter_conditions(filter: Mapping[str, FilterValue | Sequence[FilterValue]] 
             raise TypeError(f"filter {key!r}: use a string, integer or boolean, or a non-empty list of them; got {value!r}")
         conditions[key] = values
     return conditions
+
+
+def best_passage(query: np.ndarray, vectors: np.ndarray, spans: Sequence[Sequence[int]], text: str) -> Passage:
+    """Re-score a document's passages against the query: stores rank documents but do not say which passage matched."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    scores = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)).clip(min=1e-12)
+    best = int(scores.argmax())
+    start, end = (int(bound) for bound in spans[best])
+    return Passage(best, start, end, text[start:end], float(scores[best]))
+
+
+def check_mode(mode: str) -> None:
+    if mode not in INDEX_MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(INDEX_MODES)}")
+
+
+def check_search_mode(mode: str, passages: bool, description: str) -> None:
+    """Refuse a search mode the collection cannot answer, saying how to index for it."""
+    check_mode(mode)
+    if mode != "document" and not passages:
+        raise ValueError(
+            f"{description} holds whole-document vectors only: index it with mode 'late-chunks' or 'both' "
+            f"to search passages, or search it with mode 'document'"
+        )
+
+
+def chunking_key(splitter: Splitter | None, chunk_tokens: int) -> str:
+    """What decides the passages; part of a passage point's hash, so changing it re-indexes documents.
+
+    A splitter function is known by its name only: give a changed one another name (or a new collection).
+    """
+    if splitter is None:
+        return json.dumps({"chunk_tokens": chunk_tokens, "separators": SEPARATORS})
+    if isinstance(splitter, TextSplitter):
+        settings = {
+            key: getattr(value, "__qualname__", None) if callable(value) else value
+            for key, value in sorted(vars(splitter).items())
+            if callable(value) or isinstance(value, (str, int, float, bool, list, tuple, type(None)))
+        }
+        return f"{type(splitter).__module__}.{type(splitter).__qualname__} {json.dumps(settings, default=str)}"
+    return f"{getattr(splitter, '__module__', '')}.{getattr(splitter, '__qualname__', type(splitter).__qualname__)}"
 
 
 def open_store(
@@ -163,11 +237,45 @@ def open_store(
     raise ValueError(f"unknown store {kind!r}: use one of {', '.join(STORES)}")
 
 
+def too_long_message(doc_id: str, tokens: int, max_length: int) -> str:
+    """Why a document over ``max_length`` is refused under the ``long_text="error"`` policy."""
+    return (
+        f"document {doc_id!r} has {tokens} tokens, over max_length={max_length}; "
+        f"use an encoder with long_text='windows' (one averaged vector) or 'truncate'"
+    )
+
+
+def upsert_with_retries(store: DocumentStore, points: Sequence[Point], retries: int, retry_delay: float) -> None:
+    """Upsert, retrying ``retries`` times with doubling delays; bad input is raised at once."""
+    for attempt in range(retries + 1):
+        try:
+            store.upsert(points)
+            return
+        except (TypeError, ValueError):
+            raise  # bad input: retrying cannot help
+        except Exception as error:
+            if attempt == retries:
+                raise
+            delay = retry_delay * 2**attempt
+            logger.warning(
+                "writing %d points to %s failed (%s: %s); retry %d of %d in %.1f s",
+                len(points), store.description, type(error).__name__, error, attempt + 1, retries, delay,
+            )
+            time.sleep(delay)
+
+
 class DocumentIndex:
-    """Index whole documents (one vector each) into a store, and search them.
+    """Index documents into a store (one point each), and search them.
+
+    ``mode`` is ``document`` (one whole-document vector per document), ``late-chunks`` or ``both``
+    (passage vectors too, from ``splitter`` or LangChain's recursive splitter with passages of about
+    ``chunk_tokens`` tokens; see :func:`~jina_rag.late_chunking.encode_late_chunks`). It also sets
+    how :meth:`search` scores documents by default. ``None`` follows the collection: ``late-chunks``
+    if it holds passages, else ``document`` (also for a new collection).
 
     Re-running on the same corpus is cheap and safe: point ids derive from document ids, and a
-    document whose stored content hash matches is skipped without being encoded.
+    document whose stored content hash matches is skipped without being encoded. In passage modes
+    the hash also covers the splitter's settings.
     """
 
     def __init__(
@@ -176,10 +284,20 @@ class DocumentIndex:
         encoder: JinaEncoder | None = None,
         *,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        mode: IndexMode | None = None,
+        splitter: Splitter | None = None,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> None:
+        if mode is not None:
+            check_mode(mode)
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
         self.store = store
         self.encoder = encoder or JinaEncoder.from_pretrained()
         self.batch_tokens = batch_tokens
+        self.mode = mode
+        self.splitter = splitter
+        self.chunk_tokens = chunk_tokens
 
     @classmethod
     def open(
@@ -192,11 +310,18 @@ class DocumentIndex:
         api_key: str | None = None,
         index_fields: Sequence[str] = (),
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        mode: IndexMode | None = None,
+        splitter: Splitter | None = None,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     ) -> DocumentIndex:
         """Open (not yet create) a collection in a store named by kind and location; see :func:`open_store`."""
         encoder = encoder or JinaEncoder.from_pretrained()
         store = open_store(kind, location, collection, api_key=api_key, index_fields=index_fields)
-        return cls(store, encoder, batch_tokens=batch_tokens)
+        return cls(store, encoder, batch_tokens=batch_tokens, mode=mode, splitter=splitter, chunk_tokens=chunk_tokens)
+
+    def resolved_mode(self) -> IndexMode:
+        """The mode in use: the one given, else the collection's (``late-chunks`` if it holds passages)."""
+        return self.mode or ("late-chunks" if self.store.holds_passages() else "document")
 
     def __enter__(self) -> DocumentIndex:
         return self
@@ -217,8 +342,9 @@ class DocumentIndex:
         if batch_docs < 1:
             raise ValueError(f"batch_docs must be >= 1, got {batch_docs}")
         docs = validate_documents(documents_from_records(documents))
-        self.store.ensure_collection(self.encoder.dim)
-        hashes = {doc.id: doc.content_hash() for doc in docs}
+        passages = self.resolved_mode() != "document"
+        self.store.ensure_collection(self.encoder.dim, passages=passages)
+        hashes = {doc.id: self._content_hash(doc, passages) for doc in docs}
         stored: dict[str, str] = {}
         for start in range(0, len(docs), LOOKUP_BATCH):
             stored.update(self.store.existing_hashes([doc.id for doc in docs[start : start + LOOKUP_BATCH]]))
@@ -235,11 +361,25 @@ class DocumentIndex:
         )
 
     def encode_points(self, docs: Sequence[Document], hashes: Mapping[str, str]) -> list[Point]:
-        """One point per document: its whole text as one vector (long ones through the encoder's windows)."""
-        vectors = self.encoder.encode([doc.text for doc in docs], batch_tokens=self.batch_tokens, show_progress=False)
+        """One point per document: its whole text as one vector (long ones through the encoder's
+        windows) and, in passage modes, its late-chunked passage vectors and spans."""
+        texts = [doc.text for doc in docs]
+        if self.resolved_mode() == "document":
+            vectors = self.encoder.encode(texts, batch_tokens=self.batch_tokens, show_progress=False)
+            return [
+                Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
+                for doc, vector in zip(docs, vectors)
+            ]
+        chunked = encode_late_chunks(
+            self.encoder, texts, splitter=self.splitter, chunk_tokens=self.chunk_tokens,
+            batch_tokens=self.batch_tokens, show_progress=False,
+        )
         return [
-            Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
-            for doc, vector in zip(docs, vectors)
+            Point(
+                point_id(doc.id), doc.id, chunks.document_vector, doc.text, doc.metadata, hashes[doc.id],
+                passage_spans=chunks.spans, passage_vectors=chunks.vectors,
+            )
+            for doc, chunks in zip(docs, chunked)
         ]
 
     def index(
@@ -274,7 +414,7 @@ class DocumentIndex:
             for number, batch in enumerate(plan.batches):
                 points = self.encode_points(batch, plan.hashes)
                 try:
-                    self._upsert_with_retries(points, retries, retry_delay)
+                    upsert_with_retries(self.store, points, retries, retry_delay)
                 except Exception as error:
                     report.failed = [doc.id for later in plan.batches[number:] for doc in later]
                     report.seconds = time.perf_counter() - started
@@ -290,32 +430,18 @@ class DocumentIndex:
         logger.info("%s", report.summary())
         return report
 
+    def _content_hash(self, doc: Document, passages: bool) -> str:
+        if not passages:
+            return doc.content_hash()
+        key = f"{doc.content_hash()}\n{chunking_key(self.splitter, self.chunk_tokens)}"
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
     def _check_lengths(self, docs: list[Document], tokens: list[int]) -> None:
         if self.encoder.long_text != "error":
             return
         for doc, count in zip(docs, tokens):
             if count > self.encoder.max_length:
-                raise TextTooLongError(
-                    f"document {doc.id!r} has {count} tokens, over max_length={self.encoder.max_length}; "
-                    f"use an encoder with long_text='windows' (one averaged vector) or 'truncate'"
-                )
-
-    def _upsert_with_retries(self, points: list[Point], retries: int, retry_delay: float) -> None:
-        for attempt in range(retries + 1):
-            try:
-                self.store.upsert(points)
-                return
-            except (TypeError, ValueError):
-                raise  # bad input: retrying cannot help
-            except Exception as error:
-                if attempt == retries:
-                    raise
-                delay = retry_delay * 2**attempt
-                logger.warning(
-                    "writing %d points to %s failed (%s: %s); retry %d of %d in %.1f s",
-                    len(points), self.store.description, type(error).__name__, error, attempt + 1, retries, delay,
-                )
-                time.sleep(delay)
+                raise TextTooLongError(too_long_message(doc.id, count, self.encoder.max_length))
 
     @staticmethod
     def _failure_message(report: IndexReport, error: Exception) -> str:
@@ -327,19 +453,32 @@ class DocumentIndex:
         )
 
     def search(
-        self, query: str, *, limit: int = 5, filter: Mapping[str, FilterValue | Sequence[FilterValue]] | None = None
+        self,
+        query: str,
+        *,
+        limit: int = 5,
+        filter: Mapping[str, FilterValue | Sequence[FilterValue]] | None = None,
+        mode: IndexMode | None = None,
     ) -> list[SearchHit]:
-        """Documents most similar to ``query`` whose metadata matches ``filter``, best first."""
+        """Documents most similar to ``query`` whose metadata matches ``filter``, best first.
+
+        ``mode`` (default: :meth:`resolved_mode`) scores a document by its whole-document vector
+        (``document``), its best passage (``late-chunks``) or the better of the two (``both``);
+        the last two need a collection indexed with passages. Hits of such a collection carry
+        the best-matching passage.
+        """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        mode = mode or self.resolved_mode()
+        check_mode(mode)
         conditions = filter_conditions(filter)
         vector = self.encoder.encode(query, batch_tokens=self.batch_tokens, show_progress=False)
-        return self.store.search(vector, limit, conditions)
+        return self.store.search(vector, limit, conditions, mode)
 
     def delete(self, doc_ids: Iterable[str]) -> None:
         """Remove documents from the store."""
         self.store.delete(list(doc_ids))
 
     def count(self) -> int:
-        """Points in the collection (one per document)."""
+        """Documents in the collection."""
         return self.store.count()

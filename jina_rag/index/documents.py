@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdx", ".rst", ".org", ".adoc", ".asciidoc", ".tex"})
 # Stored beside the user's metadata (Chroma's metadata is flat), so users may not use them.
-RESERVED_METADATA_KEYS = frozenset({"doc_id", "content_hash"})
+RESERVED_METADATA_KEYS = frozenset({"doc_id", "content_hash", "passage_index", "passage_start", "passage_end"})
 # A fixed namespace makes point ids a pure function of the document id, on every machine and run.
 POINT_NAMESPACE = uuid.UUID("4f6b1c52-2a8e-5d0b-9c1e-6a3f0e7d9b21")
 
@@ -53,6 +53,17 @@ def read_documents(
     its folder. ``root`` makes every id relative to one folder instead. In folders, files of other
     types are skipped (and counted in the log); a file named explicitly must be a supported type.
     """
+    for file, base in document_files(paths, root=root, suffixes=suffixes):
+        yield read_document_file(file, base)
+
+
+def document_files(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    suffixes: Iterable[str] = TEXT_SUFFIXES,
+) -> Iterator[tuple[Path, Path]]:
+    """The ``(file, root)`` pairs :func:`read_documents` reads, without reading them."""
     suffixes = frozenset(s.lower() for s in suffixes)
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         path = Path(path)
@@ -75,7 +86,7 @@ def read_documents(
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
         for file in files:
-            yield _read_file(file, Path(root) if root is not None else base)
+            yield file, Path(root) if root is not None else base
 
 
 def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[str]]:
@@ -93,7 +104,9 @@ def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[s
     return files, skipped
 
 
-def _read_file(file: Path, root: Path) -> Document:
+def read_document_file(file: str | os.PathLike[str], root: str | os.PathLike[str]) -> Document:
+    """One text file as a document whose id is its path relative to ``root``."""
+    file, root = Path(file), Path(root)
     try:
         relative = file.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
@@ -105,9 +118,14 @@ def _read_file(file: Path, root: Path) -> Document:
     return Document(relative, text, {"path": relative, "file_type": file.suffix.lower().lstrip(".")})
 
 
-def documents_from_records(records: Iterable[Document | Mapping[str, Any] | Sequence[Any]]) -> Iterator[Document]:
-    """Documents from ``Document``s, ``{"id", "text", "metadata"}`` mappings or ``(id, text[, metadata])`` tuples."""
-    for number, record in enumerate(records):
+def documents_from_records(
+    records: Iterable[Document | Mapping[str, Any] | Sequence[Any]], *, start: int = 0
+) -> Iterator[Document]:
+    """Documents from ``Document``s, ``{"id", "text", "metadata"}`` mappings or ``(id, text[, metadata])`` tuples.
+
+    Errors name the record by its position, counted from ``start``.
+    """
+    for number, record in enumerate(records, start=start):
         if isinstance(record, Document):
             yield record
             continue

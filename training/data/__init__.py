@@ -1,16 +1,13 @@
-"""Training data: reading training files and walking them in a resumable, seeded order.
-
-The modules beside this one build the files from Debian packages
-(``python -m training.data.build --out data/``; see training/data/README.md).
-"""
+"""Reading training files and walking the data in a resumable, seeded order (builders of the data: the submodules)."""
 
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -31,9 +28,21 @@ def expand_paths(patterns: list[str], what: str) -> list[Path]:
     return files
 
 
+def open_text(path: Path, errors: str = "strict") -> IO[str]:
+    """A text file for reading; ``.gz`` files are decompressed on the fly (data that must travel small)."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
+
+
+def is_jsonl(path: Path) -> bool:
+    """``.jsonl`` or ``.jsonl.gz``."""
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-empty line; a bad line is an error naming it."""
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -54,14 +63,14 @@ def require_text(row: dict[str, Any], key: str, where: str) -> str:
 
 
 def read_documents(paths: Iterable[Path]) -> Iterator[str]:
-    """Texts of ``.jsonl`` files (field ``text``) and of text files (blocks between blank lines)."""
+    """Texts of ``.jsonl`` files (field ``text``) and of text files (blocks between blank lines); either may be gzipped."""
     for path in paths:
-        if path.suffix == ".jsonl":
+        if is_jsonl(path):
             for number, row in read_jsonl(path):
                 yield require_text(row, "text", f"{path}:{number}")
         else:
             block: list[str] = []
-            with open(path, encoding="utf-8", errors="replace") as f:
+            with open_text(path, errors="replace") as f:
                 for line in f:
                     if line.strip():
                         block.append(line.rstrip("\n"))

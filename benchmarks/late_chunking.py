@@ -1,0 +1,214 @@
+"""Single vector vs naive chunking vs late chunking on a BEIR-format long-document set.
+
+One run, one table: for each method, nDCG@10 (exact search), the vectors it stores and their size,
+and the time to encode the corpus, also as a ratio to the single vector. All three use the same
+model, and both chunked methods the same passages (the default splitter of
+``encode_late_chunks``, about ``--chunk-tokens`` tokens each):
+
+- single vector: the whole document, one vector (``JinaEncoder.encode``; longer than
+  ``--max-length``: averaged windows);
+- naive chunking: each passage encoded alone; a document scores as its best passage;
+- late chunking: each passage's vector pooled from one pass over its whole document
+  (``encode_late_chunks``); a document scores as its best passage.
+
+Splitting is timed once and counted in both chunked methods' times. Methods are interleaved over
+``--repeats``; times are medians.
+
+    python benchmarks/late_chunking.py data/long --model ./my-model --device cuda
+    python benchmarks/late_chunking.py --demo /tmp/stdlib-long --random-shape small   # speed and size only
+
+``--demo FOLDER`` first writes a small BEIR set there from the Python standard library's
+docstrings (a module's docstrings joined is a document; a function's summary line, removed from
+it, is a query). ``--random-shape`` uses random weights of a published shape: the script then
+prints no nDCG, because random weights say nothing about quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+from common import SHAPES, device_name, random_model_folder  # noqa: E402
+
+from jina_rag import JinaEncoder, encode_late_chunks  # noqa: E402
+from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS, default_splitter, split_spans  # noqa: E402
+
+METHODS = ("single vector", "naive chunking", "late chunking")
+
+
+def load_beir(folder: Path, split: str) -> tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]:
+    """Corpus ids and texts (title, blank line, text), query ids and texts, and qrels of one split.
+
+    A stand-in until ``jina_rag.eval.load_beir`` (the evaluation harness) is on main.
+    """
+    qrels: dict[str, dict[str, int]] = {}
+    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t"):
+            if len(row) >= 3 and row[-1].lstrip("-").isdigit():
+                qrels.setdefault(row[0], {})[row[1]] = int(row[-1])
+    corpus = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8") if line.strip()]
+    queries = [json.loads(line) for line in open(folder / "queries.jsonl", encoding="utf-8") if line.strip()]
+    queries = [q for q in queries if str(q["_id"]) in qrels]
+    doc_texts = [f"{row['title']}\n\n{row['text']}" if row.get("title") else row["text"] for row in corpus]
+    return (
+        [str(row["_id"]) for row in corpus], doc_texts,
+        [str(q["_id"]) for q in queries], [q["text"] for q in queries], qrels,
+    )
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    """nDCG@k, trec_eval's (gains = judged relevance). A stand-in until ``jina_rag.eval.ndcg_at_k`` is on main."""
+    dcg = sum(relevant.get(d, 0) / math.log2(rank + 2) for rank, d in enumerate(ranked[:k]))
+    ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def document_scores(queries: np.ndarray, vectors: np.ndarray, first_of_document: np.ndarray) -> np.ndarray:
+    """``[queries, documents]``: each document's best vector (its vectors are contiguous rows)."""
+    scores = []
+    for start in range(0, len(queries), 256):  # bounds memory on large corpora
+        scores.append(np.maximum.reduceat(queries[start : start + 256] @ vectors.T, first_of_document, axis=1))
+    return np.concatenate(scores)
+
+
+def mean_ndcg(scores: np.ndarray, doc_ids: list[str], query_ids: list[str], qrels: dict[str, dict[str, int]]) -> float:
+    top = np.argsort(-scores, axis=1)[:, :10]
+    return statistics.fmean(ndcg_at_k([doc_ids[i] for i in row], qrels[q], 10) for q, row in zip(query_ids, top))
+
+
+def write_stdlib_beir(folder: Path, encoder: JinaEncoder, documents: int, min_tokens: int, max_tokens: int) -> Path:
+    """A small long-document BEIR set from the standard library's docstrings (see the module docstring)."""
+    from training.demo_data import module_texts, stdlib_files
+
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    corpus, queries, qrels = [], [], []
+    for path, root in stdlib_files():
+        try:
+            text, pairs = module_texts(path, root)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        asked = [pair["query"] for pair in pairs[:3] if text.count(pair["query"]) == 1]
+        for query in asked:
+            text = text.replace(query, "")
+        if not asked or not min_tokens <= encoder.count_tokens(text)[0] <= max_tokens:
+            continue
+        doc_id = path.relative_to(root).as_posix()
+        corpus.append({"_id": doc_id, "title": "", "text": text})
+        for number, query in enumerate(asked):
+            queries.append({"_id": f"{doc_id}#{number}", "text": query})
+            qrels.append((f"{doc_id}#{number}", doc_id))
+        if len(corpus) == documents:
+            break
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in queries), encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in qrels))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", type=Path, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: $JINA_RAG_MODEL or the shipped model)")
+    parser.add_argument("--random-shape", choices=SHAPES, help="random weights of this shape instead of --model: speed and size only")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS)
+    parser.add_argument("--max-queries", type=int, default=None, help="the first N judged queries")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--demo", type=Path, help="write the standard-library set here first, and use it")
+    parser.add_argument("--demo-docs", type=int, default=32)
+    parser.add_argument("--demo-min-tokens", type=int, default=2048)
+    parser.add_argument("--demo-max-tokens", type=int, default=8192)
+    args = parser.parse_args()
+    if (args.data is None) == (args.demo is None):
+        parser.error("give a BEIR folder or --demo FOLDER")
+
+    model = args.model
+    if args.random_shape:
+        model = random_model_folder(args.random_shape, Path(tempfile.mkdtemp(prefix="jina-rag-late-")) / "model")
+    encoder = JinaEncoder.from_pretrained(model, device=args.device, max_length=args.max_length)
+    folder = write_stdlib_beir(args.demo, encoder, args.demo_docs, args.demo_min_tokens, args.demo_max_tokens) if args.demo else args.data
+    doc_ids, doc_texts, query_ids, query_texts, qrels = load_beir(folder, args.split)
+    if args.max_queries:
+        query_ids, query_texts = query_ids[: args.max_queries], query_texts[: args.max_queries]
+    tokens = encoder.count_tokens(doc_texts)
+    encoder.encode(doc_texts[:2], show_progress=False)  # warm-up (and compilation on CUDA)
+    default_splitter(1, 1)  # imports LangChain's splitters before the clock starts
+
+    def sync() -> None:
+        if encoder.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def split() -> list[list[tuple[int, int]]]:
+        counts = [len(ids) for ids in encoder.tokenizer(doc_texts, add_special_tokens=False, verbose=False)["input_ids"]]
+        return [split_spans(text, default_splitter(n, len(text), args.chunk_tokens)) for text, n in zip(doc_texts, counts)]
+
+    seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in METHODS}}
+    for repeat in range(args.repeats):
+        started = time.perf_counter()
+        spans = split()
+        seconds["split"].append(time.perf_counter() - started)
+        passages = [text[start:end] for text, doc_spans in zip(doc_texts, spans) for start, end in doc_spans]
+        runs = {
+            "single vector": lambda: encoder.encode(doc_texts),
+            "naive chunking": lambda: encoder.encode(passages),
+            "late chunking": lambda: np.concatenate([c.vectors for c in encode_late_chunks(encoder, doc_texts, spans=spans)]),
+        }
+        vectors = {}
+        for method, run in runs.items():
+            sync()
+            started = time.perf_counter()
+            vectors[method] = run()
+            sync()
+            seconds[method].append(time.perf_counter() - started)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()), file=sys.stderr)
+
+    per_document = [len(doc_spans) for doc_spans in spans]
+    first_of_document = {
+        "single vector": np.arange(len(doc_texts)),
+        "naive chunking": np.cumsum([0, *per_document[:-1]]),
+        "late chunking": np.cumsum([0, *per_document[:-1]]),
+    }
+    queries = encoder.encode(query_texts, show_progress=False)
+    median = {key: statistics.median(values) for key, values in seconds.items()}
+    median["naive chunking"] += median["split"]
+    median["late chunking"] += median["split"]
+
+    print(
+        f"# late chunking benchmark: {folder} ({args.split}), {len(doc_texts)} documents, {sum(tokens):,} tokens "
+        f"(median {statistics.median(tokens):.0f}, max {max(tokens)}), {len(query_ids)} queries; "
+        f"{sum(per_document)} passages of about {args.chunk_tokens} tokens"
+    )
+    print(
+        f"model: {'random weights, ' + args.random_shape + ' shape' if args.random_shape else encoder.info()['model']}; "
+        f"{device_name(encoder.device)}, {str(encoder.dtype).removeprefix('torch.')}, max_length {args.max_length}; "
+        f"times are medians of {args.repeats}, splitting ({median['split']:.2f} s) counted in both chunked methods\n"
+    )
+    print("| method | nDCG@10 | vectors | size (float32) | encode seconds | time vs single vector |")
+    print("|---|---|---|---|---|---|")
+    for method in METHODS:
+        stored = vectors[method]
+        quality = "n/a (random weights)" if args.random_shape else f"{mean_ndcg(document_scores(queries, stored, first_of_document[method]), doc_ids, query_ids, qrels):.4f}"
+        print(
+            f"| {method} | {quality} | {len(stored):,} | {stored.nbytes / 2**20:.2f} MiB | {median[method]:.2f} | "
+            f"{median[method] / median['single vector']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Scale-out indexing on Ray Data: a local Ray started here, a real ``chroma run`` server on 127.0.0.1.
+
+Ray starts once for the module, with 3 logical CPUs (2 CPU workers and one for reading and
+tokenising) and 2 declared GPUs, which no job uses: they let the worker planning be checked,
+while the jobs ask for CPU workers. Every Ray job pays for starting its workers (importing torch,
+loading the tiny model), so the module runs two. Readers and the tokenise stage are also tested
+directly, without Ray. The model has random weights: vectors are compared, never judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+ray = pytest.importorskip("ray")
+
+from jina_rag.cli import main as cli_main  # noqa: E402
+from jina_rag.index import Document, DocumentIndex, open_store, point_id  # noqa: E402
+from jina_rag.index.ray_data import (  # noqa: E402
+    WorkerPlan,
+    index_with_ray,
+    list_sources,
+    plan_workers,
+    read_sources,
+    tokenize_documents,
+)
+
+TESTS = Path(__file__).resolve().parent
+WORDS = "tidal energy coastal engineering harbour sediment turbine survey report long".split()
+
+
+def text_of(n_words: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, size=n_words))
+
+
+def write_text_files(folder: Path, count: int) -> list[Document]:
+    """Text files in a folder and a subfolder; one is long enough for several 128-token windows."""
+    documents = []
+    for i in range(count):
+        relative = f"{'notes/' if i % 2 else ''}doc-{i:02d}.{'md' if i % 3 else 'txt'}"
+        text = text_of(300 if i == 3 else 5 + 7 * i, seed=i)
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(text)
+        documents.append(Document(relative, text, {"path": relative, "file_type": relative.rsplit(".", 1)[1]}))
+    return documents
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # Workers are new processes: they import this module (for the kill hook) and the checkout's jina_rag.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        ray.init(num_cpus=3, num_gpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def chroma_collection(server_url: str, name: str):
+    import chromadb
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server_url)
+    return chromadb.HttpClient(host=url.hostname, port=url.port).get_collection(name, embedding_function=None)
+
+
+def stored(collection) -> dict[str, tuple[str, dict, np.ndarray]]:
+    found = collection.get(include=["documents", "metadatas", "embeddings"])
+    return {
+        point: (text, metadata, np.asarray(vector))
+        for point, text, metadata, vector in zip(found["ids"], found["documents"], found["metadatas"], found["embeddings"])
+    }
+
+
+class ExitOnce:
+    """An ``on_batch`` hook: the first worker to finish a batch records it and dies (once per marker)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, batch) -> None:
+        try:
+            descriptor = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(descriptor, json.dumps(list(batch.doc_ids)).encode())
+        os.close(descriptor)
+        os._exit(1)  # the process dies after the store acknowledged the batch, before Ray hears of it
+
+
+# -- readers and tokenising, without Ray ------------------------------------------------------------
+
+
+def test_readers_report_unreadable_inputs_and_bad_records_and_keep_the_rest(tmp_path, checkpoint):
+    (tmp_path / "ok.md").write_text("fine text")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("   ")
+    (tmp_path / "r.jsonl").write_text(
+        '{"id": "j1", "text": "one", "metadata": {"k": 1}}\n\nnot json\n{"text": "no id"}\n{"id": "j2", "text": "two"}\n'
+    )
+    pq.write_table(pa.table({
+        "id": ["p1", "p2"], "text": ["first", "second"], "metadata": [{"lang": "en", "n": 1}, {"lang": "de", "n": 2}],
+    }), tmp_path / "struct.parquet")
+    pq.write_table(pa.table({"id": ["s1", "s2"], "text": ["x", "y"], "metadata": ['{"a": [1, 2]}', "{oops"]}), tmp_path / "strings.parquet")
+    pq.write_table(pa.table({"name": ["n"], "text": ["t"]}), tmp_path / "no-id.parquet")
+    sources = list_sources([tmp_path], [tmp_path], suffixes={".md", ".txt"})
+    assert [(Path(s["path"]).name, s["kind"]) for s in sources] == [
+        ("empty.txt", "text"), ("latin1.txt", "text"), ("ok.md", "text"),
+        ("no-id.parquet", "parquet"), ("r.jsonl", "jsonl"), ("strings.parquet", "parquet"), ("struct.parquet", "parquet"),
+    ]
+    rows = [row for block in read_sources(pa.Table.from_pylist(sources)) for row in block.to_pylist()]
+    documents = {row["id"]: (row["text"], json.loads(row["metadata"])) for row in rows if not row["error"]}
+    assert documents == {
+        "ok.md": ("fine text", {"path": "ok.md", "file_type": "md"}),
+        "j1": ("one", {"k": 1}), "j2": ("two", {}),
+        "p1": ("first", {"lang": "en", "n": 1}), "p2": ("second", {"lang": "de", "n": 2}),
+        "s1": ("x", {"a": [1, 2]}),
+    }
+    assert next(row for row in rows if row["id"] == "j1")["content_hash"] == Document("j1", "one", {"k": 1}).content_hash()
+    failures = {Path(row["id"]).name: row["error"] for row in rows if row["error"]}
+    assert set(failures) == {"latin1.txt", "empty.txt", "r.jsonl:3", "r.jsonl:4", "strings.parquet:row 1", "no-id.parquet"}
+    assert "not UTF-8 text" in failures["latin1.txt"] and "is empty or whitespace only" in failures["empty.txt"]
+    assert "record 1 is not valid JSON" in failures["r.jsonl:3"] and "record 2 has no id" in failures["r.jsonl:4"]
+    assert "record 1: metadata is not valid JSON" in failures["strings.parquet:row 1"]
+    assert "need columns 'id' and 'text'" in failures["no-id.parquet"]
+
+    with pytest.raises(FileNotFoundError, match="missing.jsonl: no such file"):
+        list_sources([], [tmp_path / "missing.jsonl"])
+    (tmp_path / "empty-folder").mkdir()
+    with pytest.raises(ValueError, match="no record files"):
+        list_sources([], [tmp_path / "empty-folder"])
+
+    ok = pa.Table.from_pylist([row for row in rows if row["id"] in ("ok.md", "j1")])
+    tokenised = tokenize_documents(ok, model=str(checkpoint), max_length=4, long_text="error").to_pylist()
+    assert [row["tokens"] for row in tokenised] == [4, 3]  # [CLS] fine text [SEP]; [CLS] one [SEP]
+    assert tokenised[0]["error"] == "" and tokenised[1]["token_ids"]
+    tokenised = tokenize_documents(ok, model=str(checkpoint), max_length=3, long_text="error").to_pylist()
+    assert "document 'ok.md' has 4 tokens, over max_length=3" in tokenised[0]["error"] and not tokenised[0]["token_ids"]
+
+
+def test_local_stores_are_refused_for_several_workers(tmp_path, capsys):
+    (tmp_path / "a.md").write_text("text")
+    for store, location in (("chroma", str(tmp_path / "chroma")), ("qdrant", str(tmp_path / "qdrant")), ("qdrant", ":memory:")):
+        with pytest.raises(ValueError, match=r"local store.*2 workers.*chroma run.*without --engine ray"):
+            index_with_ray([tmp_path], store=store, location=location, collection="docs", workers=2)
+        assert not Path(location).exists()  # refused before anything was created
+    assert cli_main(["index", str(tmp_path), "--store", "chroma", "--location", str(tmp_path / "c"),
+                     "--collection", "docs", "--engine", "ray", "--workers", "2"]) == 2
+    assert "is a local store" in capsys.readouterr().err
+    assert cli_main(["index", str(tmp_path), "--store", "chroma", "--location", str(tmp_path / "c"),
+                     "--collection", "docs", "--workers", "2"]) == 2
+    assert "apply to --engine ray" in capsys.readouterr().err
+
+
+# -- jobs on a local Ray ------------------------------------------------------------------------------
+
+
+def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_cluster):
+    assert plan_workers(None, None, 1.0) == WorkerPlan(2, "cuda", num_cpus=1, num_gpus=1, threads=1)
+    assert plan_workers("cuda:1", 1, 1.0) == WorkerPlan(1, "cuda", num_cpus=1, num_gpus=1, threads=1)
+    assert plan_workers("cpu", None, 1.0) == WorkerPlan(2, "cpu", num_cpus=1.0, num_gpus=0, threads=1)
+    assert plan_workers("cpu", 1, 2.0) == WorkerPlan(1, "cpu", num_cpus=2.0, num_gpus=0, threads=2)
+    with pytest.raises(ValueError, match="3 GPU workers need 3 GPUs; the Ray cluster has 2"):
+        plan_workers(None, 3, 1.0)
+    with pytest.raises(ValueError, match=r"2 CPU workers of 2 CPUs each, plus 1 CPU .* need 5 CPUs; the Ray cluster has 3"):
+        plan_workers("cpu", 2, 2.0)
+    with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
+        plan_workers("mps", None, 1.0)
+
+
+def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_the_single_process_path(
+    tmp_path, ray_cluster, chroma_server, checkpoint, encoder, capsys
+):
+    """One job covers it all (each job costs worker start-ups): mixed inputs, bad inputs, a crash."""
+    documents = write_text_files(tmp_path / "docs", 8)
+    (tmp_path / "docs" / "notes" / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    records = [Document(f"rec-{i}", text_of(9 + i, seed=50 + i), {"source": "jsonl", "n": i}) for i in range(4)]
+    lines = [json.dumps({"id": d.id, "text": d.text, "metadata": d.metadata}) for d in records]
+    (tmp_path / "records.jsonl").write_text("\n".join(lines[:2] + ["{not json", '{"text": "no id"}'] + lines[2:]) + "\n")
+    table = [Document(f"row-{i}", text_of(12 + i, seed=80 + i), {"source": "parquet", "n": i}) for i in range(4)]
+    pq.write_table(pa.table({
+        "id": [d.id for d in table], "text": [d.text for d in table], "metadata": [json.dumps(d.metadata) for d in table],
+    }), tmp_path / "rows.parquet")
+    expected = documents + records + table
+    marker = tmp_path / "killed-batch.json"
+
+    collection = f"ray-{uuid.uuid4().hex[:8]}"
+    report = index_with_ray(
+        [tmp_path / "docs"], records=[tmp_path / "records.jsonl", tmp_path / "rows.parquet"],
+        store="chroma", location=chroma_server.url, collection=collection,
+        model=checkpoint, device="cpu", max_length=128, workers=2, batch_docs=3, on_batch=ExitOnce(marker),
+        show_progress=False,
+    )
+    # The hook ran, so a worker died right after its first write. Ray restarted it and retried the
+    # batch, which found the points the dead attempt had written: reported unchanged, not rewritten.
+    killed = json.loads(marker.read_text())
+    assert 1 <= len(killed) <= 3 and sorted(report.skipped) == sorted(killed)
+    assert sorted(report.indexed + report.skipped) == sorted(d.id for d in expected)
+    assert report.duplicates == [] and report.workers == 2 and report.device == "cpu"
+    encoded = [d.text for d in expected if d.id not in killed]
+    assert report.tokens == sum(encoder.count_tokens(encoded))
+    bad_file = str(tmp_path / "docs" / "notes" / "latin1.txt")
+    assert report.failures == {
+        bad_file: report.failures[bad_file],
+        f"{tmp_path / 'records.jsonl'}:3": "record 2 is not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        f"{tmp_path / 'records.jsonl'}:4": "record 3 has no id: every document needs a unique, non-empty 'id'",
+    }
+    assert "unreadable, skipped" in report.failures[bad_file] and "not UTF-8 text" in report.failures[bad_file]
+    summary = report.summary()
+    assert f"{len(expected) - len(killed)} indexed, {len(killed)} unchanged (skipped), 3 failed" in summary
+    assert "tokens/s" in summary and "encoding" in summary and "latin1.txt" in summary
+
+    # Exactly one point per document, with the single-process path's ids, texts, metadata, hashes
+    # and vectors (that path indexes the same documents into another collection of the server).
+    with DocumentIndex(open_store("chroma", chroma_server.url, f"{collection}-single"), encoder) as single:
+        single.index(expected, batch_docs=5)
+    distributed = stored(chroma_collection(chroma_server.url, collection))
+    reference = stored(chroma_collection(chroma_server.url, f"{collection}-single"))
+    assert sorted(distributed) == sorted(reference) == sorted(point_id(d.id) for d in expected)
+    for point, (text, metadata, vector) in reference.items():
+        assert distributed[point][:2] == (text, metadata)  # metadata holds doc_id and content_hash
+        np.testing.assert_allclose(distributed[point][2], vector, atol=1e-5)
+
+    # The whole job again, from the command line: nothing is encoded, the count stays.
+    store = ["--store", "chroma", "--location", chroma_server.url, "--collection", collection]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    sources = [str(tmp_path / "docs"), "--records", str(tmp_path / "records.jsonl"), "--records", str(tmp_path / "rows.parquet")]
+    assert cli_main(["index", *sources, *store, *model, "--engine", "ray", "--workers", "2"]) == 1  # 1: failures
+    out = capsys.readouterr().out
+    assert f"0 indexed, {len(expected)} unchanged (skipped), 3 failed" in out and "2 CPU workers" in out
+    assert "failed: " in out and "latin1.txt: unreadable, skipped" in out
+    assert chroma_collection(chroma_server.url, collection).count() == len(expected)
