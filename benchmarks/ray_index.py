@@ -39,6 +39,10 @@ from jina_rag.index import open_store  # noqa: E402
 from jina_rag.index.ray_data import STAGES, index_with_ray  # noqa: E402
 
 
+def label(workers: int) -> str:
+    return f"ray, {workers} worker{'s' if workers != 1 else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (Ray workers take one GPU each)")
@@ -65,9 +69,9 @@ def main() -> None:
     server = ChromaServer(work / "chroma").start()
     # Logical CPUs: the cores for the workers, plus one that Ray keeps for reading and tokenising.
     ray.init(num_cpus=cores + 1, include_dashboard=False, logging_level="ERROR")
-    seconds: dict[str, list[float]] = {"single process": [], **{f"ray, {n} workers": [] for n in args.workers}}
+    seconds: dict[str, list[float]] = {"single process": [], **{label(n): [] for n in args.workers}}
     stages: dict[str, dict[str, float]] = {}
-    first_result: dict[str, list[float]] = {f"ray, {n} workers": [] for n in args.workers}
+    first_result: dict[str, list[float]] = {label(n): [] for n in args.workers}
     try:
         for repeat in range(args.repeats):
             started = time.perf_counter()
@@ -82,9 +86,9 @@ def main() -> None:
                     cpus_per_worker=max(1, cores // workers), batch_docs=args.batch_docs, show_progress=False,
                 )
                 assert len(report.indexed) == args.docs and report.tokens == tokens and not report.failed, report.summary()
-                seconds[f"ray, {workers} workers"].append(report.seconds)
-                stages[f"ray, {workers} workers"] = report.stage_seconds
-                first_result[f"ray, {workers} workers"].append(report.seconds_to_first_result)
+                seconds[label(workers)].append(report.seconds)
+                stages[label(workers)] = report.stage_seconds
+                first_result[label(workers)].append(report.seconds_to_first_result)
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), file=sys.stderr)
     finally:
         ray.shutdown()
@@ -99,7 +103,7 @@ def main() -> None:
         f"corpus: {args.docs} text files, {tokens:,} tokens (median {statistics.median(lengths):.0f}, max {max(lengths)} "
         f"per document), write batches of {args.batch_docs}, Chroma server on 127.0.0.1; medians of {args.repeats} runs\n"
     )
-    print("| path | encoding on | seconds | tokens/s | ratio to single process | first result after (s) |")
+    print("| path | encoding on | seconds | tokens/s | ratio to single process | first results after (s) |")
     print("|---|---|---|---|---|---|")
     for path, value in median.items():
         if path == "single process":

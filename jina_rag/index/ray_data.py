@@ -104,7 +104,7 @@ class RayIndexReport(IndexReport):
     def summary(self) -> str:
         lines = [
             f"{super().summary()}; {self.workers} {self.device.upper()} worker{'s' if self.workers != 1 else ''}",
-            f"first results after {self.seconds_to_first_result:.1f} s (starting workers, loading the model); "
+            f"first results after {self.seconds_to_first_result:.1f} s (starting workers and the first batches); "
             "time summed over tasks and workers: "
             + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.stage_seconds.items()),
         ]
