@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -160,6 +159,10 @@ def test_local_stores_are_refused_for_several_workers(tmp_path, capsys):
     assert cli_main(["index", str(tmp_path), "--store", "chroma", "--location", str(tmp_path / "c"),
                      "--collection", "docs", "--workers", "2"]) == 2
     assert "apply to --engine ray" in capsys.readouterr().err
+    pq.write_table(pa.table({"id": ["a"], "text": ["t"]}), tmp_path / "rows.parquet")
+    assert cli_main(["index", "--records", str(tmp_path / "rows.parquet"), "--store", "chroma", "--location",
+                     str(tmp_path / "c"), "--collection", "docs"]) == 2
+    assert "Parquet files and folders of records need --engine ray" in capsys.readouterr().err
 
 
 # -- jobs on a local Ray ------------------------------------------------------------------------------
