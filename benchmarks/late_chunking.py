@@ -27,9 +27,8 @@ prints no nDCG, because random weights say nothing about quality.
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -45,37 +44,10 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 from common import SHAPES, device_name, random_model_folder  # noqa: E402
 
 from jina_rag import JinaEncoder, encode_late_chunks  # noqa: E402
+from jina_rag.eval import RetrievalSet, load_beir, ndcg_at_k  # noqa: E402
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS, default_splitter, split_spans  # noqa: E402
 
 METHODS = ("single vector", "naive chunking", "late chunking")
-
-
-def load_beir(folder: Path, split: str) -> tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]:
-    """Corpus ids and texts (title, blank line, text), query ids and texts, and qrels of one split.
-
-    A stand-in until ``jina_rag.eval.load_beir`` (the evaluation harness) is on main.
-    """
-    qrels: dict[str, dict[str, int]] = {}
-    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t"):
-            if len(row) >= 3 and row[-1].lstrip("-").isdigit():
-                qrels.setdefault(row[0], {})[row[1]] = int(row[-1])
-    corpus = [json.loads(line) for line in open(folder / "corpus.jsonl", encoding="utf-8") if line.strip()]
-    queries = [json.loads(line) for line in open(folder / "queries.jsonl", encoding="utf-8") if line.strip()]
-    queries = [q for q in queries if str(q["_id"]) in qrels]
-    doc_texts = [f"{row['title']}\n\n{row['text']}" if row.get("title") else row["text"] for row in corpus]
-    return (
-        [str(row["_id"]) for row in corpus], doc_texts,
-        [str(q["_id"]) for q in queries], [q["text"] for q in queries], qrels,
-    )
-
-
-def ndcg_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
-    """nDCG@k, trec_eval's (gains = judged relevance). A stand-in until ``jina_rag.eval.ndcg_at_k`` is on main."""
-    dcg = sum(relevant.get(d, 0) / math.log2(rank + 2) for rank, d in enumerate(ranked[:k]))
-    ideal = sorted((g for g in relevant.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(rank + 2) for rank, g in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else 0.0
 
 
 def document_scores(queries: np.ndarray, vectors: np.ndarray, first_of_document: np.ndarray) -> np.ndarray:
@@ -86,9 +58,9 @@ def document_scores(queries: np.ndarray, vectors: np.ndarray, first_of_document:
     return np.concatenate(scores)
 
 
-def mean_ndcg(scores: np.ndarray, doc_ids: list[str], query_ids: list[str], qrels: dict[str, dict[str, int]]) -> float:
+def mean_ndcg(scores: np.ndarray, data: RetrievalSet) -> float:
     top = np.argsort(-scores, axis=1)[:, :10]
-    return statistics.fmean(ndcg_at_k([doc_ids[i] for i in row], qrels[q], 10) for q, row in zip(query_ids, top))
+    return statistics.fmean(ndcg_at_k([data.doc_ids[i] for i in row], data.qrels[q], 10) for q, row in zip(data.query_ids, top))
 
 
 def write_stdlib_beir(folder: Path, encoder: JinaEncoder, documents: int, min_tokens: int, max_tokens: int) -> Path:
@@ -128,6 +100,8 @@ def main() -> None:
     parser.add_argument("--random-shape", choices=SHAPES, help="random weights of this shape instead of --model: speed and size only")
     parser.add_argument("--device", default=None)
     parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--late-contexts", default=None,
+                        help="late chunking with windows of these many tokens, e.g. 8192,2048,512 (default: --max-length)")
     parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS)
     parser.add_argument("--max-queries", type=int, default=None, help="the first N judged queries")
     parser.add_argument("--repeats", type=int, default=1)
@@ -143,12 +117,15 @@ def main() -> None:
     if args.random_shape:
         model = random_model_folder(args.random_shape, Path(tempfile.mkdtemp(prefix="jina-rag-late-")) / "model")
     encoder = JinaEncoder.from_pretrained(model, device=args.device, max_length=args.max_length)
+    contexts = [int(n) for n in args.late_contexts.split(",")] if args.late_contexts else [args.max_length]
+    # One loaded model serves every context: only the window length differs.
+    late_encoders = {n: JinaEncoder.from_pretrained(model, device=args.device, max_length=n) for n in contexts}
     folder = write_stdlib_beir(args.demo, encoder, args.demo_docs, args.demo_min_tokens, args.demo_max_tokens) if args.demo else args.data
-    doc_ids, doc_texts, query_ids, query_texts, qrels = load_beir(folder, args.split)
+    data = load_beir(folder, args.split)
     if args.max_queries:
-        query_ids, query_texts = query_ids[: args.max_queries], query_texts[: args.max_queries]
+        data = dataclasses.replace(data, query_ids=data.query_ids[: args.max_queries], query_texts=data.query_texts[: args.max_queries])
+    doc_texts = data.doc_texts
     tokens = encoder.count_tokens(doc_texts)
-    encoder.encode(doc_texts[:2], show_progress=False)  # warm-up (and compilation on CUDA)
     default_splitter(1, 1)  # imports LangChain's splitters before the clock starts
 
     def sync() -> None:
@@ -159,57 +136,67 @@ def main() -> None:
         counts = [len(ids) for ids in encoder.tokenizer(doc_texts, add_special_tokens=False, verbose=False)["input_ids"]]
         return [split_spans(text, default_splitter(n, len(text), args.chunk_tokens)) for text, n in zip(doc_texts, counts)]
 
-    seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in METHODS}}
-    cpu_seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in METHODS}}
-    for repeat in range(args.repeats):
+    def late(context: int):
+        return lambda: np.concatenate([c.vectors for c in encode_late_chunks(late_encoders[context], doc_texts, spans=spans)])
+
+    late_methods = {f"late chunking, {n}-token windows" if len(contexts) > 1 else "late chunking": n for n in contexts}
+    methods = ["single vector", "naive chunking", *late_methods]
+    seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in methods}}
+    cpu_seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in methods}}
+    # On CUDA a first, untimed pass compiles every shape the timed passes meet.
+    warmup = 1 if encoder.device.type == "cuda" else 0
+    for repeat in range(warmup + args.repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
         spans = split()
-        seconds["split"].append(time.perf_counter() - started)
-        cpu_seconds["split"].append(time.process_time() - cpu_started)
+        split_seconds, split_cpu = time.perf_counter() - started, time.process_time() - cpu_started
         passages = [text[start:end] for text, doc_spans in zip(doc_texts, spans) for start, end in doc_spans]
         runs = {
-            "single vector": lambda: encoder.encode(doc_texts),
-            "naive chunking": lambda: encoder.encode(passages),
-            "late chunking": lambda: np.concatenate([c.vectors for c in encode_late_chunks(encoder, doc_texts, spans=spans)]),
+            "single vector": lambda: encoder.encode(doc_texts, show_progress=False),
+            "naive chunking": lambda: encoder.encode(passages, show_progress=False),
+            **{method: late(n) for method, n in late_methods.items()},
         }
         vectors = {}
+        timings = {"split": (split_seconds, split_cpu)}
         for method, run in runs.items():
             sync()
             started, cpu_started = time.perf_counter(), time.process_time()
             vectors[method] = run()
             sync()
-            seconds[method].append(time.perf_counter() - started)
-            cpu_seconds[method].append(time.process_time() - cpu_started)
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()), file=sys.stderr)
+            timings[method] = (time.perf_counter() - started, time.process_time() - cpu_started)
+        print(f"{'warm-up' if repeat < warmup else f'repeat {repeat + 1 - warmup}'}: "
+              + ", ".join(f"{k} {v[0]:.2f} s" for k, v in timings.items()), file=sys.stderr)
+        if repeat >= warmup:
+            for key, (wall, cpu_time) in timings.items():
+                seconds[key].append(wall)
+                cpu_seconds[key].append(cpu_time)
 
     per_document = [len(doc_spans) for doc_spans in spans]
-    first_of_document = {
-        "single vector": np.arange(len(doc_texts)),
-        "naive chunking": np.cumsum([0, *per_document[:-1]]),
-        "late chunking": np.cumsum([0, *per_document[:-1]]),
-    }
-    queries = encoder.encode(query_texts, show_progress=False)
+    passage_starts = np.cumsum([0, *per_document[:-1]])
+    first_of_document = {method: passage_starts for method in methods}
+    first_of_document["single vector"] = np.arange(len(doc_texts))
+    queries = encoder.encode(data.query_texts, show_progress=False)
     median = {key: statistics.median(values) for key, values in seconds.items()}
     cpu = {key: statistics.median(values) for key, values in cpu_seconds.items()}
-    for chunked in ("naive chunking", "late chunking"):
+    for chunked in methods[1:]:
         median[chunked] += median["split"]
         cpu[chunked] += cpu["split"]
 
     print(
         f"# late chunking benchmark: {folder} ({args.split}), {len(doc_texts)} documents, {sum(tokens):,} tokens "
-        f"(median {statistics.median(tokens):.0f}, max {max(tokens)}), {len(query_ids)} queries; "
+        f"(median {statistics.median(tokens):.0f}, max {max(tokens)}), {len(data.query_ids)} queries; "
         f"{sum(per_document)} passages of about {args.chunk_tokens} tokens"
     )
     print(
         f"model: {'random weights, ' + args.random_shape + ' shape' if args.random_shape else encoder.info()['model']}; "
         f"{device_name(encoder.device)}, {str(encoder.dtype).removeprefix('torch.')}, max_length {args.max_length}; "
-        f"times are medians of {args.repeats}, splitting ({median['split']:.2f} s) counted in both chunked methods\n"
+        f"times are medians of {args.repeats}{' after a warm-up pass' if warmup else ''}, "
+        f"splitting ({median['split']:.2f} s) counted in every chunked method\n"
     )
     print("| method | nDCG@10 | vectors | size (float32) | encode seconds | vs single vector | CPU seconds | vs single vector |")
     print("|---|---|---|---|---|---|---|---|")
-    for method in METHODS:
+    for method in methods:
         stored = vectors[method]
-        quality = "n/a (random weights)" if args.random_shape else f"{mean_ndcg(document_scores(queries, stored, first_of_document[method]), doc_ids, query_ids, qrels):.4f}"
+        quality = "n/a (random weights)" if args.random_shape else f"{mean_ndcg(document_scores(queries, stored, first_of_document[method]), data):.4f}"
         print(
             f"| {method} | {quality} | {len(stored):,} | {stored.nbytes / 2**20:.2f} MiB | {median[method]:.2f} | "
             f"{median[method] / median['single vector']:.2f}x | {cpu[method]:.1f} | {cpu[method] / cpu['single vector']:.2f}x |"
