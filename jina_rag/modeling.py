@@ -191,6 +191,43 @@ class AlibiBias:
             yield start, stop, self._block(start, stop)
 
 
+class ReversedKeyAlibi:
+    """The ALiBi bias of a padded batch as a zero-copy view, for keys taken in reverse order.
+
+    With key ``j`` stored at ``j' = L - 1 - j``, the bias ``-slope * |i - j|`` depends on ``i + j'``
+    alone: it is ``u[i + j']`` with ``u[t] = -slope * |t - (L - 1)|``, a Hankel matrix that is a
+    strided view of one ``[heads, 2L - 1]`` vector. Scaled-dot-product attention reads it tile by
+    tile, so no ``[L, L]`` block is ever written, and every layer shares it. Padded keys are masked
+    through one extra head dimension (query 1, key 0 or the most negative value), since a padding
+    mask cannot be added to the view without materialising it.
+    """
+
+    def __init__(self, slopes: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> None:
+        batch, length = attention_mask.shape
+        device = attention_mask.device
+        heads = slopes.numel()
+        offsets = torch.arange(2 * length - 1, device=device, dtype=torch.float32) - (length - 1)
+        line = (-slopes.to(device, torch.float32).view(heads, 1) * offsets.abs()).to(dtype)
+        self.bias = line.as_strided((1, heads, length, length), (0, line.stride(0), 1, 1))
+        self.key_flag: torch.Tensor | None = None
+        if not bool(attention_mask.all()):
+            padded = ~attention_mask.bool().flip(1)
+            flag = torch.zeros(batch, 1, length, 1, device=device, dtype=dtype)
+            self.key_flag = flag.masked_fill_(padded.view(batch, 1, length, 1), torch.finfo(dtype).min)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+        head_dim = q.shape[-1]
+        k, v = k.flip(2), v.flip(2)
+        if self.key_flag is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, dropout_p=dropout)
+        heads = q.shape[1]
+        q = torch.cat([q, q.new_ones(*q.shape[:-1], 1)], dim=-1)
+        k = torch.cat([k, self.key_flag.expand(-1, heads, -1, -1)], dim=-1)
+        v = torch.cat([v, v.new_zeros(*v.shape[:-1], 1)], dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, dropout_p=dropout, scale=head_dim**-0.5)
+        return out[..., :head_dim]
+
+
 def flex_attention_available(device: torch.device) -> bool:
     """FlexAttention runs compiled on CUDA (torch >= 2.5)."""
     if device.type != "cuda":
@@ -215,7 +252,8 @@ class AttentionContext:
     """What every layer's attention needs for one batch, built once per forward."""
 
     impl: str
-    bias: AlibiBias | None = None  # blockwise and eager
+    bias: AlibiBias | None = None  # eager, and blockwise over packed rows
+    reversed_keys: ReversedKeyAlibi | None = None  # blockwise over padded rows
     block_mask: Any = None  # flex
     score_mod: Callable[..., torch.Tensor] | None = None  # flex
 
@@ -276,6 +314,8 @@ class JinaBertSelfAttention(nn.Module):
             ((_, _, bias),) = context.bias.blocks()
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias
             out = F.dropout(scores.softmax(-1), dropout, self.training) @ v
+        elif context.reversed_keys is not None:
+            out = context.reversed_keys.attend(q, k, v, dropout)
         else:
             out = torch.empty_like(q)
             for start, stop, bias in context.bias.blocks():
@@ -423,6 +463,8 @@ class JinaBertModel(JinaBertPreTrainedModel):
                 def mask_mod(b, h, q_idx, kv_idx):
                     return kv_idx < lengths[b]
             return _flex_context(slopes, mask_mod, batch, length)
+        if impl == "blockwise" and sequence_ids is None:
+            return AttentionContext(impl, reversed_keys=ReversedKeyAlibi(slopes, attention_mask, x.dtype))
         block_elements = self.attention_block_elements if impl == "blockwise" else 1 << 62
         return AttentionContext(impl, bias=AlibiBias(slopes, attention_mask, x.dtype, block_elements, sequence_ids))
 

@@ -161,7 +161,7 @@ def test_half_precision_close_to_fp32(checkpoint, dtype):
 
 
 class LargestOutput(TorchDispatchMode):
-    """Records the largest tensor any operator allocates."""
+    """Records the largest memory any operator's output holds (its storage: a view allocates nothing)."""
 
     def __init__(self):
         super().__init__()
@@ -171,7 +171,7 @@ class LargestOutput(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for tensor in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel())
+                self.largest = max(self.largest, tensor.untyped_storage().nbytes())
         return out
 
 
