@@ -217,17 +217,88 @@ class AttentionContext:
     impl: str
     bias: AlibiBias | None = None  # blockwise and eager
     block_mask: Any = None  # flex
-    score_mod: Callable[..., torch.Tensor] | None = None  # flex
+    slopes: torch.Tensor | None = None  # flex
+    packed: bool = False  # flex: one packed row (every token sees at least itself)
+
+    def flex_call(self, dtype: torch.dtype) -> tuple[Callable[..., torch.Tensor], dict[str, Any] | None]:
+        """The ALiBi ``score_mod`` and kernel options for FlexAttention on inputs of ``dtype``."""
+        options = flex_kernel_options(dtype, packed=self.packed)
+        slopes = self.slopes
+        if options and options.get("PRESCALE_QK"):
+            # Scores then reach score_mod in base 2 (log2(e) * scale * q.k): the bias must too.
+            slopes = slopes * _LOG2E
+
+        def alibi(score, b, h, q_idx, kv_idx):
+            return score - slopes[h] * (q_idx - kv_idx).abs()
+
+        return alibi, options
 
 
-def _flex_context(slopes: torch.Tensor, mask_mod: Callable, batch: int, length: int) -> AttentionContext:
+# Queries and keys per block-mask tile: FlexAttention's sparse block size.
+FLEX_BLOCK = 128
+_LOG2E = 1.4426950408889634
+
+
+def flex_kernel_options(dtype: torch.dtype, *, packed: bool) -> dict[str, Any] | None:
+    """FlexAttention kernel options for the ALiBi kernel at head_dim 64 (H100 measurements).
+
+    128x64 tiles ran the kernel 1.7x faster than the defaults for 16-bit inputs
+    (benchmarks/profile_gpu.py); fp32 keeps the defaults (shared memory). ``PRESCALE_QK``
+    scales q once by the softmax scale and log2(e) instead of multiplying every score twice.
+    In a packed row every token sees at least itself, so no row ends fully masked.
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    options: dict[str, Any] = {"BLOCK_M": 128, "BLOCK_N": 64, "PRESCALE_QK": True}
+    if packed:
+        options["ROWS_GUARANTEED_SAFE"] = True
+    return options
+
+
+def padded_block_mask(lengths: torch.Tensor, length: int) -> Any:
+    """FlexAttention block mask of a right-padded batch: each query sees its row's real keys."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    def alibi(score, b, h, q_idx, kv_idx):
-        return score - slopes[h] * (q_idx - kv_idx).abs()
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx < lengths[b]
 
-    block_mask = create_block_mask(mask_mod, batch, None, length, length, device=slopes.device, _compile=True)
-    return AttentionContext("flex", block_mask=block_mask, score_mod=alibi)
+    return create_block_mask(mask_mod, lengths.shape[0], None, length, length, device=lengths.device, _compile=True)
+
+
+def packed_block_mask(sequence_ids: torch.Tensor) -> Any:
+    """FlexAttention block mask of one packed row, built from the sequence ids of each tile's ends.
+
+    ``sequence_ids`` must not decrease along the row (sequences back to back, as
+    :func:`jina_rag.batching.pack_batch` lays them out); then a tile holds the ids from its
+    first token's to its last token's, so which query and key tiles meet, and which meet
+    whole (one sequence on both sides: no mask to evaluate), follows from those two ids per
+    tile: a few hundred comparisons instead of the mask evaluated on every pair of tokens.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = sequence_ids.shape[0]
+    starts = torch.arange(0, length, FLEX_BLOCK, device=sequence_ids.device)
+    first = sequence_ids[starts]
+    last = sequence_ids[(starts + FLEX_BLOCK - 1).clamp(max=length - 1)]
+    meets = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    single = first == last
+    whole = single[:, None] & single[None, :] & (first[:, None] == first[None, :])
+    partial = meets & ~whole
+
+    def as_indices(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = blocks.sum(dim=-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts[None, None], indices[None, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return sequence_ids[q_idx] == sequence_ids[kv_idx]
+
+    kv_num_blocks, kv_indices = as_indices(partial)
+    full_num_blocks, full_indices = as_indices(whole)
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks, kv_indices, full_num_blocks, full_indices,
+        BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(length, length),
+    )
 
 
 class JinaBertEmbeddings(nn.Module):
@@ -265,11 +336,9 @@ class JinaBertSelfAttention(nn.Module):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.dropout_prob if self.training else 0.0
         if context.impl == "flex":
-            # 128x64 tiles ran the ALiBi kernel 1.7x faster than the defaults on an H100 (bf16,
-            # head_dim 64; benchmarks/profile_gpu.py); fp32 keeps the defaults (shared memory).
-            options = {"BLOCK_M": 128, "BLOCK_N": 64} if q.dtype in (torch.bfloat16, torch.float16) else None
+            score_mod, options = context.flex_call(q.dtype)
             out = _compiled_flex_attention()(
-                q, k, v, score_mod=context.score_mod, block_mask=context.block_mask, kernel_options=options
+                q, k, v, score_mod=score_mod, block_mask=context.block_mask, kernel_options=options
             )
         elif context.impl == "eager":
             # The reference path: one block holding the whole bias, explicit softmax.
@@ -356,8 +425,10 @@ def segment_mean(hidden: torch.Tensor, sequence_ids: torch.Tensor, num_sequences
     ids = sequence_ids.clamp(max=num_sequences)
     sums = hidden.new_zeros(num_sequences + 1, hidden.shape[-1], dtype=torch.float32)
     sums.index_add_(0, ids, hidden.to(torch.float32))
-    counts = torch.bincount(ids, minlength=num_sequences + 1).clamp(min=1)
-    return (sums / counts[:, None])[:num_sequences]
+    # Counted with index_add_ too: torch.bincount would wait for the device (it reads the max id).
+    counts = hidden.new_zeros(num_sequences + 1, dtype=torch.float32)
+    counts.index_add_(0, ids, hidden.new_ones(ids.shape[0], dtype=torch.float32))
+    return (sums / counts.clamp(min=1.0)[:, None])[:num_sequences]
 
 
 class JinaBertPreTrainedModel(nn.Module):
@@ -414,15 +485,9 @@ class JinaBertModel(JinaBertPreTrainedModel):
         slopes = self.alibi_slopes.to(x.device)
         batch, length = attention_mask.shape
         if impl == "flex":
-            if sequence_ids is not None:
-                def mask_mod(b, h, q_idx, kv_idx):
-                    return sequence_ids[q_idx] == sequence_ids[kv_idx]
-            else:
-                lengths = attention_mask.sum(dim=1)
-
-                def mask_mod(b, h, q_idx, kv_idx):
-                    return kv_idx < lengths[b]
-            return _flex_context(slopes, mask_mod, batch, length)
+            packed = sequence_ids is not None
+            block_mask = packed_block_mask(sequence_ids) if packed else padded_block_mask(attention_mask.sum(dim=1), length)
+            return AttentionContext("flex", block_mask=block_mask, slopes=slopes, packed=packed)
         block_elements = self.attention_block_elements if impl == "blockwise" else 1 << 62
         return AttentionContext(impl, bias=AlibiBias(slopes, attention_mask, x.dtype, block_elements, sequence_ids))
 
@@ -441,8 +506,9 @@ class JinaBertModel(JinaBertPreTrainedModel):
     def forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
         """Token states ``[T, H]`` of sequences packed back to back into one row of ``T`` tokens.
 
-        ``sequence_ids[t]`` names the sequence token ``t`` belongs to; a token attends only
-        within its sequence, so no work is spent on padding (trailing filler gets an id of its own).
+        ``sequence_ids[t]`` names the sequence token ``t`` belongs to and must not decrease along
+        the row; a token attends only within its sequence, so no work is spent on padding
+        (trailing filler gets ids of its own).
         """
         x = self.embeddings(input_ids[None])
         context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids)
