@@ -89,3 +89,17 @@ def test_late_chunks_on_cuda_match_the_cpu_reference(base_like):
         assert packed.spans == reference.spans and packed.passage_windows == reference.passage_windows
         np.testing.assert_allclose(packed.vectors, reference.vectors, atol=1e-3)
         np.testing.assert_allclose(packed.document_vector, reference.document_vector, atol=1e-3)
+
+
+def test_flex_gradients_under_bf16_autocast_match_fp32_reference(base_like):
+    """Training runs FlexAttention's backward kernel with the same kernel options as inference."""
+    ids, mask = random_batch([1000, 300, 37], seed=3)
+    ids, mask = ids.cuda(), mask.cuda()
+    grads = {}
+    for impl in ("blockwise", "flex"):
+        model = load_model(base_like, attn_implementation=impl, device="cuda").eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=impl == "flex"):
+            loss = model.pool(ids, mask).square().sum()
+        loss.backward()
+        grads[impl] = torch.cat([p.grad.flatten() for p in model.encoder.layer[0].attention.parameters()])
+    assert F.cosine_similarity(grads["blockwise"], grads["flex"], dim=0) >= 0.99
