@@ -258,14 +258,75 @@ class AttentionContext:
     score_mod: Callable[..., torch.Tensor] | None = None  # flex
 
 
-def _flex_context(slopes: torch.Tensor, mask_mod: Callable, batch: int, length: int) -> AttentionContext:
-    from torch.nn.attention.flex_attention import create_block_mask
+# Queries and keys per block-mask tile: FlexAttention's sparse block size.
+FLEX_BLOCK = 128
 
+
+def flex_kernel_options(dtype: torch.dtype) -> dict[str, Any] | None:
+    """FlexAttention kernel options for the ALiBi kernel at head_dim 64 (H100, benchmarks/profile_gpu.py).
+
+    For 16-bit inputs, 128x64 tiles ran the forward kernel 1.7x faster than the defaults, and
+    loading K and V through the Hopper tensor-memory accelerator (TMA) about 8% faster again
+    (FlexAttention drops TMA where the GPU or layout can't use it). TMA is asked for the forward
+    only: with it in the backward kernels too, an MLM training step ran 12% slower. fp32 keeps
+    the defaults (shared memory).
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    return {"BLOCK_M": 128, "BLOCK_N": 64, "fwd_USE_TMA": True}
+
+
+def _flex_context(slopes: torch.Tensor, block_mask: Any) -> AttentionContext:
     def alibi(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
-    block_mask = create_block_mask(mask_mod, batch, None, length, length, device=slopes.device, _compile=True)
     return AttentionContext("flex", block_mask=block_mask, score_mod=alibi)
+
+
+def padded_block_mask(lengths: torch.Tensor, length: int) -> Any:
+    """FlexAttention block mask of a right-padded batch: each query sees its row's real keys."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return kv_idx < lengths[b]
+
+    return create_block_mask(mask_mod, lengths.shape[0], None, length, length, device=lengths.device, _compile=True)
+
+
+def packed_block_mask(sequence_ids: torch.Tensor) -> Any:
+    """FlexAttention block mask of one packed row, built from the sequence ids of each tile's ends.
+
+    ``sequence_ids`` must not decrease along the row (sequences back to back, as
+    :func:`jina_rag.batching.pack_batch` lays them out); then a tile holds the ids from its
+    first token's to its last token's, so which query and key tiles meet, and which meet
+    whole (one sequence on both sides: no mask to evaluate), follows from those two ids per
+    tile: a few hundred comparisons instead of the mask evaluated on every pair of tokens.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = sequence_ids.shape[0]
+    starts = torch.arange(0, length, FLEX_BLOCK, device=sequence_ids.device)
+    first = sequence_ids[starts]
+    last = sequence_ids[(starts + FLEX_BLOCK - 1).clamp(max=length - 1)]
+    meets = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    single = first == last
+    whole = single[:, None] & single[None, :] & (first[:, None] == first[None, :])
+    partial = meets & ~whole
+
+    def as_indices(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = blocks.sum(dim=-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts[None, None], indices[None, None]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return sequence_ids[q_idx] == sequence_ids[kv_idx]
+
+    kv_num_blocks, kv_indices = as_indices(partial)
+    full_num_blocks, full_indices = as_indices(whole)
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks, kv_indices, full_num_blocks, full_indices,
+        BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(length, length),
+    )
 
 
 class JinaBertEmbeddings(nn.Module):
@@ -303,11 +364,9 @@ class JinaBertSelfAttention(nn.Module):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.dropout_prob if self.training else 0.0
         if context.impl == "flex":
-            # 128x64 tiles ran the ALiBi kernel 1.7x faster than the defaults on an H100 (bf16,
-            # head_dim 64; benchmarks/profile_gpu.py); fp32 keeps the defaults (shared memory).
-            options = {"BLOCK_M": 128, "BLOCK_N": 64} if q.dtype in (torch.bfloat16, torch.float16) else None
             out = _compiled_flex_attention()(
-                q, k, v, score_mod=context.score_mod, block_mask=context.block_mask, kernel_options=options
+                q, k, v, score_mod=context.score_mod, block_mask=context.block_mask,
+                kernel_options=flex_kernel_options(q.dtype),
             )
         elif context.impl == "eager":
             # The reference path: one block holding the whole bias, explicit softmax.
@@ -396,8 +455,10 @@ def segment_mean(hidden: torch.Tensor, sequence_ids: torch.Tensor, num_sequences
     ids = sequence_ids.clamp(max=num_sequences)
     sums = hidden.new_zeros(num_sequences + 1, hidden.shape[-1], dtype=torch.float32)
     sums.index_add_(0, ids, hidden.to(torch.float32))
-    counts = torch.bincount(ids, minlength=num_sequences + 1).clamp(min=1)
-    return (sums / counts[:, None])[:num_sequences]
+    # Counted with index_add_ too: torch.bincount would wait for the device (it reads the max id).
+    counts = hidden.new_zeros(num_sequences + 1, dtype=torch.float32)
+    counts.index_add_(0, ids, hidden.new_ones(ids.shape[0], dtype=torch.float32))
+    return (sums / counts.clamp(min=1.0)[:, None])[:num_sequences]
 
 
 class JinaBertPreTrainedModel(nn.Module):
@@ -452,17 +513,11 @@ class JinaBertModel(JinaBertPreTrainedModel):
     ) -> AttentionContext:
         impl = self._attention_impl(x.device)
         slopes = self.alibi_slopes.to(x.device)
-        batch, length = attention_mask.shape
+        length = attention_mask.shape[1]
         if impl == "flex":
             if sequence_ids is not None:
-                def mask_mod(b, h, q_idx, kv_idx):
-                    return sequence_ids[q_idx] == sequence_ids[kv_idx]
-            else:
-                lengths = attention_mask.sum(dim=1)
-
-                def mask_mod(b, h, q_idx, kv_idx):
-                    return kv_idx < lengths[b]
-            return _flex_context(slopes, mask_mod, batch, length)
+                return _flex_context(slopes, packed_block_mask(sequence_ids))
+            return _flex_context(slopes, padded_block_mask(attention_mask.sum(dim=1), length))
         if impl == "blockwise" and sequence_ids is None:
             return AttentionContext(impl, reversed_keys=ReversedKeyAlibi(slopes, attention_mask, x.dtype))
         block_elements = self.attention_block_elements if impl == "blockwise" else 1 << 62
@@ -483,8 +538,9 @@ class JinaBertModel(JinaBertPreTrainedModel):
     def forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
         """Token states ``[T, H]`` of sequences packed back to back into one row of ``T`` tokens.
 
-        ``sequence_ids[t]`` names the sequence token ``t`` belongs to; a token attends only
-        within its sequence, so no work is spent on padding (trailing filler gets an id of its own).
+        ``sequence_ids[t]`` names the sequence token ``t`` belongs to and must not decrease along
+        the row; a token attends only within its sequence, so no work is spent on padding
+        (trailing filler gets ids of its own).
         """
         x = self.embeddings(input_ids[None])
         context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids)

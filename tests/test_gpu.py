@@ -5,6 +5,8 @@ Marked ``gpu``: skipped in CI, run on the GPU machine with ``pytest -m gpu``.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -82,10 +84,26 @@ def test_late_chunks_on_cuda_match_the_cpu_reference(base_like):
     # float32 on both sides: this checks the packed rows and windows, not bf16 rounding.
     cuda = JinaEncoder.from_pretrained(base_like, device="cuda", dtype="float32", max_length=2048)
     assert cuda.backend.packed
-    expected = encode_late_chunks(cpu, texts, chunk_tokens=40)
-    got = encode_late_chunks(cuda, texts, chunk_tokens=40, batch_tokens=4096)
+    # Sentence spans: this checks the packed rows, not the optional LangChain splitter.
+    spans = [[(m.start(), m.end()) for m in re.finditer(r"[^.]+\.", text)] for text in texts]
+    expected = encode_late_chunks(cpu, texts, spans=spans)
+    got = encode_late_chunks(cuda, texts, spans=spans, batch_tokens=4096)
     assert len(expected[0].windows) > 1  # the long one is read in windows
     for reference, packed in zip(expected, got):
         assert packed.spans == reference.spans and packed.passage_windows == reference.passage_windows
         np.testing.assert_allclose(packed.vectors, reference.vectors, atol=1e-3)
         np.testing.assert_allclose(packed.document_vector, reference.document_vector, atol=1e-3)
+
+
+def test_flex_gradients_under_bf16_autocast_match_fp32_reference(base_like):
+    """Training runs FlexAttention's backward kernel with the same kernel options as inference."""
+    ids, mask = random_batch([1000, 300, 37], seed=3)
+    ids, mask = ids.cuda(), mask.cuda()
+    grads = {}
+    for impl in ("blockwise", "flex"):
+        model = load_model(base_like, attn_implementation=impl, device="cuda").eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=impl == "flex"):
+            loss = model.pool(ids, mask).square().sum()
+        loss.backward()
+        grads[impl] = torch.cat([p.grad.flatten() for p in model.encoder.layer[0].attention.parameters()])
+    assert F.cosine_similarity(grads["blockwise"], grads["flex"], dim=0) >= 0.99

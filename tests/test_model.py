@@ -229,3 +229,38 @@ def test_packed_row_equals_sequences_run_alone(checkpoint):
         expected = model.pool(ids, mask)
         got = model.pool_packed(packed, sequence_ids, len(lengths))
     assert (expected - got).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("lengths", [[40, 7, 19], [128, 128, 300], [1000, 5, 130, 127, 1], [2048]])
+def test_packed_block_mask_equals_the_mask_evaluated_on_every_pair(lengths):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from jina_rag.batching import pack_batch
+    from jina_rag.modeling import packed_block_mask
+
+    width = 2048 if sum(lengths) <= 2048 else 4096
+    _, sequence_ids = pack_batch([[1] * n for n in lengths], width, 0)
+    sequence_ids = torch.from_numpy(sequence_ids)
+
+    def same_sequence(b, h, q_idx, kv_idx):
+        return sequence_ids[q_idx] == sequence_ids[kv_idx]
+
+    expected = create_block_mask(same_sequence, 1, None, width, width, device="cpu")
+    got = packed_block_mask(sequence_ids)
+
+    def blocks(num, indices):  # the set of (q block, kv block) pairs a BlockMask lists
+        return {(q, int(indices[0, 0, q, k])) for q in range(num.shape[-1]) for k in range(int(num[0, 0, q]))}
+
+    assert blocks(got.kv_num_blocks, got.kv_indices) == blocks(expected.kv_num_blocks, expected.kv_indices)
+    assert blocks(got.full_kv_num_blocks, got.full_kv_indices) == blocks(
+        expected.full_kv_num_blocks, expected.full_kv_indices
+    )
+    assert torch.equal(got.to_dense(), expected.to_dense())
+
+
+def test_segment_mean_averages_each_sequence_and_drops_filler():
+    from jina_rag.modeling import segment_mean
+
+    hidden = torch.arange(12, dtype=torch.float32).view(6, 2)
+    got = segment_mean(hidden, torch.tensor([0, 0, 1, 1, 1, 2]), 2)
+    assert torch.equal(got, torch.tensor([[1.0, 2.0], [6.0, 7.0]]))
