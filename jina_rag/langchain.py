@@ -1,4 +1,4 @@
-"""LangChain adapters: :class:`JinaEmbeddings` (``Embeddings`` over :class:`JinaEncoder`) and
+"""LangChain adapters: :class:`JinaEmbeddings` (``Embeddings`` over :class:`~jina_rag.encoder.JinaEncoder`) and
 :class:`JinaRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`)."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ try:
     from langchain_core.retrievers import BaseRetriever
 except ImportError as error:  # an optional extra
     raise ImportError("the LangChain adapter needs langchain-core: pip install 'jina-rag[langchain]'") from error
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
+from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.core import FilterValue
 
 
-class JinaEmbeddings(BaseModel, Embeddings):
+class JinaEmbeddings(EncoderOptions, Embeddings):
     """Jina Embeddings v2 for LangChain; ``JinaEmbeddings()`` uses the default model.
 
     The model loads when the object is created (a missing model fails here, not mid-chain) and is
@@ -32,32 +32,9 @@ class JinaEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_name: str | None = None
-    device: str | None = None
-    max_length: int = 8192
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
-    normalize: bool = True
-    long_text: LongTextPolicy = "windows"
-    backend: BackendName = "torch"  # "onnx": a folder from ``jina-rag export-onnx`` on ONNX Runtime
-    providers: list[str] | None = None  # ONNX Runtime execution providers (default: CPU)
-
-    _encoder: JinaEncoder = PrivateAttr()
-
-    def model_post_init(self, context: Any) -> None:
-        self._encoder = JinaEncoder.from_pretrained(
-            self.model_name, device=self.device, max_length=self.max_length, long_text=self.long_text,
-            backend=self.backend, providers=self.providers,
-        )
-
-    @property
-    def encoder(self) -> JinaEncoder:
-        return self._encoder
-
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order."""
-        return self._encoder.encode(
-            texts, batch_tokens=self.batch_tokens, normalize=self.normalize, show_progress=False
-        ).tolist()
+        return self._embed(texts)
 
     def embed_query(self, text: str) -> list[float]:
         """Queries and documents share one encoder (Jina v2 uses no query prefix)."""

@@ -14,9 +14,9 @@ try:
     from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 except ImportError as error:  # an optional extra
     raise ImportError("the LlamaIndex adapter needs llama-index-core: pip install 'jina-rag[llamaindex]'") from error
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
+from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.core import FilterValue
 
@@ -24,7 +24,7 @@ from jina_rag.index.core import FilterValue
 HIT_KEYS = ["doc_id", "passage"]
 
 
-class JinaEmbedding(BaseEmbedding):
+class JinaEmbedding(EncoderOptions, BaseEmbedding):
     """Jina Embeddings v2 for LlamaIndex (``Settings.embed_model = JinaEmbedding()``).
 
     The model loads at creation and is shared by adapters naming the same model and device.
@@ -32,37 +32,14 @@ class JinaEmbedding(BaseEmbedding):
     ``batch_tokens`` tokens. Async methods run the encoder in a worker thread.
     """
 
-    model_name: str | None = Field(default=None, description="model folder or hub id; None: the default model")
-    device: str | None = None
-    max_length: int = 8192
-    batch_tokens: int = DEFAULT_BATCH_TOKENS
-    normalize: bool = True
-    long_text: LongTextPolicy = "windows"
-    backend: BackendName = "torch"  # "onnx": a folder from ``jina-rag export-onnx`` on ONNX Runtime
-    providers: list[str] | None = None  # ONNX Runtime execution providers (default: CPU)
     embed_batch_size: int = Field(default=64, gt=0, le=2048)
-
-    _encoder: JinaEncoder = PrivateAttr()
-
-    def model_post_init(self, context: Any) -> None:
-        super().model_post_init(context)
-        self._encoder = JinaEncoder.from_pretrained(
-            self.model_name, device=self.device, max_length=self.max_length, long_text=self.long_text,
-            backend=self.backend, providers=self.providers,
-        )
 
     @classmethod
     def class_name(cls) -> str:
         return "JinaEmbedding"
 
-    @property
-    def encoder(self) -> JinaEncoder:
-        return self._encoder
-
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self._encoder.encode(
-            texts, batch_tokens=self.batch_tokens, normalize=self.normalize, show_progress=False
-        ).tolist()
+        return self._embed(texts)
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embeddings([text])[0]
