@@ -36,8 +36,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import SHAPES, device_name, lognormal_lengths, random_model_folder, texts_of_lengths  # noqa: E402
 from jina_rag import DocumentIndex, JinaEncoder, read_documents  # noqa: E402
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, packed_width  # noqa: E402
 from jina_rag.index import open_store  # noqa: E402
 from jina_rag.index.ray_data import STAGES, index_with_ray  # noqa: E402
+
+
+def warm_up(encoder: JinaEncoder) -> None:
+    """Compile, untimed, every packed-row width that batches of the corpus can take.
+
+    On CUDA the encoder compiles one graph per width (a power of two up to the batch's tokens),
+    tens of seconds each; left to the timed run, compiling would swamp the single-process path.
+    A Ray worker compiles in its own process, inside its job (helped by torch's on-disk caches).
+    """
+    if encoder.device.type != "cuda":
+        encoder.encode(["warm-up"] * 4)
+        return
+    width = packed_width(1)
+    while width <= packed_width(DEFAULT_BATCH_TOKENS):
+        tokens = 3 * width // 4  # packs into exactly this width
+        texts = -(-tokens // encoder.max_length)
+        encoder.encode(texts_of_lengths([tokens // texts] * texts))
+        width *= 2
 
 
 def label(workers: int) -> str:
@@ -69,7 +88,9 @@ def main() -> None:
     for i, text in enumerate(texts_of_lengths(lengths)):
         (corpus / f"doc-{i:05d}.txt").write_text(text)
     tokens = sum(lengths)
-    encoder.encode(["warm-up"] * 4)
+    started = time.perf_counter()
+    warm_up(encoder)
+    print(f"corpus of {tokens:,} tokens written; warm-up took {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     if args.store == "chroma":
         from conftest import ChromaServer  # the tests' server fixture (it also turns tokenizers' threads off)
@@ -94,6 +115,7 @@ def main() -> None:
                 report = index.index(read_documents(corpus), batch_docs=args.batch_docs, show_progress=False)
             assert len(report.indexed) == args.docs and report.tokens == tokens
             seconds["single process"].append(time.perf_counter() - started)
+            print(f"repeat {repeat + 1}: single process {seconds['single process'][-1]:.1f} s", file=sys.stderr)
             for workers in args.workers:
                 store, location, collection = new_collection(f"ray-{uuid.uuid4().hex[:8]}")
                 report = index_with_ray(
