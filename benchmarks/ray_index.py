@@ -1,7 +1,9 @@
 """Indexing throughput on Ray Data (1, 2, ... workers) against the single-process path, in one run.
 
-Every path reads the same text files and writes into the same ``chroma run`` server on
-127.0.0.1 (each run a new collection, so everything is encoded): (a) the single-process path,
+Every path reads the same text files and writes into the same kind of store, each run a new
+collection (so everything is encoded): a ``chroma run`` server on 127.0.0.1 (``--store chroma``,
+the default), or a local Qdrant folder (``--store qdrant``: one writer at a time, so Ray runs one
+worker; for machines without chromadb, like the GPU machine). (a) the single-process path,
 ``read_documents`` + ``DocumentIndex.index`` with torch using every core; (b) ``index_with_ray``
 with N workers. On CPUs the cores are split between the workers (``cpus_per_worker`` = cores / N),
 so every path encodes on the same cores; on CUDA each worker takes one GPU. Ray starts once,
@@ -13,6 +15,7 @@ Random weights of a realistic shape (throughput only, never quality).
 
     python benchmarks/ray_index.py                            # CPU: 1 and 2 workers
     python benchmarks/ray_index.py --device cuda --workers 1 2 4 8 --docs 20000 --median-tokens 2048
+    python benchmarks/ray_index.py --device cuda --store qdrant --workers 1   # one GPU, no chromadb
 """
 
 from __future__ import annotations
@@ -32,11 +35,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import SHAPES, device_name, lognormal_lengths, random_model_folder, texts_of_lengths  # noqa: E402
-from conftest import ChromaServer  # noqa: E402
-
 from jina_rag import DocumentIndex, JinaEncoder, read_documents  # noqa: E402
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, packed_width  # noqa: E402
 from jina_rag.index import open_store  # noqa: E402
 from jina_rag.index.ray_data import STAGES, index_with_ray  # noqa: E402
+
+
+def warm_up(encoder: JinaEncoder) -> None:
+    """Compile, untimed, every packed-row width that batches of the corpus can take.
+
+    On CUDA the encoder compiles one graph per width (a power of two up to the batch's tokens),
+    tens of seconds each; left to the timed run, compiling would swamp the single-process path.
+    A Ray worker compiles in its own process, inside its job (helped by torch's on-disk caches).
+    """
+    if encoder.device.type != "cuda":
+        encoder.encode(["warm-up"] * 4)
+        return
+    width = packed_width(1)
+    while width <= packed_width(DEFAULT_BATCH_TOKENS):
+        tokens = 3 * width // 4  # packs into exactly this width
+        texts = -(-tokens // encoder.max_length)
+        encoder.encode(texts_of_lengths([tokens // texts] * texts))
+        width *= 2
 
 
 def label(workers: int) -> str:
@@ -52,7 +72,11 @@ def main() -> None:
     parser.add_argument("--batch-docs", type=int, default=16, help="documents per write batch")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to run")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (medians are shown)")
+    parser.add_argument("--store", choices=("chroma", "qdrant"), default="chroma",
+                        help="chroma: a `chroma run` server; qdrant: a local folder (one Ray worker)")
     args = parser.parse_args()
+    if args.store == "qdrant" and args.workers != [1]:
+        parser.error("--store qdrant is a local folder, which one process writes at a time: use --workers 1")
 
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="jina-rag-ray-bench-"))
@@ -64,9 +88,21 @@ def main() -> None:
     for i, text in enumerate(texts_of_lengths(lengths)):
         (corpus / f"doc-{i:05d}.txt").write_text(text)
     tokens = sum(lengths)
-    encoder.encode(["warm-up"] * 4)
+    started = time.perf_counter()
+    warm_up(encoder)
+    print(f"corpus of {tokens:,} tokens written; warm-up took {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
-    server = ChromaServer(work / "chroma").start()
+    if args.store == "chroma":
+        from conftest import ChromaServer  # the tests' server fixture (it also turns tokenizers' threads off)
+
+        server = ChromaServer(work / "chroma").start()
+    else:
+        server = None
+
+    def new_collection(run: str) -> tuple[str, str, str]:
+        """(store, location, collection) of an empty collection: on the server, or a folder of its own."""
+        return ("chroma", server.url, run) if server is not None else ("qdrant", str(work / run), "docs")
+
     # Logical CPUs: the cores for the workers, plus one that Ray keeps for reading and tokenising.
     ray.init(num_cpus=cores + 1, include_dashboard=False, logging_level="ERROR")
     seconds: dict[str, list[float]] = {"single process": [], **{label(n): [] for n in args.workers}}
@@ -75,13 +111,15 @@ def main() -> None:
     try:
         for repeat in range(args.repeats):
             started = time.perf_counter()
-            with DocumentIndex(open_store("chroma", server.url, f"single-{uuid.uuid4().hex[:8]}"), encoder) as index:
+            with DocumentIndex(open_store(*new_collection(f"single-{uuid.uuid4().hex[:8]}")), encoder) as index:
                 report = index.index(read_documents(corpus), batch_docs=args.batch_docs, show_progress=False)
             assert len(report.indexed) == args.docs and report.tokens == tokens
             seconds["single process"].append(time.perf_counter() - started)
+            print(f"repeat {repeat + 1}: single process {seconds['single process'][-1]:.1f} s", file=sys.stderr)
             for workers in args.workers:
+                store, location, collection = new_collection(f"ray-{uuid.uuid4().hex[:8]}")
                 report = index_with_ray(
-                    [corpus], store="chroma", location=server.url, collection=f"ray-{uuid.uuid4().hex[:8]}",
+                    [corpus], store=store, location=location, collection=collection,
                     model=model, device=args.device, workers=workers,
                     cpus_per_worker=max(1, cores // workers), batch_docs=args.batch_docs, show_progress=False,
                 )
@@ -92,7 +130,8 @@ def main() -> None:
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), file=sys.stderr)
     finally:
         ray.shutdown()
-        server.stop()
+        if server is not None:
+            server.stop()
 
     median = {k: statistics.median(v) for k, v in seconds.items()}
     print(
@@ -101,7 +140,8 @@ def main() -> None:
     )
     print(
         f"corpus: {args.docs} text files, {tokens:,} tokens (median {statistics.median(lengths):.0f}, max {max(lengths)} "
-        f"per document), write batches of {args.batch_docs}, Chroma server on 127.0.0.1; medians of {args.repeats} runs\n"
+        f"per document), write batches of {args.batch_docs}, "
+        f"{'Chroma server on 127.0.0.1' if args.store == 'chroma' else 'local Qdrant folder'}; medians of {args.repeats} runs\n"
     )
     print("| path | encoding on | seconds | tokens/s | ratio to single process | first results after (s) |")
     print("|---|---|---|---|---|---|")
@@ -110,7 +150,7 @@ def main() -> None:
             on = "1 GPU" if args.device != "cpu" else f"{torch.get_num_threads()} torch threads"
         else:
             workers = int(path.split(", ")[1].split()[0])
-            on = f"{workers} GPUs" if args.device != "cpu" else f"{workers} × {max(1, cores // workers)} threads"
+            on = f"{workers} GPU{'s' if workers != 1 else ''}" if args.device != "cpu" else f"{workers} × {max(1, cores // workers)} threads"
         first = f"{statistics.median(first_result[path]):.1f}" if path in first_result else ""
         print(f"| {path} | {on} | {value:.1f} | {tokens / value:,.0f} | {median['single process'] / value:.2f} | {first} |")
     print("\nwhere the Ray workers' time went (seconds summed over tasks and workers, last repeat):\n")

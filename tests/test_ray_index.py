@@ -152,7 +152,11 @@ def test_local_stores_are_refused_for_several_workers(tmp_path, capsys):
     for store, location in (("chroma", str(tmp_path / "chroma")), ("qdrant", str(tmp_path / "qdrant")), ("qdrant", ":memory:")):
         with pytest.raises(ValueError, match=r"local store.*2 workers.*chroma run.*without --engine ray"):
             index_with_ray([tmp_path], store=store, location=location, collection="docs", workers=2)
+        with pytest.raises(ValueError, match=r"local store.*its workers \(one per GPU or CPU slot unless --workers 1\)"):
+            index_with_ray([tmp_path], store=store, location=location, collection="docs")
         assert not Path(location).exists()  # refused before anything was created
+    with pytest.raises(ValueError, match=r"':memory:' is a local store, in this process's memory.*without --engine ray\.$"):
+        index_with_ray([tmp_path], store="qdrant", location=":memory:", collection="docs", workers=1)
     assert cli_main(["index", str(tmp_path), "--store", "chroma", "--location", str(tmp_path / "c"),
                      "--collection", "docs", "--engine", "ray", "--workers", "2"]) == 2
     assert "is a local store" in capsys.readouterr().err
@@ -179,6 +183,29 @@ def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_c
         plan_workers("cpu", 2, 2.0)
     with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
         plan_workers("mps", None, 1.0)
+
+
+def test_one_worker_writes_a_local_folder_store_like_the_single_process_path(tmp_path, ray_cluster, checkpoint, encoder):
+    """A folder store takes one writer: one worker on this one-machine Ray may write it."""
+    documents = write_text_files(tmp_path / "docs", 5)
+    report = index_with_ray(
+        [tmp_path / "docs"], store="qdrant", location=str(tmp_path / "ray-qdrant"), collection="docs",
+        model=checkpoint, device="cpu", max_length=128, workers=1, batch_docs=2, show_progress=False,
+    )
+    assert sorted(report.indexed) == sorted(d.id for d in documents) and not report.failed and report.workers == 1
+    with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder) as single:
+        single.index(documents, batch_docs=2, show_progress=False)
+        reference = single.store.client.retrieve("docs", [point_id(d.id) for d in documents], with_vectors=True)
+    # The job returned once its worker let go of the folder: this process may open it now.
+    distributed = open_store("qdrant", str(tmp_path / "ray-qdrant"), "docs")
+    try:
+        written = {point.id: point for point in distributed.client.retrieve("docs", [p.id for p in reference], with_vectors=True)}
+        assert distributed.client.count("docs").count == len(documents)
+    finally:
+        distributed.close()
+    for point in reference:
+        assert written[point.id].payload == point.payload
+        np.testing.assert_allclose(written[point.id].vector, point.vector, atol=1e-5)
 
 
 def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_the_single_process_path(

@@ -14,7 +14,8 @@ The pipeline streams; nothing holds the whole corpus:
 Exactly one point per document, whatever happens: a point's id is ``point_id(doc_id)``, so a
 batch Ray retries after its worker died rewrites the same points (and finds those its first
 attempt wrote, reporting them unchanged), and a rerun of the whole job skips what is stored.
-Workers write concurrently, so only server stores qualify: a Chroma server or a Qdrant server.
+Workers write concurrently, so server stores qualify (a Chroma server or a Qdrant server); a local
+folder store takes one writer at a time, so it serves exactly one worker on a one-machine Ray.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def index_with_ray(
         local = {"num_cpus": max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker) + 1)} if address is None and workers else {}
         ray.init(address=address, logging_level=logging.WARNING, **local)
     try:
+        require_one_machine_for_local_store(store, location)
         plan = plan_workers(device, workers, cpus_per_worker)
         if show_progress is None:
             show_progress = sys.stderr.isatty()
@@ -209,6 +211,8 @@ def index_with_ray(
             report = RayIndexReport(description, workers=plan.workers, device=plan.device)
             total = len(sources) if all(source["kind"] == "text" for source in sources) else None
             _collect(results, report, total, show_progress, started)
+            if not location.startswith(SERVER_SCHEMES):
+                _wait_for_the_worker_to_release(store, location, collection)
         finally:
             context.enable_progress_bars = ray_bars
     finally:
@@ -219,16 +223,49 @@ def index_with_ray(
 
 
 def require_shared_store(kind: StoreKind, location: str, workers: int | None) -> None:
-    """Refuse stores that worker processes cannot share: only servers take concurrent writers."""
+    """Refuse stores that the workers cannot share: servers take concurrent writers, a folder one.
+
+    A local folder store is allowed with ``workers=1`` given explicitly: the driver closes it before
+    the one worker opens it (on this machine: :func:`require_one_machine_for_local_store`).
+    ``:memory:`` lives in the driver's process, which no worker can reach.
+    """
+    if location.startswith(SERVER_SCHEMES) or (workers == 1 and location != ":memory:"):
+        return
+    in_memory = location == ":memory:"
+    held = "in this process's memory, which no worker process can reach" if in_memory else "which one process opens at a time"
+    many = f"{workers} workers" if workers else "its workers (one per GPU or CPU slot unless --workers 1)"
+    one_worker = "" if in_memory else " (or with exactly one Ray worker on this machine: --workers 1)"
+    raise ValueError(
+        f"{kind} at {location!r} is a local store, {held}; the Ray engine writes from {many}, in separate "
+        f"processes and possibly on other machines. Start a server and give its URL (`chroma run --path DIR`, "
+        f"then --location http://127.0.0.1:8000; or a Qdrant server's http(s):// URL), or index into the local "
+        f"store without --engine ray{one_worker}."
+    )
+
+
+def require_one_machine_for_local_store(kind: StoreKind, location: str) -> None:
+    """A local folder store is on this machine: its one worker must be too, so Ray must have one node."""
     if location.startswith(SERVER_SCHEMES):
         return
-    many = f"{workers} workers" if workers and workers > 1 else "its workers"
-    raise ValueError(
-        f"{kind} at {location!r} is a local store, which one process opens at a time; the Ray engine writes "
-        f"from {many}, in separate processes and possibly on other machines. Start a server and give its "
-        f"URL (`chroma run --path DIR`, then --location http://127.0.0.1:8000; or a Qdrant server's "
-        f"http(s):// URL), or index into the local store without --engine ray."
-    )
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > 1:
+        raise ValueError(
+            f"{kind} at {location!r} is a local store on this machine, but the Ray cluster has {nodes} machines and "
+            f"its worker may run on another. Give a server's http(s):// URL as location, or run without --address."
+        )
+
+
+def _wait_for_the_worker_to_release(kind: StoreKind, location: str, collection: str, timeout: float = 60.0) -> None:
+    """Return once the local store opens here: Ray ends the worker (and its hold) just after the last batch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            open_store(kind, location, collection).close()
+            return
+        except RuntimeError:  # a Qdrant folder that another process still holds
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True)
