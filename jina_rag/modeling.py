@@ -5,8 +5,8 @@ the config, one module per block and an explicit forward. Weight names follow th
 ``jinaai/jina-embeddings-v2-*`` checkpoints so their ``state_dict`` loads as it is.
 
 Attention never stores a ``[batch, heads, L, L]`` bias: the ALiBi penalty is data-independent,
-so it is built per query block (CPU, scaled-dot-product attention) or inside the kernel
-(FlexAttention on CUDA).
+so on CPU scaled-dot-product attention reads it as a zero-copy view over keys in reverse order
+(per query block over packed rows), and on CUDA FlexAttention computes it inside the kernel.
 """
 
 from __future__ import annotations
