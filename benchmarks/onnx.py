@@ -16,6 +16,12 @@ one thread (the process's CPU time per call, which waiting for a core does not i
 Peak memory at ``--rss-length`` is the process's peak RSS after one call on one sequence (every
 process imports torch and numpy, so the baselines compare). The int8 row's cosine compares int8 with fp32 ONNX vectors of real English paragraphs.
 
+The GEMM ceiling bounds what int8 can gain on this CPU: one MatMul of the model's largest shape
+(the GEGLU up-projection, 2048 tokens x 512 -> 4096) in torch fp32, ORT fp32 and ORT dynamic int8
+(quantised as ``export-onnx --quantize int8`` does), one thread, operations per CPU-second. Without
+VNNI (AVX512-VNNI or AVX-VNNI) x86 int8 GEMM multiplies with VPMADDUBSW + VPMADDWD, which on some
+cores is no faster than fp32 FMA, and MatMuls are most of the model's time.
+
     python benchmarks/onnx.py                    # about 10 minutes on 2 cores
 """
 
@@ -91,6 +97,46 @@ def measure(config: str, work: Path, length: int, batch_tokens: int, memory: boo
     return {"tokens_per_s": tokens / min(wall), "tokens_per_cpu_s": tokens / float(np.median(cpu)), "batch": batch, "calls": len(wall)}
 
 
+def gemm_ceiling(work: Path, tokens: int = 2048, hidden: int = 512, out: int = 4096) -> dict:
+    """Operations per CPU-second of one MatMul, one thread: torch fp32, ORT fp32 and ORT dynamic int8."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from jina_rag.onnx_export import _quantize_int8
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((hidden, out)) * 0.02).astype(np.float32)
+    x = rng.standard_normal((tokens, hidden)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "weight"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["tokens", out])], [numpy_helper.from_array(weight, "weight")],
+    )
+    fp32_file, int8_file = work / "gemm-fp32.onnx", work / "gemm-int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32_file))
+    _quantize_int8(fp32_file, int8_file)
+
+    def ops_per_cpu_s(forward) -> float:
+        forward()
+        cpu = []
+        for _ in range(5):
+            begin = time.process_time()
+            forward()
+            cpu.append(time.process_time() - begin)
+        return 2 * tokens * hidden * out / float(np.median(cpu))
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = {name: onnxruntime.InferenceSession(str(f), options, providers=["CPUExecutionProvider"]) for name, f in (("ort-fp32", fp32_file), ("ort-int8", int8_file))}
+    x_torch, weight_torch = torch.from_numpy(x), torch.from_numpy(weight)
+    rates = {"torch": ops_per_cpu_s(lambda: x_torch @ weight_torch)}
+    rates |= {name: ops_per_cpu_s(lambda s=session: s.run(None, {"x": x})) for name, session in sessions.items()}
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    return {"rates": rates, "shape": f"{tokens}x{hidden} @ {hidden}x{out}", "int8_flags": sorted(f for f in flags if "vnni" in f or f.startswith("amx") or f == "avx2")}
+
+
 def in_subprocess(*arguments: str) -> dict:
     done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
     if done.returncode != 0:
@@ -138,6 +184,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "LENGTH", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         config, length, threads = args.one
@@ -145,6 +192,9 @@ def main() -> None:
         return
     if args.prepare:
         print(json.dumps(prepare(args.work)))
+        return
+    if args.gemm:
+        print(json.dumps(gemm_ceiling(args.work)))
         return
 
     with tempfile.TemporaryDirectory(prefix="jina-rag-onnx-bench-") as temporary:
@@ -167,6 +217,7 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             print(f"L={length}: wall {wall[length]}\n  cpu {cpu[length]}", flush=True)
         memory = {c: in_subprocess(*common, "--one", c, str(args.rss_length), str(args.threads), "--memory") for c in CONFIGS}
+        gemm = in_subprocess(*common, "--gemm")
         sizes = {c: (work / c / "model.onnx").stat().st_size for c in EXPORTS}
         weights = (work / "model" / "model.safetensors").stat().st_size
 
@@ -191,6 +242,14 @@ def main() -> None:
     files = ", ".join(f"{c} {size / 1e6:.1f} MB" for c, size in sizes.items())
     print(f"Files: {files} (model.safetensors {weights / 1e6:.1f} MB). Exports: {prepared['exporters'] or 'reused'}. "
           f"int8 vs fp32 cosine on real English paragraphs (min): {prepared['int8_cosine']:.4f}.")
+    if "rates" in gemm:
+        rates = gemm["rates"]
+        cells = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in rates.items())
+        print(f"GEMM ceiling ({gemm['shape']}, 1 thread, G operations per CPU-second): {cells}; ort-int8 / ort-fp32 "
+              f"{rates['ort-int8'] / rates['ort-fp32']:.2f}x, ort-int8 / torch {rates['ort-int8'] / rates['torch']:.2f}x "
+              f"(CPU flags: {', '.join(gemm['int8_flags']) or 'none of avx2, vnni, amx'}).")
+    else:
+        print(f"GEMM ceiling failed: {gemm['error']}")
 
 
 def table(results: dict, key: str, title: str) -> None:
