@@ -20,7 +20,9 @@ The GEMM ceiling bounds what int8 can gain on this CPU: one MatMul of the model'
 (the GEGLU up-projection, 2048 tokens x 512 -> 4096) in torch fp32, ORT fp32 and ORT dynamic int8
 (quantised as ``export-onnx --quantize int8`` does), one thread, operations per CPU-second. Without
 VNNI (AVX512-VNNI or AVX-VNNI) x86 int8 GEMM multiplies with VPMADDUBSW + VPMADDWD, which on some
-cores is no faster than fp32 FMA, and MatMuls are most of the model's time.
+cores is no faster than fp32 FMA, and MatMuls are most of the model's time. The profile line
+says where ONNX Runtime spends its time (``SessionOptions.enable_profiling``, node time per
+operator type after ONNX Runtime's own graph optimisations, one thread, ``--profile-length``).
 
     python benchmarks/onnx.py                    # about 10 minutes on 2 cores
 """
@@ -137,6 +139,32 @@ def gemm_ceiling(work: Path, tokens: int = 2048, hidden: int = 512, out: int = 4
     return {"rates": rates, "shape": f"{tokens}x{hidden} @ {hidden}x{out}", "int8_flags": sorted(f for f in flags if "vnni" in f or f.startswith("amx") or f == "avx2")}
 
 
+def profile(config: str, work: Path, length: int, batch_tokens: int) -> dict:
+    """Share of ONNX Runtime's node time per operator type (after its runtime fusions), one thread."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(work / f"profile-{config}")
+    session = onnxruntime.InferenceSession(str(work / config / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    batch = max(1, batch_tokens // length)
+    input_ids = np.random.default_rng(0).integers(1000, 30000, (batch, length), dtype=np.int64)
+    feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+    for _ in range(2):
+        session.run(["sentence_embedding"], feeds)
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    time_per_op: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            time_per_op[op] = time_per_op.get(op, 0.0) + event["dur"]
+    total = sum(time_per_op.values())
+    return {op: round(t / total, 3) for op, t in sorted(time_per_op.items(), key=lambda item: -item[1]) if t / total >= 0.01}
+
+
 def in_subprocess(*arguments: str) -> dict:
     done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
     if done.returncode != 0:
@@ -185,6 +213,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-length", type=int, default=512, help="length of the profiled ONNX Runtime runs")
+    parser.add_argument("--profile", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         config, length, threads = args.one
@@ -195,6 +225,9 @@ def main() -> None:
         return
     if args.gemm:
         print(json.dumps(gemm_ceiling(args.work)))
+        return
+    if args.profile:
+        print(json.dumps(profile(args.profile, args.work, args.profile_length, args.batch_tokens)))
         return
 
     with tempfile.TemporaryDirectory(prefix="jina-rag-onnx-bench-") as temporary:
@@ -218,6 +251,7 @@ def main() -> None:
             print(f"L={length}: wall {wall[length]}\n  cpu {cpu[length]}", flush=True)
         memory = {c: in_subprocess(*common, "--one", c, str(args.rss_length), str(args.threads), "--memory") for c in CONFIGS}
         gemm = in_subprocess(*common, "--gemm")
+        profiles = {c: in_subprocess(*common, "--profile", c, "--profile-length", str(args.profile_length)) for c in ("ort-fp32", "ort-int8")}
         sizes = {c: (work / c / "model.onnx").stat().st_size for c in EXPORTS}
         weights = (work / "model" / "model.safetensors").stat().st_size
 
@@ -250,6 +284,9 @@ def main() -> None:
               f"(CPU flags: {', '.join(gemm['int8_flags']) or 'none of avx2, vnni, amx'}).")
     else:
         print(f"GEMM ceiling failed: {gemm['error']}")
+    for config, shares in profiles.items():
+        cells = ", ".join(f"{op} {share:.0%}" for op, share in shares.items()) if "error" not in shares else shares["error"]
+        print(f"Profile of {config} at L={args.profile_length} (node time, 1 thread): {cells}.")
 
 
 def table(results: dict, key: str, title: str) -> None:
