@@ -24,7 +24,7 @@ cores is no faster than fp32 FMA, and MatMuls are most of the model's time. The 
 says where ONNX Runtime spends its time (``SessionOptions.enable_profiling``, node time per
 operator type after ONNX Runtime's own graph optimisations, one thread, ``--profile-length``).
 
-    python benchmarks/onnx.py                    # about 10 minutes on 2 cores
+    python benchmarks/onnx.py --batch-tokens 4096   # about 30 minutes on 2 shared cores (load 4-6)
 """
 
 from __future__ import annotations
