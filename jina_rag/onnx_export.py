@@ -118,7 +118,10 @@ def _export_graph(graph: _EmbeddingGraph, example: tuple[torch.Tensor, ...], pat
                 "the dynamo exporter failed (%s: %s); falling back to the TorchScript exporter",
                 type(error).__name__, str(error).splitlines()[0] if str(error) else "",
             )
-    _export_torchscript(graph, example, path)
+    try:
+        _export_torchscript(graph, example, path)
+    except Exception as error:  # noqa: BLE001 - report it as this library's error, with its cause
+        raise OnnxExportError(f"the TorchScript exporter failed: {type(error).__name__}: {error}") from error
     return "torchscript"
 
 
