@@ -129,7 +129,7 @@ def prepare(
     manifest = {
         "command": " ".join(["python -m training.prepare_default"] + sys.argv[1:]),
         "sources": {str(p.relative_to(data)): file_sha256(p) for p in (mlm_file, pairs_file)},
-        "mlm_documents": {"train": mlm_written, "eval": len(eval_docs), "available": len(documents)},
+        "mlm_documents": {"train": mlm_written, "eval": len(eval_docs) if mlm_mb > 0 else 0, "available": len(documents)},
         "pairs": {"train": train_written, "eval": eval_pairs, "passage_tokens": passage_tokens,
                   "left_out_kinds": sorted(LEFT_OUT_KINDS)},
         "long_pairs": {"train": long_written, "eval": long_eval, "passage_tokens": long_tokens, "kinds": sorted(LEFT_OUT_KINDS)},

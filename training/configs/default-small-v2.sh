@@ -10,14 +10,15 @@
 #   2. mining with stage 1's model (python -m training.mine), then hard negatives (-hard.yaml);
 #   3. long pairs (-long.yaml): a heading deep in a page -> the whole page, <= 8192 tokens;
 #   4. export of the newest checkpoint as fp16 pieces into $OUT (python -m training.ship_default);
-#   5. evaluation on the full long and short sets (benchmarks/default_model.py --full): every
-#      stage's model and INIT at 512/2048/8192 tokens (MiniLM and BM25 rows: benchmarks/RESULTS.md).
+#   5. evaluation on the full long and short sets (benchmarks/default_model.py --full) at
+#      512/2048/8192 tokens: the new model and INIT, then the earlier stages' models with the time
+#      left (MiniLM and BM25 rows: benchmarks/RESULTS.md, measured on CPU).
 # Bring the model home with `python -m training.ship_default install FILES_DIR`.
 #
 # Environment: DATA (default data/gpu-default-v2), EVAL_DATA (folder with long/ and short/ BEIR
 # sets, .jsonl or .jsonl.gz; default data/eval), INIT (default jina_rag/models/jina-rag-small-en),
 # RUNS (default runs/default-small-v2; an existing run folder is resumed), OUT (default $RUNS/out),
-# PAIRS_SECONDS / MINE_SECONDS / HARD_SECONDS / LONG_SECONDS / EVAL_SECONDS (timeouts),
+# PAIRS_SECONDS / MINE_SECONDS / HARD_SECONDS / LONG_SECONDS / EVAL_SECONDS / STAGES_EVAL_SECONDS (timeouts),
 # DEFAULT_SMALL_TINY=1 (a few CPU steps on a small eval sample: checks the script end to end).
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -70,23 +71,23 @@ stage() {  # name seconds config overrides...
   return 0
 }
 
-stage pairs "${PAIRS_SECONDS:-140}" "$CONFIGS/default-small-v2-pairs.yaml" "${pairs[@]}"
+stage pairs "${PAIRS_SECONDS:-125}" "$CONFIGS/default-small-v2-pairs.yaml" "${pairs[@]}"
 
 t0=$(date +%s)
 echo "== mine hard negatives with the stage-1 model"
-timeout -k 10 "${MINE_SECONDS:-60}" python3 -m training.mine --model "$RUNS/pairs" --device "$DEVICE" --no-progress \
+timeout -k 10 "${MINE_SECONDS:-45}" python3 -m training.mine --model "$RUNS/pairs" --device "$DEVICE" --no-progress \
   --pairs "$DATA/pairs-train.jsonl.gz" --out "$RUNS/hard-negatives.jsonl" "${mine[@]}"
 echo "== mine: exit $? after $(elapsed "$t0")s"
 if [ -f "$RUNS/hard-negatives.jsonl" ]; then
-  stage hard "${HARD_SECONDS:-110}" "$CONFIGS/default-small-v2-hard.yaml" "${hard[@]}"
+  stage hard "${HARD_SECONDS:-95}" "$CONFIGS/default-small-v2-hard.yaml" "${hard[@]}"
 else
   echo "== hard: no mined negatives; the long stage starts from stage 1"
   long+=(model.init_from="$RUNS/pairs")
 fi
-stage long "${LONG_SECONDS:-130}" "$CONFIGS/default-small-v2-long.yaml" "${long[@]}"
+stage long "${LONG_SECONDS:-115}" "$CONFIGS/default-small-v2-long.yaml" "${long[@]}"
 
 echo "== export to $OUT"
-timeout 90 python3 -m training.ship_default export --run "$RUNS/long" --fallback "$RUNS/hard" --fallback "$RUNS/pairs" --out "$OUT"
+timeout 60 python3 -m training.ship_default export --run "$RUNS/long" --fallback "$RUNS/hard" --fallback "$RUNS/pairs" --out "$OUT"
 echo "== export: exit $? (total $(elapsed "$START")s)"
 
 echo "== evaluation (full sets unless tiny): every stage's newest checkpoint and INIT"
@@ -99,15 +100,24 @@ for set in long short; do
   done
   cp "$EVAL_DATA/$set/qrels/"*.tsv "$RUNS/eval-data/$set/qrels/"
 done
-models=()
-for run in long hard pairs; do
-  checkpoint=$(python3 -c "import sys; from training.checkpoint import latest_checkpoint; print(latest_checkpoint(sys.argv[1]) or '')" "$RUNS/$run")
-  [ -n "$checkpoint" ] && ln -sfn "$(realpath "$checkpoint")" "$RUNS/models/v2-$run" && models+=("$RUNS/models/v2-$run")
+link() {  # name target: a folder whose name names the model's rows in the table
+  [ -n "$2" ] && ln -sfn "$(realpath "$2")" "$RUNS/models/$1" && echo "$RUNS/models/$1"
+}
+latest() { python3 -c "import sys; from training.checkpoint import latest_checkpoint; print(latest_checkpoint(sys.argv[1]) or '')" "$1"; }
+final=$(link v2 "$(latest "$RUNS/long")")
+[ -z "$final" ] && final=$(link v2 "$(latest "$RUNS/hard")")
+[ -z "$final" ] && final=$(link v2 "$(latest "$RUNS/pairs")")
+shipped=$(link v1-shipped "$INIT")
+stages=($(link v2-after-hard "$(latest "$RUNS/hard")") $(link v2-after-pairs "$(latest "$RUNS/pairs")"))
+# The new model against the shipped one first; the earlier stages' models with the time left.
+for round in main stages; do
+  if [ "$round" = main ]; then models=($final $shipped); seconds=${EVAL_SECONDS:-110}; name=default_model.json
+  else models=("${stages[@]}"); seconds=${STAGES_EVAL_SECONDS:-70}; name=default_model-stages.json; fi
+  [ "${#models[@]}" = 0 ] && continue
+  t0=$(date +%s)
+  timeout -k 10 "$seconds" python3 benchmarks/default_model.py --data "$RUNS/eval-data" --device "$DEVICE" \
+    --compare none --no-bm25 --model "${models[@]}" --output "$OUT/$name" "${evaluate[@]}"
+  echo "== evaluation ($round): exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
 done
-ln -sfn "$(realpath "$INIT")" "$RUNS/models/v1-shipped" && models+=("$RUNS/models/v1-shipped")
-t0=$(date +%s)
-timeout -k 10 "${EVAL_SECONDS:-150}" python3 benchmarks/default_model.py --data "$RUNS/eval-data" --device "$DEVICE" \
-  --compare none --no-bm25 --model "${models[@]}" --output "$OUT/default_model.json" "${evaluate[@]}"
-echo "== evaluation: exit $? after $(elapsed "$t0")s"
 ls -l "$OUT"
 echo "== total $(elapsed "$START")s"
