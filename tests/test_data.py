@@ -202,3 +202,17 @@ def test_samples_are_small_and_load():
     assert len(data.doc_ids) >= 10 and len(data.query_ids) >= 15
     assert sum(f.stat().st_size for f in narrativeqa.rglob("*") if f.is_file()) < 400_000
     subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "data/x"], check=True)  # full builds stay out of git
+
+
+def test_cut_of_a_long_text_equals_tokenising_it_whole():
+    tokens = Tokens()
+    rng = random.Random(1)
+    words = ["kernel", "schedules", "processes", "unbelievably", "x", "naïve", "foo.bar(baz)", "Δelta", "42", "\n\n"]
+    text = " ".join(rng.choice(words) for _ in range(6000)) + " " + "y" * 5000  # ends in one huge word
+    for max_tokens in (1, 7, 512, 2000, 20000):
+        offsets = tokens.offsets(text)
+        whole = text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+        assert tokens.cut(text, max_tokens) == whole
+    no_spaces = "abc," * 3000
+    offsets = tokens.offsets(no_spaces)
+    assert tokens.cut(no_spaces, 100) == no_spaces[: offsets[99][1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import shutil
@@ -19,7 +20,7 @@ from training.loop import build_trainer
 from training.models import bert_uncased_tokenizer
 from training.checkpoint import STATE_FILE, checkpoint_root
 from training.pairs import relational_distillation
-from training.prepare_default import cut_to_tokens, write_gz_jsonl
+from training.prepare_default import cut_to_tokens, prepare, write_gz_jsonl
 from training.ship_default import PIECE_BYTES, assemble, export, install, piece_names, split_file
 from training.teacher import TeacherEmbeddings, embed_pairs, default_teacher_dir, quantize_rows, reduce_dimensions, write_teacher_file
 
@@ -226,3 +227,48 @@ def test_default_model_benchmark_prints_the_acceptance_table(tmp_path, checkpoin
     # On the short set every passage fits 64 tokens: the 512 run is the 64 run, not computed again.
     shared = [r for r in report["results"] if r["dataset"] == "short" and r["system"] == "jina max_length=512"][0]
     assert shared["same_as"] == "jina max_length=64"
+
+
+def test_default_model_benchmark_compares_several_models_without_baselines(tmp_path, checkpoint, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("default_model", Path(__file__).resolve().parent.parent / "benchmarks" / "default_model.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    docs = {f"p{i}": f"the {a} sleeps" for i, a in enumerate(ANIMALS[:4])}
+    write_beir(tmp_path / "data" / "short", docs, {f"q{i}": (f"{ANIMALS[i]}", f"p{i}") for i in range(2)})
+    (tmp_path / "first").symlink_to(checkpoint)
+    (tmp_path / "second").symlink_to(checkpoint)
+    output = tmp_path / "out.json"
+    assert benchmark.main(["--data", str(tmp_path / "data"), "--sets", "short", "--model", str(tmp_path / "first"), str(tmp_path / "second"),
+                           "--max-lengths", "64", "--compare", "none", "--no-bm25", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "| first jina max_length=64 |" in printed and "| second jina max_length=64 |" in printed
+    assert "BM25" not in printed and "MiniLM" not in printed and "target" not in printed
+    scores = {r["system"]: r["metrics"]["ndcg@10"] for r in json.loads(output.read_text())["results"]}
+    assert set(scores) == {"first jina max_length=64", "second jina max_length=64"}
+    assert scores["first jina max_length=64"] == scores["second jina max_length=64"]  # the same weights
+
+
+def test_prepare_without_teacher_or_mlm_writes_long_pairs_split_by_page(tmp_path):
+    data = tmp_path / "built"
+    (data / "mlm").mkdir(parents=True)
+    (data / "pairs").mkdir()
+    (data / "mlm" / "train.jsonl").write_text(json.dumps({"id": "a", "text": "some text"}) + "\n")
+    rows = [{"query": f"heading {i}", "positive": f"section {i} " * 50, "kind": "heading_section", "doc_id": f"p{i % 5}"} for i in range(40)]
+    rows += [{"query": f"deep heading {i}", "positive": "word " * 3000, "kind": "heading_document", "doc_id": f"p{i // 3}"} for i in range(60)]
+    (data / "pairs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "gpu"
+    manifest = prepare(data, out, mlm_mb=0, mlm_eval_docs=0, pairs=100, eval_pairs=16, passage_tokens=32, seed=0,
+                       long_mb=1.0, long_tokens=1000, teacher=False)
+    assert not (out / "teacher").exists() and not (out / "mlm-train.jsonl.gz").exists()
+    read = lambda name: [json.loads(line) for line in gzip.open(out / name, "rt")]  # noqa: E731
+    short = read("pairs-train.jsonl.gz") + read("pairs-eval.jsonl.gz")
+    assert len(short) == 40 and all(not r["query"].startswith("deep") for r in short)
+    long_train, long_eval = read("long-train.jsonl.gz"), read("long-eval.jsonl.gz")
+    assert len(long_train) + len(long_eval) == 60 and len(long_eval) == 3  # one page of three headings
+    assert not {r["query"] for r in long_eval} & {r["query"] for r in long_train}
+    pages = lambda rs: {int(r["query"].split()[-1]) // 3 for r in rs}  # noqa: E731
+    assert not pages(long_eval) & pages(long_train)
+    assert all(len(r["positive"].split()) == 1000 for r in long_train)  # "word " is one token each
+    assert manifest["long_pairs"] == {"train": 57, "eval": 3, "passage_tokens": 1000, "kinds": ["heading_document"]}

