@@ -51,25 +51,10 @@ if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
   evaluate=(--max-docs 12 --max-queries 4 --max-lengths 128,256)
 fi
 
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+device_facts
 ls -l "$DATA" "$EVAL_DATA"
 mkdir -p "$RUNS" "$OUT"
-
-elapsed() { echo "$(( $(date +%s) - $1 ))"; }
-stage() {  # name seconds config overrides...
-  local name=$1 seconds=$2 config=$3; shift 3
-  local t0=$(date +%s)
-  echo "== $name (timeout ${seconds}s): python3 -m training $config $*"
-  timeout -k 15 "$seconds" python3 -m training "$config" "$@" train.progress=false
-  local rc=$?
-  echo "== $name: exit $rc after $(elapsed "$t0")s (total $(elapsed "$START")s)"
-  [ "$rc" = 124 ] && echo "== $name: stopped by the timeout; its newest checkpoint carries on"
-  local metrics="$(grep -o 'output_dir=[^ ]*' <<<"$*" | head -1 | cut -d= -f2)/metrics.jsonl"
-  [ -f "$metrics" ] && { echo "== $name: metrics (last 4 records)"; tail -n 4 "$metrics"; }
-  return 0
-}
 
 stage pairs "${PAIRS_SECONDS:-110}" "$CONFIGS/default-small-v2-pairs.yaml" "${pairs[@]}"
 

@@ -40,23 +40,9 @@ if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
           contrastive.passage_max_length=64 contrastive.query_max_length=16)
 fi
 
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+device_facts
 ls -l "$DATA"
-
-stage() {  # name seconds config overrides...
-  local name=$1 seconds=$2 config=$3; shift 3
-  local t0=$(date +%s)
-  echo "== $name (timeout ${seconds}s): python3 -m training $config $*"
-  timeout -k 15 "$seconds" python3 -m training "$config" "$@" train.progress=false
-  local rc=$?
-  echo "== $name: exit $rc after $(( $(date +%s) - t0 ))s"
-  [ "$rc" = 124 ] && echo "== $name: stopped by the timeout; its newest checkpoint carries on"
-  local metrics="$(grep -o 'output_dir=[^ ]*' <<<"$*" | head -1 | cut -d= -f2)/metrics.jsonl"
-  [ -f "$metrics" ] && { echo "== $name: metrics (last 4 records)"; tail -n 4 "$metrics"; }
-  return 0
-}
 
 echo "== teacher embeddings of the pairs"
 t0=$(date +%s)
