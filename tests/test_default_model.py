@@ -29,12 +29,7 @@ ANIMALS = "cat dog horse cow sheep goat lion tiger bear wolf fox deer rabbit mou
 COLORS = "red blue green yellow".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
