@@ -132,20 +132,25 @@ def test_config_round_trip_keeps_published_keys():
 
 def test_block_size_and_padding_do_not_change_results(checkpoint):
     model = load_model(checkpoint)
-    ids, mask = batch_with_padding([61, 17, 40], seed=1)
+    lengths = [61, 17, 40]
+    ids, mask = batch_with_padding(lengths, seed=1)
+    # Query blocks remain on packed rows only (padded batches read the bias as one view).
+    packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths)])
+    sequence_ids = torch.tensor(sum(([i] * n for i, n in enumerate(lengths)), []))
     with torch.no_grad():
-        whole = model(ids, mask)
-        model.attention_block_elements = 3 * 8 * 61 * 5  # five query rows per block
-        blocked = model(ids, mask)
+        padded = model(ids, mask)
         alone = model(ids[1:2, :17], mask[1:2, :17])
+        whole = model.forward_packed(packed, sequence_ids)
+        model.attention_block_elements = 8 * len(packed) * 5  # five query rows per block
+        blocked = model.forward_packed(packed, sequence_ids)
     assert (whole - blocked).abs().max() < 1e-5
-    assert (whole[1, :17] - alone[0]).abs().max() < 1e-5
+    assert (padded[1, :17] - alone[0]).abs().max() < 1e-5
 
 
 def test_eager_equals_blockwise(checkpoint):
     ids, mask = batch_with_padding([50, 33])
     eager = load_model(checkpoint, attn_implementation="eager")
-    blockwise = load_model(checkpoint, attn_implementation="blockwise", attention_block_elements=4096)
+    blockwise = load_model(checkpoint, attn_implementation="blockwise")
     with torch.no_grad():
         assert (eager.pool(ids, mask) - blockwise.pool(ids, mask)).abs().max() < 1e-5
 
@@ -183,7 +188,7 @@ def largest_allocation(model, length):
 
 
 def test_attention_memory_is_linear_in_length(checkpoint):
-    blockwise = load_model(checkpoint, attention_block_elements=1 << 18)
+    blockwise = load_model(checkpoint)
     eager = load_model(checkpoint, attn_implementation="eager")
     growth = largest_allocation(blockwise, 4096) / largest_allocation(blockwise, 2048)
     eager_growth = largest_allocation(eager, 4096) / largest_allocation(eager, 2048)
