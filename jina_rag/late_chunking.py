@@ -206,7 +206,7 @@ def _encode_chunk(
             char_spans = [(int(start), int(end)) for start, end in spans[number]]
         else:
             char_spans = split_spans(text, splitter or default_splitter(len(ids), len(text), chunk_tokens))
-        token_spans = _token_spans(text, char_spans, np.asarray(offsets, dtype=np.int64).reshape(-1, 2), index)
+        token_spans = passage_token_spans(text, char_spans, np.asarray(offsets, dtype=np.int64).reshape(-1, 2), index)
         longest = int((token_spans[:, 1] - token_spans[:, 0]).max())
         if longest > width:
             raise ValueError(
@@ -249,7 +249,7 @@ def _encode_chunk(
     return results
 
 
-def _token_spans(text: str, spans: list[Span], offsets: np.ndarray, index: int) -> np.ndarray:
+def passage_token_spans(text: str, spans: Sequence[Span], offsets: np.ndarray, index: int = 0) -> np.ndarray:
     """Token ranges ``[first, stop)`` of the tokens overlapping each character span."""
     if not spans:
         raise ValueError(f"documents[{index}] has no passages: give at least one span")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-StageName = Literal["mlm", "pairs", "hard_negatives"]
+StageName = Literal["mlm", "pairs", "hard_negatives", "distill"]
 STAGES: tuple[str, ...] = typing.get_args(StageName)
 
 
@@ -109,6 +109,20 @@ class ContrastiveConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation stage: the student's span vectors matched to a teacher's (``training.distill``)."""
+
+    # One .npz per data file, train and eval (python -m training.teacher embed-spans), matched by sha256.
+    teacher_targets: list[str] = field(default_factory=list)
+    # Tokens of a row read in one pass (special tokens included); spans past it are dropped.
+    max_length: int = 2048
+    # Sequences are packed back to back into rows of this many tokens (one forward each).
+    row_tokens: int = 16384
+    # Also encode each passage of a multi-span row alone (as naive chunking and short queries are).
+    passages_alone: bool = True
+
+
+@dataclass
 class RunConfig:
     stage: StageName
     output_dir: str
@@ -118,6 +132,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlm: MLMConfig = field(default_factory=MLMConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
         model = self.model
@@ -139,6 +154,14 @@ class RunConfig:
                 raise ConfigError(f"mlm.mask_prob must be in (0, 1), got {self.mlm.mask_prob}")
             if self.mlm.seq_len < 8:
                 raise ConfigError(f"mlm.seq_len must be at least 8, got {self.mlm.seq_len}")
+        elif self.stage == "distill":
+            distill = self.distill
+            if not distill.teacher_targets:
+                raise ConfigError("distill.teacher_targets: list the teacher's .npz files (python -m training.teacher embed-spans)")
+            if distill.max_length < 8 or distill.row_tokens < distill.max_length:
+                raise ConfigError(
+                    f"distill.max_length ({distill.max_length}) must be at least 8 and at most distill.row_tokens ({distill.row_tokens})"
+                )
         else:
             contrastive = self.contrastive
             if contrastive.temperature <= 0:
@@ -247,9 +270,10 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(data, dict) or "stage" not in data or "output_dir" not in data:
         raise ConfigError(f"a run config needs 'stage' (one of {', '.join(STAGES)}) and 'output_dir'")
     stage = data["stage"]
-    unused = {"mlm": "contrastive", "pairs": "mlm", "hard_negatives": "mlm"}.get(stage)
-    if unused and unused in data:
-        raise ConfigError(f"the {unused}: section does not apply to stage {stage!r}: remove it")
+    used = {"mlm": "mlm", "pairs": "contrastive", "hard_negatives": "contrastive", "distill": "distill"}.get(stage)
+    for section in {"mlm", "contrastive", "distill"} - {used}:
+        if section in data:
+            raise ConfigError(f"the {section}: section does not apply to stage {stage!r}: remove it")
     config = _from_dict(RunConfig, data, "")
     config.validate()
     return config

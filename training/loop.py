@@ -5,7 +5,7 @@ autocast on CUDA (fp32 on CPU), seeds, metrics to ``<output_dir>/metrics.jsonl``
 (with a progress bar), evaluation and checkpoints every N steps, and an exact resume from the
 newest checkpoint: weights, optimizer, scheduler, step, data position and RNG streams.
 
-A stage (``training.mlm``, ``training.pairs``, ``training.hard_negatives``) supplies the model,
+A stage (``training.mlm``, ``training.pairs``, ``training.hard_negatives``, ``training.distill``) supplies the model,
 the examples and how one micro-batch becomes gradients; see :class:`Stage`.
 """
 
@@ -49,6 +49,7 @@ STAGE_CLASSES = {
     "mlm": "training.mlm.MLMStage",
     "pairs": "training.pairs.PairsStage",
     "hard_negatives": "training.hard_negatives.HardNegativesStage",
+    "distill": "training.distill.DistillStage",
 }
 # Metrics a stage reports that are summed over micro-batches and ranks; the rest are averaged.
 SUMMED_METRICS = ("tokens",)

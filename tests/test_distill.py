@@ -1,0 +1,168 @@
+"""The distill stage: span rows, the real all-MiniLM-L6-v2 teacher's targets, pooling equal to late chunking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jina_rag import JinaEncoder, encode_late_chunks
+from training.config import ConfigError, config_from_dict
+from training.data import DataError
+from training.distill import ALONE, PASSAGE, ROW, read_span_rows
+from training.distributed import init_distributed
+from training.int8 import pack_folder, unpack_folder
+from training.loop import StepContext, build_trainer
+from training.teacher import default_teacher_dir, embed_spans, write_span_targets
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# The teacher's width (384), so the student's vectors can match its vectors; one layer keeps it fast.
+STUDENT = {"hidden_size": 384, "num_hidden_layers": 1, "num_attention_heads": 6, "intermediate_size": 64}
+TOPICS = [
+    ("SQLite", "SQLite keeps a whole database in one file on disk.", "Transactions are atomic even after a crash."),
+    ("Git", "Git records snapshots of a tree of files.", "A branch is a movable pointer to a commit."),
+    ("Kernel", "The scheduler picks which process runs next.", "Interrupts stop the processor to handle a device."),
+    ("Perl", "Perl matches text with regular expressions.", "Hashes map string keys to scalar values."),
+]
+
+
+def document(title: str, *sentences: str) -> dict:
+    """A row of a title and sentences, each sentence one passage."""
+    text, spans = title + "\n\n", []
+    for sentence in sentences:
+        spans.append([len(text), len(text) + len(sentence)])
+        text += sentence + "\n"
+    return {"text": text, "spans": spans}
+
+
+@pytest.fixture(scope="module")
+def distill_data(tmp_path_factory) -> Path:
+    """Documents with passage spans, and queries (whole-text rows), with the teacher's targets."""
+    folder = tmp_path_factory.mktemp("distill")
+    rows = [document(*topic) for topic in TOPICS] + [{"text": f"what does {title} do?"} for title, *_ in TOPICS]
+    for name, chosen in (("train", rows), ("eval", rows[:2] + rows[-2:])):
+        path = folder / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in chosen))
+        vectors = embed_spans(path, default_teacher_dir(), show_progress=False, device="cpu")
+        write_span_targets(folder / f"{name}.teacher.npz", path, vectors, model="all-MiniLM-L6-v2", max_length=256)
+    return folder
+
+
+def distill_config(folder: Path, out: Path, **distill) -> dict:
+    return {
+        "stage": "distill",
+        "output_dir": str(out),
+        "model": {"architecture": STUDENT},
+        "data": {"train": [str(folder / "train.jsonl")], "eval": [str(folder / "eval.jsonl")]},
+        "optim": {"lr": 2e-3, "warmup_steps": 2},
+        "train": {"steps": 24, "batch_size": 4, "log_every": 4, "eval_every": 24, "device": "cpu", "progress": False},
+        "distill": {"teacher_targets": [str(folder / "*.teacher.npz")], "max_length": 64, "row_tokens": 128, **distill},
+    }
+
+
+def test_span_rows_read_and_checked(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": "one two three", "spans": [[0, 3], [4, 13]]}) + "\n" + json.dumps({"text": "a query"}) + "\n")
+    rows = read_span_rows([path])
+    assert [r.spans for r in rows] == [((0, 3), (4, 13)), ((0, 7),)]
+    for bad in ([[0, 99]], [[3, 3]], [[3, 4]], [], "0-3"):
+        path.write_text(json.dumps({"text": "one two three", "spans": bad}) + "\n")
+        with pytest.raises(DataError, match="rows.jsonl:1"):
+            read_span_rows([path])
+
+
+def test_teacher_targets_are_the_teachers_vectors_of_each_span(distill_data):
+    from training.teacher import TeacherEncoder
+
+    targets = np.load(distill_data / "train.teacher.npz")
+    rows = read_span_rows([distill_data / "train.jsonl"])
+    passages = [row.text[s:e] for row in rows for s, e in row.spans]
+    assert len(targets["vectors"]) == len(passages) == 4 * 2 + 4
+    expected = TeacherEncoder(default_teacher_dir(), "cpu").encode(passages)
+    stored = targets["vectors"].astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    assert (np.sum(stored * expected, axis=1) > 0.999).all()  # int8 rows, direction kept
+
+
+def test_distillation_brings_the_student_to_the_teacher(distill_data, tmp_path):
+    trainer, checkpoint = build_and_fit(distill_config(distill_data, tmp_path / "run"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]
+    assert records[-1]["eval_cos"] > 0.8
+    assert {"eval_cos_passage", "eval_cos_row", "eval_cos_alone", "cos_passage"} <= set(records[-1])
+    # The checkpoint loads in jina_rag and gives what the model in memory gives.
+    encoder = JinaEncoder.from_pretrained(checkpoint, device="cpu")
+    trainer.model.eval()
+    with torch.no_grad():
+        ids = encoder.tokenizer(["what does Git do?"], return_tensors="pt")
+        expected = torch.nn.functional.normalize(trainer.model.pool(ids["input_ids"], ids["attention_mask"]), dim=-1)
+    assert np.allclose(encoder.encode(["what does Git do?"]), expected.numpy(), atol=1e-5)
+
+
+def build_and_fit(config: dict):
+    trainer, resume_from = build_trainer(config_from_dict(config), init_distributed("cpu"))
+    return trainer, trainer.fit(resume_from)
+
+
+def test_pooled_vectors_are_late_chunks_and_encodings(distill_data, tmp_path):
+    """A passage vector is the late-chunked one, a row's and a lone passage's are what encode gives."""
+    config = distill_config(distill_data, tmp_path / "run", max_length=512, row_tokens=512)
+    config["train"]["steps"] = 3
+    trainer, checkpoint = build_and_fit(config)
+    stage = trainer.stage
+    stage.model.eval()
+    rows = stage.rows[:2]
+    batch = stage.batch_of(rows, stage.targets[:2])
+    assert len(batch.rows) == 1 and batch.kind_counts.tolist() == [4, 2, 4]
+    step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
+    with torch.no_grad():
+        vectors = torch.nn.functional.normalize(stage.pooled(step, batch.rows[0]), dim=-1).numpy()
+    kinds = batch.rows[0].kinds.tolist()
+    assert sorted(kinds) == sorted([ROW, PASSAGE, PASSAGE] * 2 + [ALONE] * 4)
+    encoder = JinaEncoder.from_pretrained(checkpoint, device="cpu")
+    late = encode_late_chunks(encoder, [r.text for r in rows], spans=[list(r.spans) for r in rows])
+    alone = encoder.encode([r.text[s:e] for r in rows for s, e in r.spans])
+    # Packing order is longest first; match each pooled vector to its reference by kind.
+    expected = {ROW: [c.document_vector for c in late], PASSAGE: [v for c in late for v in c.vectors], ALONE: list(alone)}
+    for kind, references in expected.items():
+        got = vectors[[i for i, k in enumerate(kinds) if k == kind]]
+        similarity = got @ np.stack(references).T
+        assert np.allclose(similarity.max(axis=1), 1.0, atol=1e-4), kind
+
+
+def test_distill_config_and_data_errors(distill_data, tmp_path):
+    config = distill_config(distill_data, tmp_path / "run")
+    config["distill"]["teacher_targets"] = []
+    with pytest.raises(ConfigError, match="teacher_targets"):
+        config_from_dict(config)
+    config = distill_config(distill_data, tmp_path / "run", max_length=256, row_tokens=128)
+    with pytest.raises(ConfigError, match="row_tokens"):
+        config_from_dict(config)
+    config = distill_config(distill_data, tmp_path / "run")
+    config["contrastive"] = {"temperature": 0.05}
+    with pytest.raises(ConfigError, match="contrastive: section does not apply"):
+        config_from_dict(config)
+    config = distill_config(distill_data, tmp_path / "run")
+    config["distill"]["teacher_targets"] = [str(distill_data / "eval.teacher.npz")]
+    with pytest.raises(DataError, match="no teacher vectors for .*train.jsonl"):
+        build_and_fit(config)
+    config = distill_config(distill_data, tmp_path / "run")
+    config["model"]["architecture"] = {**STUDENT, "hidden_size": 192}
+    with pytest.raises(DataError, match="384 dimensions but the student's embeddings 192"):
+        build_and_fit(config)
+
+
+def test_int8_round_trip_keeps_a_model(tmp_path):
+    from conftest import write_published_checkpoint
+
+    folder = write_published_checkpoint(tmp_path / "model")
+    packed = pack_folder(folder, tmp_path / "packed")
+    assert (packed / "weights.int8.safetensors").stat().st_size < 0.4 * (folder / "model.safetensors").stat().st_size
+    restored = unpack_folder(packed, tmp_path / "restored")
+    texts = ["SQLite keeps a database in one file.", "A branch points at a commit."]
+    original, copy = (JinaEncoder.from_pretrained(f, device="cpu").encode(texts) for f in (folder, restored))
+    assert (np.sum(original * copy, axis=1) > 0.999).all()

@@ -1,0 +1,244 @@
+"""Distillation stage: the student's vectors of passages, in their document and alone, matched to a teacher's.
+
+Each training row is a text with the character spans of its passages, ``{"text", "spans"}``
+(``spans`` left out: the whole text is one passage, e.g. a query). The teacher (all-MiniLM-L6-v2,
+``python -m training.teacher embed-spans``) embeds every passage on its own, once, before the run.
+The student reads each row whole and is trained so that
+
+- each passage's late-chunked vector (the mean of the row's token states over the passage's
+  tokens, as :func:`jina_rag.encode_late_chunks` computes it) points where the teacher's vector of
+  that passage does: a passage read inside its document keeps what the passage says;
+- the row's own embedding (the mean over all its tokens, as ``encode`` computes it) points at the
+  teacher's vector, for a one-passage row, or at the normalised mean of its passages' teacher
+  vectors, for a document: one vector per document stays a summary of all its passages;
+- with ``distill.passages_alone``, each passage of a document encoded on its own does too, so
+  short texts (queries, naive chunks) are embedded as the teacher does.
+
+The loss is the mean of ``1 - cos`` over all these vectors. Sequences are packed back to back into
+rows of ``distill.row_tokens`` tokens (no padding) and each row is back-propagated on its own (the
+terms of different vectors do not interact), so memory holds one row's activations.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jina_rag.batching import pack_batch, plan_batches
+from jina_rag.encoder import special_tokens
+from jina_rag.late_chunking import passage_token_spans
+from jina_rag.modeling import JinaBertModel
+from training.config import RunConfig
+from training.data import DataError, expand_paths, read_jsonl, require_text
+from training.distributed import DistEnv
+from training.loop import Stage, StepContext
+from training.models import build_model, load_stage_tokenizer
+from training.teacher import SpanTargets
+
+logger = logging.getLogger(__name__)
+
+# What a pooled vector is, for the metrics: a passage in its row, a whole row, a passage alone.
+PASSAGE, ROW, ALONE = 0, 1, 2
+KIND_NAMES = ("passage", "row", "alone")
+
+
+@dataclass(frozen=True)
+class SpanRow:
+    text: str
+    spans: tuple[tuple[int, int], ...]
+
+
+def read_span_rows(paths: Sequence[Path]) -> list[SpanRow]:
+    """Rows ``{"text", "spans": [[start, end], ...]}``; without ``spans`` the whole text is one span."""
+    rows = []
+    for path in paths:
+        for number, row in read_jsonl(path):
+            where = f"{path}:{number}"
+            text = require_text(row, "text", where)
+            spans = row.get("spans", [[0, len(text)]])
+            if not isinstance(spans, list) or not spans:
+                raise DataError(f"{where}: 'spans' must be a non-empty list of [start, end] character ranges")
+            checked = []
+            for span in spans:
+                if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)
+                        and 0 <= span[0] < span[1] <= len(text) and text[span[0]:span[1]].strip()):
+                    raise DataError(f"{where}: span {span!r} is not a non-blank [start, end] range within the text's {len(text)} characters")
+                checked.append((span[0], span[1]))
+            rows.append(SpanRow(text, tuple(checked)))
+    if not rows:
+        raise DataError(f"no rows in {', '.join(map(str, paths))}")
+    return rows
+
+
+@dataclass
+class PackedRow:
+    """One packed row and the vectors pooled from it: vector ``v`` is the mean of ``hidden[positions[segments == v]]``."""
+
+    input_ids: torch.Tensor  # [row_tokens]
+    sequence_ids: torch.Tensor  # [row_tokens]
+    positions: torch.Tensor  # [pairs]: token positions in the row
+    segments: torch.Tensor  # [pairs]: the vector each position counts towards
+    counts: torch.Tensor  # [vectors]: tokens per vector
+    targets: torch.Tensor  # [vectors, dim]: the teacher's unit vectors
+    kinds: torch.Tensor  # [vectors]: PASSAGE, ROW or ALONE
+
+    def to(self, device: torch.device) -> PackedRow:
+        return PackedRow(*(getattr(self, name).to(device, non_blocking=True) for name in self.__dataclass_fields__))
+
+
+@dataclass
+class DistillBatch:
+    rows: list[PackedRow]
+    vectors: int  # over all rows: the loss is a mean over these
+    tokens: int  # real tokens over all rows
+    kind_counts: np.ndarray  # vectors of each kind over all rows
+
+
+class DistillStage(Stage):
+    name = "distill"
+
+    def __init__(self, config: RunConfig, env: DistEnv, weights_from: Path | None) -> None:
+        self.settings = config.distill
+        self.tokenizer = load_stage_tokenizer(config.model, weights_from)
+        self.model = build_model(config.model, JinaBertModel, weights_from, self.tokenizer)
+        if not self.tokenizer.is_fast:
+            raise DataError("the distill stage maps character spans to tokens with a fast (Rust) tokenizer; this one is not")
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.prefix, self.suffix = special_tokens(self.tokenizer)
+        target_files = expand_paths(self.settings.teacher_targets, "distill.teacher_targets")
+        self.rows, self.targets = self._load(expand_paths(config.data.train, "data.train"), target_files)
+        self.eval_rows, self.eval_targets = (
+            self._load(expand_paths(config.data.eval, "data.eval"), target_files) if config.data.eval else ([], [])
+        )
+
+    def _load(self, files: list[Path], target_files: list[Path]) -> tuple[list[SpanRow], list[np.ndarray]]:
+        """Rows of every file and, per row, the teacher's unit vectors of its spans."""
+        rows, targets = [], []
+        for path in files:
+            file_rows = read_span_rows([path])
+            vectors = SpanTargets.load(target_files, path, sum(len(r.spans) for r in file_rows)).vectors.astype(np.float32)
+            if vectors.shape[1] != self.model.config.hidden_size:
+                raise DataError(
+                    f"the teacher's vectors of {path} have {vectors.shape[1]} dimensions but the student's embeddings "
+                    f"{self.model.config.hidden_size}: distil into a model of the teacher's width"
+                )
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+            first = np.cumsum([0] + [len(r.spans) for r in file_rows])
+            rows.extend(file_rows)
+            targets.extend(vectors[first[i] : first[i + 1]] for i in range(len(file_rows)))
+        return rows, targets
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+    def make_batch(self, indices: list[int], positions: list[int]) -> DistillBatch:
+        return self.batch_of([self.rows[i] for i in indices], [self.targets[i] for i in indices])
+
+    def batch_of(self, rows: list[SpanRow], targets: list[np.ndarray]) -> DistillBatch:
+        """Every vector to pool, with its teacher target, packed into rows of ``row_tokens``."""
+        width = self.settings.max_length - len(self.prefix) - len(self.suffix)
+        sequences: list[list[int]] = []
+        # Per sequence: (start, stop, target, kind) of each vector pooled from it, in sequence tokens.
+        pools: list[list[tuple[int, int, np.ndarray, int]]] = []
+        encodings = self.backend.encode_batch([row.text for row in rows], add_special_tokens=False)
+        alone_texts, alone_targets = [], []
+        for row, vectors, encoding in zip(rows, targets, encodings):
+            ids = encoding.ids[:width]
+            sequences.append(self.prefix + ids + self.suffix)
+            if len(row.spans) == 1 and row.spans[0] == (0, len(row.text)):
+                pools.append([(0, len(sequences[-1]), vectors[0], ROW)])
+                continue
+            token_spans = passage_token_spans(row.text, row.spans, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
+            kept = np.flatnonzero(token_spans[:, 1] <= len(ids))  # passages cut off by max_length are left out
+            if not kept.size:
+                raise DataError(f"no passage of a row fits distill.max_length={self.settings.max_length} tokens: {row.text[:80]!r}")
+            document = vectors[kept].mean(0)
+            pool = [(0, len(sequences[-1]), document / max(float(np.linalg.norm(document)), 1e-12), ROW)]
+            offset = len(self.prefix)
+            pool += [(int(token_spans[k, 0]) + offset, int(token_spans[k, 1]) + offset, vectors[k], PASSAGE) for k in kept]
+            pools.append(pool)
+            if self.settings.passages_alone:
+                alone_texts += [row.text[row.spans[k][0] : row.spans[k][1]] for k in kept]
+                alone_targets += [vectors[k] for k in kept]
+        for encoding, vector in zip(self.backend.encode_batch(alone_texts, add_special_tokens=False), alone_targets):
+            sequences.append(self.prefix + encoding.ids[:width] + self.suffix)
+            pools.append([(0, len(sequences[-1]), vector, ALONE)])
+        packed = []
+        for group in plan_batches([len(s) for s in sequences], self.settings.row_tokens, packed=True):
+            input_ids, sequence_ids = pack_batch([sequences[i] for i in group], self.settings.row_tokens, self.tokenizer.pad_token_id)
+            positions, segments, counts, group_targets, kinds = [], [], [], [], []
+            start = 0
+            for i in group:
+                for first, stop, target, kind in pools[i]:
+                    positions.append(np.arange(start + first, start + stop))
+                    segments.append(np.full(stop - first, len(counts)))
+                    counts.append(stop - first)
+                    group_targets.append(target)
+                    kinds.append(kind)
+                start += len(sequences[i])
+            packed.append(PackedRow(
+                torch.from_numpy(input_ids), torch.from_numpy(sequence_ids),
+                torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(segments)),
+                torch.tensor(counts, dtype=torch.float32), torch.from_numpy(np.stack(group_targets)), torch.tensor(kinds),
+            ))
+        kinds = np.array([kind for pool in pools for *_, kind in pool])
+        return DistillBatch(packed, len(kinds), sum(map(len, sequences)), np.bincount(kinds, minlength=len(KIND_NAMES)))
+
+    @staticmethod
+    def pooled(step: StepContext, row: PackedRow) -> torch.Tensor:
+        """The student's vectors of a packed row (fp32, not normalised), in the row's vector order."""
+        with step.autocast():
+            hidden = step.module.forward_packed(row.input_ids, row.sequence_ids)
+        sums = hidden.new_zeros(len(row.counts), hidden.shape[-1], dtype=torch.float32)
+        sums.index_add_(0, row.segments, hidden[row.positions].float())
+        return sums / row.counts[:, None]
+
+    def _cosines(self, step: StepContext, row: PackedRow) -> torch.Tensor:
+        return F.cosine_similarity(self.pooled(step, row), row.targets, dim=-1)
+
+    def forward_backward(self, step: StepContext, batch: DistillBatch) -> dict[str, torch.Tensor]:
+        loss = torch.zeros((), device=step.device)
+        by_kind = torch.zeros(len(KIND_NAMES), device=step.device)
+        for packed in batch.rows:
+            packed = packed.to(step.device)
+            cosine = self._cosines(step, packed)
+            row_loss = (1.0 - cosine).sum() / batch.vectors
+            (row_loss * step.loss_scale).backward()
+            loss += row_loss.detach()
+            by_kind.index_add_(0, packed.kinds, cosine.detach())
+        return {"loss": loss, **kind_means(by_kind, batch.kind_counts, "cos"), "tokens": torch.tensor(batch.tokens)}
+
+    def evaluate(self, step: StepContext) -> dict[str, float]:
+        """Mean cosine to the teacher on the eval rows, per kind of vector."""
+        if not self.eval_rows:
+            return {}
+        by_kind = torch.zeros(len(KIND_NAMES), device=step.device)
+        counts = np.zeros(len(KIND_NAMES), dtype=np.int64)
+        size = 64
+        for start in range(0, len(self.eval_rows), size):
+            batch = self.batch_of(self.eval_rows[start : start + size], self.eval_targets[start : start + size])
+            counts += batch.kind_counts
+            for packed in batch.rows:
+                packed = packed.to(step.device)
+                by_kind.index_add_(0, packed.kinds, self._cosines(step, packed))
+        return {name: float(value) for name, value in kind_means(by_kind, counts, "eval_cos").items()}
+
+
+def kind_means(sums: torch.Tensor, counts: np.ndarray, prefix: str) -> dict[str, torch.Tensor]:
+    """Mean cosine over all vectors and per kind present (``cos_passage``, ``cos_row``, ``cos_alone``), from per-kind sums."""
+    out = {prefix: sums.sum() / max(int(counts.sum()), 1)}
+    for kind, name in enumerate(KIND_NAMES):
+        if counts[kind]:
+            out[f"{prefix}_{name}"] = sums[kind] / int(counts[kind])
+    return out
