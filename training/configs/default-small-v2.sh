@@ -76,24 +76,16 @@ timeout 60 python3 -m training.ship_default export --run "$RUNS/long" --fallback
 echo "== export: exit $? (total $(elapsed "$START")s)"
 
 echo "== evaluation (full sets unless tiny): every stage's newest checkpoint and INIT"
-mkdir -p "$RUNS/eval-data" "$RUNS/models"
-for set in long short; do
-  mkdir -p "$RUNS/eval-data/$set/qrels"
-  for file in corpus queries; do
-    if [ -f "$EVAL_DATA/$set/$file.jsonl.gz" ]; then gunzip -c "$EVAL_DATA/$set/$file.jsonl.gz" > "$RUNS/eval-data/$set/$file.jsonl"
-    else cp "$EVAL_DATA/$set/$file.jsonl" "$RUNS/eval-data/$set/"; fi
-  done
-  cp "$EVAL_DATA/$set/qrels/"*.tsv "$RUNS/eval-data/$set/qrels/"
-done
+mkdir -p "$RUNS/models"
+unpack_eval_data "$EVAL_DATA" "$RUNS/eval-data"
 link() {  # name target: a folder whose name names the model's rows in the table
   [ -n "$2" ] && ln -sfn "$(realpath "$2")" "$RUNS/models/$1" && echo "$RUNS/models/$1"
 }
-latest() { python3 -c "import sys; from training.checkpoint import latest_checkpoint; print(latest_checkpoint(sys.argv[1]) or '')" "$1"; }
-final=$(link v2 "$(latest "$RUNS/long")")
-[ -z "$final" ] && final=$(link v2 "$(latest "$RUNS/hard")")
-[ -z "$final" ] && final=$(link v2 "$(latest "$RUNS/pairs")")
+final=$(link v2 "$(latest_of "$RUNS/long")")
+[ -z "$final" ] && final=$(link v2 "$(latest_of "$RUNS/hard")")
+[ -z "$final" ] && final=$(link v2 "$(latest_of "$RUNS/pairs")")
 shipped=$(link v1-shipped "$INIT")
-stages=($(link v2-after-hard "$(latest "$RUNS/hard")") $(link v2-after-pairs "$(latest "$RUNS/pairs")"))
+stages=($(link v2-after-hard "$(latest_of "$RUNS/hard")") $(link v2-after-pairs "$(latest_of "$RUNS/pairs")"))
 # The new model against the shipped one first; the earlier stages' models with the time left.
 for round in main stages; do
   if [ "$round" = main ]; then models=($final $shipped); seconds=${EVAL_SECONDS:-110}; name=default_model.json

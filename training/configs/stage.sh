@@ -10,6 +10,10 @@ device_facts() {
 
 elapsed() { echo "$(( $(date +%s) - $1 ))"; }
 
+latest_of() {  # run folder: its newest complete checkpoint, or nothing
+  python3 -c "import sys; from training.checkpoint import latest_checkpoint; print(latest_checkpoint(sys.argv[1]) or '')" "$1"
+}
+
 stage() {  # name seconds config overrides...
   local name=$1 seconds=$2 config=$3; shift 3
   local t0=$(date +%s)
@@ -21,4 +25,16 @@ stage() {  # name seconds config overrides...
   local metrics="$(grep -o 'output_dir=[^ ]*' <<<"$*" | head -1 | cut -d= -f2)/metrics.jsonl"
   [ -f "$metrics" ] && { echo "== $name: metrics (last 4 records)"; tail -n 4 "$metrics"; }
   return 0
+}
+
+unpack_eval_data() {  # from to: the long and short BEIR sets, their corpora and queries gunzipped where gzipped
+  local from=$1 to=$2 set file
+  for set in long short; do
+    mkdir -p "$to/$set/qrels"
+    for file in corpus queries; do
+      if [ -f "$from/$set/$file.jsonl.gz" ]; then gunzip -c "$from/$set/$file.jsonl.gz" > "$to/$set/$file.jsonl"
+      else cp "$from/$set/$file.jsonl" "$to/$set/"; fi
+    done
+    cp "$from/$set/qrels/"*.tsv "$to/$set/qrels/"
+  done
 }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The default model v3 (jina-rag-small-en) in one GPU call of under 10 minutes, trained AND evaluated:
+# the shipped v1 model distilled from all-MiniLM-L6-v2 (default-small-v3-distill.yaml), from the
+# repo root or a copy of the code beside its data:
+#
+#   python -m training.prepare_default --data data/built --out data/gpu-default-v3 --mlm-mb 0 --pairs 0 \
+#       --eval-pairs 0 --distill-mb 14 --init-int8 jina_rag/models/jina-rag-small-en ...   (training/RESULTS.md)
+#   bash training/configs/default-small-v3.sh
+#
+#   1. the starting model from its int8 copy (a device call cannot carry it in fp16 beside the teacher);
+#   2. the teacher's vectors of every passage of the training and eval rows (training.teacher embed-spans);
+#   3. the distill stage, under a timeout (a stage stopped by it keeps its newest checkpoint);
+#   4. export of the newest checkpoint as fp16 pieces into $OUT (python -m training.ship_default);
+#   5. evaluation on the full long and short sets at 512/2048/8192 tokens (benchmarks/default_model.py),
+#      then single vector vs naive vs late chunking on the long set (benchmarks/late_chunking.py, with
+#      passages split here beforehand: LangChain is not on the GPU machine).
+# Bring the model home with `python -m training.ship_default install FILES_DIR`.
+#
+# Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.gz, teacher/, init-int8/, eval/,
+# long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
+# (default $RUNS/out), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS / LATE_SECONDS (timeouts),
+# DEFAULT_SMALL_TINY=1 (a few CPU steps and a small eval sample: checks the script end to end).
+set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM=true
+DATA=${DATA:-data/gpu-default-v3}
+RUNS=${RUNS:-runs/default-small-v3}
+OUT=${OUT:-$RUNS/out}
+CONFIG=$(dirname "$0")/default-small-v3-distill.yaml
+DEVICE=cuda
+START=$(date +%s)
+
+distill=(output_dir="$RUNS/distill" model.init_from="$RUNS/init" "distill.teacher_targets=[$RUNS/teacher/*.npz]"
+         "data.train=[$DATA/distill-train.jsonl.gz]" "data.eval=[$DATA/distill-eval.jsonl.gz]")
+evaluate=(--full)
+late=()
+if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
+  DEVICE=cpu
+  distill+=(train.device=cpu train.precision=fp32 train.log_every=1 train.checkpoint_every=2 train.eval_every=2
+            optim.warmup_steps=1 train.steps=2 train.batch_size=4 distill.max_length=512 distill.row_tokens=1024)
+  evaluate=(--max-docs 12 --max-queries 4 --max-lengths 128,256)
+  late=(--max-queries 4 --max-length 512)
+fi
+
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+device_facts
+ls -l "$DATA"
+mkdir -p "$RUNS/teacher" "$OUT"
+
+echo "== the starting model from its int8 copy"
+python3 -m training.int8 unpack "$DATA/init-int8" "$RUNS/init"
+
+t0=$(date +%s)
+for split in train eval; do
+  echo "== teacher vectors of distill-$split"
+  timeout -k 10 "${TEACHER_SECONDS:-75}" python3 -m training.teacher embed-spans --data "$DATA/distill-$split.jsonl.gz" \
+    --model "$DATA/teacher" --out "$RUNS/teacher/$split.npz" --device "$DEVICE" --batch-size 512 --no-progress
+done
+echo "== teacher: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
+
+stage distill "${DISTILL_SECONDS:-280}" "$CONFIG" "${distill[@]}"
+if [ -z "$(latest_of "$RUNS/distill")" ] && [ "$DEVICE" = cuda ]; then
+  echo "== distill: no checkpoint with FlexAttention; again with blockwise attention"
+  stage distill 150 "$CONFIG" "${distill[@]}" model.attn_implementation=blockwise
+fi
+
+echo "== export to $OUT"
+timeout 60 python3 -m training.ship_default export --run "$RUNS/distill" --out "$OUT"
+echo "== export: exit $? (total $(elapsed "$START")s)"
+
+echo "== evaluation of the newest checkpoint"
+unpack_eval_data "$DATA/eval" "$RUNS/eval-data"
+mkdir -p "$RUNS/models"
+ln -sfn "$(realpath "$(latest_of "$RUNS/distill")")" "$RUNS/models/v3"
+t0=$(date +%s)
+timeout -k 10 "${EVAL_SECONDS:-100}" python3 benchmarks/default_model.py --data "$RUNS/eval-data" --device "$DEVICE" \
+  --compare none --no-bm25 --model "$RUNS/models/v3" --output "$OUT/default_model.json" "${evaluate[@]}"
+echo "== evaluation: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
+t0=$(date +%s)
+timeout -k 10 "${LATE_SECONDS:-90}" python3 benchmarks/late_chunking.py "$RUNS/eval-data/long" --model "$RUNS/models/v3" \
+  --device "$DEVICE" --spans "$DATA/long-spans.json" "${late[@]}" 2>&1 | tee "$OUT/late_chunking.md"
+echo "== late chunking: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
+ls -l "$OUT"
+echo "== total $(elapsed "$START")s"
