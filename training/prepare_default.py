@@ -16,7 +16,7 @@ are never read), it writes:
   ``heading_document`` pairs are left out (their answer lies past the cut by construction);
 - ``long-train.jsonl.gz`` / ``long-eval.jsonl.gz`` (with ``--long-mb``): the ``heading_document``
   pairs, a heading deep in a page → the whole page without it, cut to ``--long-tokens``;
-- ``distill-train.jsonl.gz`` / ``distill-eval.jsonl.gz`` (with ``--distill-mb``): rows for the distill
+- ``distill-train.jsonl.xz`` / ``distill-eval.jsonl.xz`` (with ``--distill-mb``, xz: the largest file): rows for the distill
   stage (``training.distill``): pieces of training documents of at most ``--distill-tokens`` tokens
   with the spans of their passages (the late-chunking splitter's, about ``--distill-passage-tokens``
   tokens), and every training query as a row of its own; eval rows from the MLM eval documents;
@@ -34,6 +34,7 @@ import argparse
 import gzip
 import json
 import logging
+import lzma
 import random
 import sys
 from collections.abc import Iterable, Sequence
@@ -55,9 +56,11 @@ LEFT_OUT_KINDS = frozenset({"heading_document"})
 
 
 def write_gz_jsonl(path: Path, rows: Iterable[dict], max_bytes: float | None = None) -> int:
-    """Write rows until the compressed file reaches ``max_bytes``; return the number written."""
+    """Write rows, gzipped (``.xz``: xz, about 0.6x the size), until the file reaches ``max_bytes``; return the number written."""
     count = 0
-    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:
+    with open(path, "wb") as raw, (
+        lzma.LZMAFile(raw, "wb", preset=9) if path.suffix == ".xz" else gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0)
+    ) as f:
         for row in rows:
             if max_bytes is not None and raw.tell() >= max_bytes:
                 break
@@ -185,8 +188,8 @@ def prepare(
         eval_rows = rows_of(eval_docs) + [{"text": q} for q in queries[: len(eval_docs)]]
         train_rows = rows_of(train_docs) + [{"text": q} for q in queries[len(eval_docs) :]]
         rng.shuffle(train_rows)
-        distill_eval = write_gz_jsonl(out / "distill-eval.jsonl.gz", eval_rows)
-        distill_written = write_gz_jsonl(out / "distill-train.jsonl.gz", train_rows, distill_mb * 1e6)
+        distill_eval = write_gz_jsonl(out / "distill-eval.jsonl.xz", eval_rows)
+        distill_written = write_gz_jsonl(out / "distill-train.jsonl.xz", train_rows, distill_mb * 1e6)
         logger.info("distillation: %d of %d training rows, %d eval rows", distill_written, len(train_rows), distill_eval)
 
     if init_int8 is not None:

@@ -16,7 +16,7 @@
 #      passages split here beforehand: LangChain is not on the GPU machine).
 # Bring the model home with `python -m training.ship_default install FILES_DIR`.
 #
-# Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.gz, teacher/, init-int8/, eval/,
+# Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.xz, teacher/, init-int8/, eval/,
 # long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
 # (default $RUNS/out), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS / LATE_SECONDS (timeouts),
 # DEFAULT_SMALL_TINY=1 (a few CPU steps and a small eval sample: checks the script end to end).
@@ -31,7 +31,7 @@ DEVICE=cuda
 START=$(date +%s)
 
 distill=(output_dir="$RUNS/distill" model.init_from="$RUNS/init" "distill.teacher_targets=[$RUNS/teacher/*.npz]"
-         "data.train=[$DATA/distill-train.jsonl.gz]" "data.eval=[$DATA/distill-eval.jsonl.gz]")
+         "data.train=[$DATA/distill-train.jsonl.xz]" "data.eval=[$DATA/distill-eval.jsonl.xz]")
 evaluate=(--full)
 late=()
 if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
@@ -53,7 +53,7 @@ python3 -m training.int8 unpack "$DATA/init-int8" "$RUNS/init"
 t0=$(date +%s)
 for split in train eval; do
   echo "== teacher vectors of distill-$split"
-  timeout -k 10 "${TEACHER_SECONDS:-75}" python3 -m training.teacher embed-spans --data "$DATA/distill-$split.jsonl.gz" \
+  timeout -k 10 "${TEACHER_SECONDS:-75}" python3 -m training.teacher embed-spans --data "$DATA/distill-$split.jsonl.xz" \
     --model "$DATA/teacher" --out "$RUNS/teacher/$split.npz" --device "$DEVICE" --batch-size 512 --no-progress
 done
 echo "== teacher: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"

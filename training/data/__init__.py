@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import lzma
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -39,15 +40,17 @@ def expand_paths(patterns: list[str], what: str) -> list[Path]:
 
 
 def open_text(path: Path, errors: str = "strict") -> IO[str]:
-    """A text file for reading; ``.gz`` files are decompressed on the fly (data that must travel small)."""
+    """A text file for reading; ``.gz`` and ``.xz`` files are decompressed on the fly (data that must travel small)."""
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8", errors=errors)
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8", errors=errors)
     return open(path, encoding="utf-8", errors=errors)
 
 
 def is_jsonl(path: Path) -> bool:
-    """``.jsonl`` or ``.jsonl.gz``."""
-    return path.name.endswith((".jsonl", ".jsonl.gz"))
+    """``.jsonl``, ``.jsonl.gz`` or ``.jsonl.xz``."""
+    return path.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.xz"))
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
