@@ -61,7 +61,7 @@ echo "== teacher: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
 stage distill "${DISTILL_SECONDS:-280}" "$CONFIG" "${distill[@]}"
 if [ -z "$(latest_of "$RUNS/distill")" ] && [ "$DEVICE" = cuda ]; then
   echo "== distill: no checkpoint with FlexAttention; again with blockwise attention"
-  stage distill 150 "$CONFIG" "${distill[@]}" model.attn_implementation=blockwise
+  stage distill 120 "$CONFIG" "${distill[@]}" model.attn_implementation=blockwise
 fi
 
 echo "== export to $OUT"
