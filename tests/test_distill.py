@@ -166,3 +166,25 @@ def test_int8_round_trip_keeps_a_model(tmp_path):
     texts = ["SQLite keeps a database in one file.", "A branch points at a commit."]
     original, copy = (JinaEncoder.from_pretrained(f, device="cpu").encode(texts) for f in (folder, restored))
     assert (np.sum(original * copy, axis=1) > 0.999).all()
+
+
+def test_contrastive_term_is_infonce_against_the_batchs_targets(distill_data, tmp_path):
+    config = distill_config(distill_data, tmp_path / "run", max_length=512, row_tokens=512, contrastive_weight=0.5)
+    config["train"]["steps"] = 16
+    trainer, _ = build_and_fit(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["contrastive"] < records[0]["contrastive"]
+    stage = trainer.stage
+    stage.model.eval()
+    batch = stage.batch_of(stage.rows[:2], stage.targets[:2])
+    # Distinct targets: a passage read alone shares its target with the passage in its document.
+    assert len(batch.targets) == 2 + 4 and batch.vectors == 10
+    row = batch.rows[0]
+    step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
+    with torch.no_grad():
+        cosine, entropy = stage._losses(step, row, batch.targets)
+        vectors = torch.nn.functional.normalize(stage.pooled(step, row), dim=-1)
+    logits = (vectors @ batch.targets.T / 0.05).double()
+    expected = logits.logsumexp(-1) - logits[torch.arange(len(row.labels)), row.labels]
+    assert torch.allclose(entropy.double(), expected, atol=1e-4)
+    assert torch.allclose(cosine, (vectors * batch.targets[row.labels]).sum(-1), atol=1e-6)

@@ -120,6 +120,10 @@ class DistillConfig:
     row_tokens: int = 16384
     # Also encode each passage of a multi-span row alone (as naive chunking and short queries are).
     passages_alone: bool = True
+    # Adds contrastive_weight x the cross-entropy of picking each vector's own target among all the
+    # batch's distinct targets at this temperature: the ranking, beside the cosine to the target.
+    contrastive_weight: float = 0.0
+    temperature: float = 0.05
 
 
 @dataclass
@@ -158,6 +162,8 @@ class RunConfig:
             distill = self.distill
             if not distill.teacher_targets:
                 raise ConfigError("distill.teacher_targets: list the teacher's .npz files (python -m training.teacher embed-spans)")
+            if distill.contrastive_weight < 0 or distill.temperature <= 0:
+                raise ConfigError("distill.contrastive_weight must be >= 0 and distill.temperature positive")
             if distill.max_length < 8 or distill.row_tokens < distill.max_length:
                 raise ConfigError(
                     f"distill.max_length ({distill.max_length}) must be at least 8 and at most distill.row_tokens ({distill.row_tokens})"

@@ -14,7 +14,10 @@ The student reads each row whole and is trained so that
 - with ``distill.passages_alone``, each passage of a document encoded on its own does too, so
   short texts (queries, naive chunks) are embedded as the teacher does.
 
-The loss is the mean of ``1 - cos`` over all these vectors. Sequences are packed back to back into
+The loss is the mean of ``1 - cos`` over all these vectors, plus, with ``distill.contrastive_weight``,
+that weight times the mean cross-entropy of finding each vector's own target among all the batch's
+distinct teacher vectors at ``distill.temperature`` (InfoNCE against the teacher: the cosine term
+alone brings vectors near their targets, this one ranks them above the other passages' targets). Sequences are packed back to back into
 rows of ``distill.row_tokens`` tokens (no padding) and each row is back-propagated on its own (the
 terms of different vectors do not interact), so memory holds one row's activations.
 """
@@ -85,7 +88,7 @@ class PackedRow:
     positions: torch.Tensor  # [pairs]: token positions in the row
     segments: torch.Tensor  # [pairs]: the vector each position counts towards
     counts: torch.Tensor  # [vectors]: tokens per vector
-    targets: torch.Tensor  # [vectors, dim]: the teacher's unit vectors
+    labels: torch.Tensor  # [vectors]: each vector's target, a row of the batch's ``targets``
     kinds: torch.Tensor  # [vectors]: PASSAGE, ROW or ALONE
 
     def to(self, device: torch.device) -> PackedRow:
@@ -95,6 +98,7 @@ class PackedRow:
 @dataclass
 class DistillBatch:
     rows: list[PackedRow]
+    targets: torch.Tensor  # [targets, dim]: the teacher's distinct unit vectors (a passage alone and in context share one)
     vectors: int  # over all rows: the loss is a mean over these
     tokens: int  # real tokens over all rows
     kind_counts: np.ndarray  # vectors of each kind over all rows
@@ -149,51 +153,61 @@ class DistillStage(Stage):
         """Every vector to pool, with its teacher target, packed into rows of ``row_tokens``."""
         width = self.settings.max_length - len(self.prefix) - len(self.suffix)
         sequences: list[list[int]] = []
-        # Per sequence: (start, stop, target, kind) of each vector pooled from it, in sequence tokens.
-        pools: list[list[tuple[int, int, np.ndarray, int]]] = []
+        # Per sequence: (start, stop, target, kind) of each vector pooled from it, in sequence tokens;
+        # target: a row of ``distinct``.
+        pools: list[list[tuple[int, int, int, int]]] = []
+        distinct: list[np.ndarray] = []
+
+        def target(vector: np.ndarray) -> int:
+            distinct.append(vector)
+            return len(distinct) - 1
+
         encodings = self.backend.encode_batch([row.text for row in rows], add_special_tokens=False)
         alone_texts, alone_targets = [], []
         for row, vectors, encoding in zip(rows, targets, encodings):
             ids = encoding.ids[:width]
             sequences.append(self.prefix + ids + self.suffix)
             if len(row.spans) == 1 and row.spans[0] == (0, len(row.text)):
-                pools.append([(0, len(sequences[-1]), vectors[0], ROW)])
+                pools.append([(0, len(sequences[-1]), target(vectors[0]), ROW)])
                 continue
             token_spans = passage_token_spans(row.text, row.spans, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
             kept = np.flatnonzero(token_spans[:, 1] <= len(ids))  # passages cut off by max_length are left out
             if not kept.size:
                 raise DataError(f"no passage of a row fits distill.max_length={self.settings.max_length} tokens: {row.text[:80]!r}")
             document = vectors[kept].mean(0)
-            pool = [(0, len(sequences[-1]), document / max(float(np.linalg.norm(document)), 1e-12), ROW)]
+            pool = [(0, len(sequences[-1]), target(document / max(float(np.linalg.norm(document)), 1e-12)), ROW)]
             offset = len(self.prefix)
-            pool += [(int(token_spans[k, 0]) + offset, int(token_spans[k, 1]) + offset, vectors[k], PASSAGE) for k in kept]
+            passages = {int(k): target(vectors[k]) for k in kept}
+            pool += [(int(token_spans[k, 0]) + offset, int(token_spans[k, 1]) + offset, passages[k], PASSAGE) for k in passages]
             pools.append(pool)
             if self.settings.passages_alone:
-                alone_texts += [row.text[row.spans[k][0] : row.spans[k][1]] for k in kept]
-                alone_targets += [vectors[k] for k in kept]
-        for encoding, vector in zip(self.backend.encode_batch(alone_texts, add_special_tokens=False), alone_targets):
+                alone_texts += [row.text[row.spans[k][0] : row.spans[k][1]] for k in passages]
+                alone_targets += passages.values()
+        for encoding, label in zip(self.backend.encode_batch(alone_texts, add_special_tokens=False), alone_targets):
             sequences.append(self.prefix + encoding.ids[:width] + self.suffix)
-            pools.append([(0, len(sequences[-1]), vector, ALONE)])
+            pools.append([(0, len(sequences[-1]), label, ALONE)])
         packed = []
         for group in plan_batches([len(s) for s in sequences], self.settings.row_tokens, packed=True):
             input_ids, sequence_ids = pack_batch([sequences[i] for i in group], self.settings.row_tokens, self.tokenizer.pad_token_id)
-            positions, segments, counts, group_targets, kinds = [], [], [], [], []
+            positions, segments, counts, labels, kinds = [], [], [], [], []
             start = 0
             for i in group:
-                for first, stop, target, kind in pools[i]:
+                for first, stop, label, kind in pools[i]:
                     positions.append(np.arange(start + first, start + stop))
                     segments.append(np.full(stop - first, len(counts)))
                     counts.append(stop - first)
-                    group_targets.append(target)
+                    labels.append(label)
                     kinds.append(kind)
                 start += len(sequences[i])
             packed.append(PackedRow(
                 torch.from_numpy(input_ids), torch.from_numpy(sequence_ids),
                 torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(segments)),
-                torch.tensor(counts, dtype=torch.float32), torch.from_numpy(np.stack(group_targets)), torch.tensor(kinds),
+                torch.tensor(counts, dtype=torch.float32), torch.tensor(labels), torch.tensor(kinds),
             ))
         kinds = np.array([kind for pool in pools for *_, kind in pool])
-        return DistillBatch(packed, len(kinds), sum(map(len, sequences)), np.bincount(kinds, minlength=len(KIND_NAMES)))
+        return DistillBatch(
+            packed, torch.from_numpy(np.stack(distinct)), len(kinds), sum(map(len, sequences)), np.bincount(kinds, minlength=len(KIND_NAMES))
+        )
 
     @staticmethod
     def pooled(step: StepContext, row: PackedRow) -> torch.Tensor:
@@ -204,20 +218,32 @@ class DistillStage(Stage):
         sums.index_add_(0, row.segments, hidden[row.positions].float())
         return sums / row.counts[:, None]
 
-    def _cosines(self, step: StepContext, row: PackedRow) -> torch.Tensor:
-        return F.cosine_similarity(self.pooled(step, row), row.targets, dim=-1)
+    def _losses(self, step: StepContext, row: PackedRow, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per vector of a packed row: its cosine to its target, and (with ``contrastive_weight``)
+        the cross-entropy of finding its target among all the batch's targets."""
+        vectors = F.normalize(self.pooled(step, row), dim=-1)
+        cosine = (vectors * targets[row.labels]).sum(-1)
+        if not self.settings.contrastive_weight:
+            return cosine, torch.zeros_like(cosine)
+        return cosine, F.cross_entropy(vectors @ targets.T / self.settings.temperature, row.labels, reduction="none")
 
     def forward_backward(self, step: StepContext, batch: DistillBatch) -> dict[str, torch.Tensor]:
         loss = torch.zeros((), device=step.device)
+        contrastive = torch.zeros((), device=step.device)
         by_kind = torch.zeros(len(KIND_NAMES), device=step.device)
+        targets = batch.targets.to(step.device, non_blocking=True)
         for packed in batch.rows:
             packed = packed.to(step.device)
-            cosine = self._cosines(step, packed)
-            row_loss = (1.0 - cosine).sum() / batch.vectors
+            cosine, entropy = self._losses(step, packed, targets)
+            row_loss = ((1.0 - cosine).sum() + self.settings.contrastive_weight * entropy.sum()) / batch.vectors
             (row_loss * step.loss_scale).backward()
             loss += row_loss.detach()
+            contrastive += entropy.detach().sum() / batch.vectors
             by_kind.index_add_(0, packed.kinds, cosine.detach())
-        return {"loss": loss, **kind_means(by_kind, batch.kind_counts, "cos"), "tokens": torch.tensor(batch.tokens)}
+        metrics = {"loss": loss, **kind_means(by_kind, batch.kind_counts, "cos"), "tokens": torch.tensor(batch.tokens)}
+        if self.settings.contrastive_weight:
+            metrics["contrastive"] = contrastive
+        return metrics
 
     def evaluate(self, step: StepContext) -> dict[str, float]:
         """Mean cosine to the teacher on the eval rows, per kind of vector."""
@@ -229,9 +255,10 @@ class DistillStage(Stage):
         for start in range(0, len(self.eval_rows), size):
             batch = self.batch_of(self.eval_rows[start : start + size], self.eval_targets[start : start + size])
             counts += batch.kind_counts
+            targets = batch.targets.to(step.device)
             for packed in batch.rows:
                 packed = packed.to(step.device)
-                by_kind.index_add_(0, packed.kinds, self._cosines(step, packed))
+                by_kind.index_add_(0, packed.kinds, self._losses(step, packed, targets)[0])
         return {name: float(value) for name, value in kind_means(by_kind, counts, "eval_cos").items()}
 
 

@@ -18,7 +18,8 @@
 #
 # Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.xz, teacher/, init-int8/, eval/,
 # long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
-# (default $RUNS/out), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS / LATE_SECONDS (timeouts),
+# (default $RUNS/out), CONFIG (the distill config), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS /
+# LATE_SECONDS (timeouts; LATE_SECONDS=0 leaves late chunking out),
 # DEFAULT_SMALL_TINY=1 (a few CPU steps and a small eval sample: checks the script end to end).
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,7 +27,7 @@ export TOKENIZERS_PARALLELISM=true
 DATA=${DATA:-data/gpu-default-v3}
 RUNS=${RUNS:-runs/default-small-v3}
 OUT=${OUT:-$RUNS/out}
-CONFIG=$(dirname "$0")/default-small-v3-distill.yaml
+CONFIG=${CONFIG:-$(dirname "$0")/default-small-v3-distill.yaml}
 DEVICE=cuda
 START=$(date +%s)
 
@@ -77,7 +78,7 @@ timeout -k 10 "${EVAL_SECONDS:-100}" python3 benchmarks/default_model.py --data 
   --compare none --no-bm25 --model "$RUNS/models/v3" --output "$OUT/default_model.json" "${evaluate[@]}"
 echo "== evaluation: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
 t0=$(date +%s)
-timeout -k 10 "${LATE_SECONDS:-90}" python3 benchmarks/late_chunking.py "$RUNS/eval-data/long" --model "$RUNS/models/v3" \
+[ "${LATE_SECONDS:-90}" != 0 ] && timeout -k 10 "${LATE_SECONDS:-90}" python3 benchmarks/late_chunking.py "$RUNS/eval-data/long" --model "$RUNS/models/v3" \
   --device "$DEVICE" --spans "$DATA/long-spans.json" "${late[@]}" 2>&1 | tee "$OUT/late_chunking.md"
 echo "== late chunking: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
 ls -l "$OUT"
