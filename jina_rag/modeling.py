@@ -26,7 +26,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-AttentionImpl = Literal["auto", "blockwise", "flex", "eager"]
+# auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view); the references
+# materialise the whole [batch, heads, L, L] bias: eager (explicit softmax) and sdpa (one SDPA call,
+# as the published remote code runs).
+AttentionImpl = Literal["auto", "blockwise", "flex", "eager", "sdpa"]
 
 # Keys the published config.json carries; written back so our folders look like the published ones.
 _PUBLISHED_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -520,7 +523,7 @@ class JinaBertModel(JinaBertPreTrainedModel):
             return _flex_context(slopes, padded_block_mask(attention_mask.sum(dim=1), length))
         if impl == "blockwise" and sequence_ids is None:
             return AttentionContext(impl, reversed_keys=ReversedKeyAlibi(slopes, attention_mask, x.dtype))
-        block_elements = self.attention_block_elements if impl == "blockwise" else 1 << 62
+        block_elements = self.attention_block_elements if impl == "blockwise" else 1 << 62  # references: one block
         return AttentionContext(impl, bias=AlibiBias(slopes, attention_mask, x.dtype, block_elements, sequence_ids))
 
     def forward(
