@@ -188,3 +188,29 @@ def test_contrastive_term_is_infonce_against_the_batchs_targets(distill_data, tm
     expected = logits.logsumexp(-1) - logits[torch.arange(len(row.labels)), row.labels]
     assert torch.allclose(entropy.double(), expected, atol=1e-4)
     assert torch.allclose(cosine, (vectors * batch.targets[row.labels]).sum(-1), atol=1e-6)
+
+
+def test_distill_rows_are_pieces_of_whole_passages_that_travel_as_xz(tmp_path):
+    from training.models import bert_uncased_tokenizer
+    from training.prepare_default import distill_rows, write_gz_jsonl
+
+    tokenizer = bert_uncased_tokenizer()
+
+    def tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    short = "SQLite keeps a database in one file."
+    long = "SQLite keeps every table of a database in one ordinary file on disk. " * 6
+    document = "\n\n".join([short, long] * 6)
+    rows = distill_rows([document], tokenizer, piece_tokens=300, passage_tokens=80, teacher_tokens=40)
+    assert len(rows) == 2  # about 560 tokens in pieces of at most 300
+    for row in rows:
+        assert tokens(row["text"]) <= 300 and row["text"] in document
+        for start, end in row["spans"]:
+            passage = row["text"][start:end]
+            assert passage.strip() == passage and tokens(passage) <= 40  # longer passages: context only
+        assert sum(end - start for start, end in row["spans"]) < len(row["text"])
+    path = tmp_path / "rows.jsonl.xz"
+    assert write_gz_jsonl(path, rows + [{"text": "a query"}]) == len(rows) + 1
+    read = read_span_rows([path])
+    assert [list(map(list, r.spans)) for r in read[:-1]] == [row["spans"] for row in rows] and read[-1].spans == ((0, 7),)
