@@ -411,7 +411,7 @@ def test_learning_rate_schedules():
 
 def test_shipped_configs_parse_and_bad_configs_say_what_is_wrong(tmp_path):
     shipped = sorted((REPO / "training" / "configs").glob("*.yaml"))
-    assert {load_config(path).stage for path in shipped} == {"mlm", "pairs", "hard_negatives"}
+    assert {load_config(path).stage for path in shipped} == {"mlm", "pairs", "hard_negatives", "distill"}
     config = load_config(REPO / "training" / "configs" / "gpu-smoke-mlm.yaml", ["train.steps=70", "optim.lr=1e-4"])
     assert config.train.steps == 70 and config.optim.lr == 1e-4
     base = {"stage": "pairs", "output_dir": "x", "model": {"init_from": "m"}, "data": {"train": ["x"]}}
