@@ -20,7 +20,7 @@ from training.loop import build_trainer
 from training.models import bert_uncased_tokenizer
 from training.checkpoint import STATE_FILE, checkpoint_root
 from training.pairs import relational_distillation
-from training.prepare_default import cut_to_tokens, prepare, write_gz_jsonl
+from training.prepare_default import cut_to_tokens, prepare, write_compressed_jsonl
 from training.ship_default import PIECE_BYTES, assemble, export, install, piece_names, split_file
 from training.teacher import TeacherEmbeddings, embed_pairs, default_teacher_dir, quantize_rows, reduce_dimensions, write_teacher_file
 
@@ -37,7 +37,7 @@ def pairs_file(tmp_path_factory) -> Path:
     """(colour animal → sentence) pairs, gzipped as the carry folder holds them."""
     path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz"
     rows = [{"query": f"{c} {a}", "positive": f"a picture of a {c} {a} in the field"} for a in ANIMALS for c in COLORS]
-    write_gz_jsonl(path, rows)
+    write_compressed_jsonl(path, rows)
     return path
 
 

@@ -192,7 +192,7 @@ def test_contrastive_term_is_infonce_against_the_batchs_targets(distill_data, tm
 
 def test_distill_rows_are_pieces_of_whole_passages_that_travel_as_xz(tmp_path):
     from training.models import bert_uncased_tokenizer
-    from training.prepare_default import distill_rows, write_gz_jsonl
+    from training.prepare_default import distill_rows, write_compressed_jsonl
 
     tokenizer = bert_uncased_tokenizer()
 
@@ -211,6 +211,6 @@ def test_distill_rows_are_pieces_of_whole_passages_that_travel_as_xz(tmp_path):
             assert passage.strip() == passage and tokens(passage) <= 40  # longer passages: context only
         assert sum(end - start for start, end in row["spans"]) < len(row["text"])
     path = tmp_path / "rows.jsonl.xz"
-    assert write_gz_jsonl(path, rows + [{"text": "a query"}]) == len(rows) + 1
+    assert write_compressed_jsonl(path, rows + [{"text": "a query"}]) == len(rows) + 1
     read = read_span_rows([path])
     assert [list(map(list, r.spans)) for r in read[:-1]] == [row["spans"] for row in rows] and read[-1].spans == ((0, 7),)

