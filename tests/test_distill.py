@@ -214,3 +214,24 @@ def test_distill_rows_are_pieces_of_whole_passages_that_travel_as_xz(tmp_path):
     assert write_compressed_jsonl(path, rows + [{"text": "a query"}]) == len(rows) + 1
     read = read_span_rows([path])
     assert [list(map(list, r.spans)) for r in read[:-1]] == [row["spans"] for row in rows] and read[-1].spans == ((0, 7),)
+
+
+def test_distill_resume_continues_exactly(distill_data, tmp_path):
+    """3 steps, an interruption, a resume to 5: the same weights and losses as 5 straight."""
+    def config(name: str) -> dict:
+        out = distill_config(distill_data, tmp_path / name, max_length=128, row_tokens=256, contrastive_weight=0.2)
+        out["train"].update(steps=5, checkpoint_every=3, log_every=1, eval_every=None)
+        return out
+
+    straight, _ = build_and_fit(config("straight"))
+    trainer, resume_from = build_trainer(config_from_dict(config("resumed")), init_distributed("cpu"))
+    assert trainer.fit(resume_from, stop_after=3).name == "step-00000003"
+    resumed, final = build_and_fit(config("resumed"))
+    assert final.name == "step-00000005" and resumed.position == straight.position == 5 * 4
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    def losses(name: str) -> list[float]:
+        return [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses("straight") == losses("resumed")
