@@ -109,6 +109,7 @@ class DistillStage(Stage):
 
     def __init__(self, config: RunConfig, env: DistEnv, weights_from: Path | None) -> None:
         self.settings = config.distill
+        self.eval_batch_size = config.train.batch_size
         self.tokenizer = load_stage_tokenizer(config.model, weights_from)
         self.model = build_model(config.model, JinaBertModel, weights_from, self.tokenizer)
         if not self.tokenizer.is_fast:
@@ -251,7 +252,7 @@ class DistillStage(Stage):
             return {}
         by_kind = torch.zeros(len(KIND_NAMES), device=step.device)
         counts = np.zeros(len(KIND_NAMES), dtype=np.int64)
-        size = 64
+        size = self.eval_batch_size
         for start in range(0, len(self.eval_rows), size):
             batch = self.batch_of(self.eval_rows[start : start + size], self.eval_targets[start : start + size])
             counts += batch.kind_counts
