@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from jina_rag.batching import pack_batch, pad_batch, plan_batches
 from jina_rag.loading import load_model, load_tokenizer, resolve_model
-from jina_rag.modeling import segment_mean
+from jina_rag.modeling import ALIBI_CUTOFF, FLEX_BLOCK, segment_mean
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ class TorchBackend:
     """The PyTorch model on one device and dtype.
 
     On CUDA with FlexAttention, batches are packed into one row without padding and the row
-    width is rounded up to a few fixed buckets, so compiled kernels are reused; results stay on
-    the device until the caller collects them, so the hot loop has no host-device sync.
+    width is rounded up to a few fixed buckets (powers of two); one graph compiled with a dynamic
+    width serves them all. Results stay on the device until the caller collects them, so the hot
+    loop has no host-device sync.
     """
 
     def __init__(self, model: Any, device: torch.device, pad_id: int = 0) -> None:
@@ -75,8 +76,9 @@ class TorchBackend:
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
         self.packed = flex_attention_available(device) and model.attn_implementation in ("auto", "flex")
-        # One compiled graph per packed-row width fuses LayerNorm, GELU and residual adds.
-        self._compiled_forward = torch.compile(model.forward_packed, dynamic=False) if self.packed else None
+        # One compiled graph, its row width symbolic, fuses LayerNorm, GELU and residual adds for
+        # every width bucket (static shapes compiled anew per width: minutes of warm-up on a GPU).
+        self._compiled_forward = torch.compile(_packed_forward(model), dynamic=True) if self.packed else None
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -122,7 +124,20 @@ class TorchBackend:
 
     def describe(self) -> dict[str, Any]:
         dtype = next(self.model.parameters()).dtype
-        return {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
+        info = {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
+        if self.packed:
+            info["alibi_cutoff"] = self.model.alibi_cutoff
+        return info
+
+
+def _packed_forward(model: Any) -> Any:
+    def forward_packed(input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
+        # Packed widths are multiples of 1024: saying so (one guard that every bucket passes)
+        # lets the compiled FlexAttention kernel drop its bounds checks at a symbolic width.
+        torch._check(input_ids.shape[0] % FLEX_BLOCK == 0)
+        return model.forward_packed(input_ids, sequence_ids)
+
+    return forward_packed
 
 
 def packed_width(tokens: int, granularity: int = 1024) -> int:
@@ -153,8 +168,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 @functools.lru_cache(maxsize=8)
-def _load(folder: Path, backend: BackendName, device: torch.device, dtype: torch.dtype, providers: tuple | None) -> tuple[Any, Backend]:
-    """Load tokenizer and model once per (folder, backend, device, dtype, providers): adapters share one instance."""
+def _load(
+    folder: Path, backend: BackendName, device: torch.device, dtype: torch.dtype, providers: tuple | None,
+    alibi_cutoff: float | None = None,
+) -> tuple[Any, Backend]:
+    """Load tokenizer and model once per (folder, backend, device, dtype, providers, cutoff): adapters share one instance."""
     tokenizer = load_tokenizer(folder)
     pad_id = tokenizer.pad_token_id or 0
     if backend == "onnx":
@@ -163,7 +181,8 @@ def _load(folder: Path, backend: BackendName, device: torch.device, dtype: torch
         logger.info("loading %s on ONNX Runtime (%s)", folder, ", ".join(map(str, providers)))
         return tokenizer, OnnxBackend(folder, providers, pad_id=pad_id)
     logger.info("loading %s on %s (%s)", folder, device, dtype)
-    return tokenizer, TorchBackend(load_model(folder, dtype=dtype, device=device), device, pad_id)
+    model = load_model(folder, dtype=dtype, device=device, alibi_cutoff=alibi_cutoff)
+    return tokenizer, TorchBackend(model, device, pad_id)
 
 
 def window_spans(num_tokens: int, span: int, overlap: int) -> list[tuple[int, int]]:
@@ -220,6 +239,11 @@ class JinaEncoder:
     ``backend="onnx"`` runs a folder written by ``jina-rag export-onnx`` on ONNX Runtime with the
     given execution ``providers`` (default CPU; ``device="cuda"`` means the CUDA provider); its
     precision is the export's, so ``dtype`` is not taken.
+
+    ``alibi_cutoff`` (logits, default :data:`~jina_rag.modeling.ALIBI_CUTOFF`) lets attention skip
+    key tiles whose ALiBi distance penalty alone is at least that large, so their softmax weight
+    is negligible; ``None`` means exact attention. Only the CUDA packed (FlexAttention) path uses
+    it: on CPU and with ``backend="onnx"`` attention is always exact.
     """
 
     def __init__(
@@ -233,6 +257,7 @@ class JinaEncoder:
         window_overlap: int | None = None,
         backend: BackendName = "torch",
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+        alibi_cutoff: float | None = ALIBI_CUTOFF,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -240,6 +265,8 @@ class JinaEncoder:
             raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {long_text!r}")
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
+        if alibi_cutoff is not None and not alibi_cutoff > 0:
+            raise ValueError(f"alibi_cutoff must be positive (logits) or None for exact attention, got {alibi_cutoff!r}")
         self.model_name_or_path = model_name_or_path
         self.backend_name = backend
         self.providers = None
@@ -256,6 +283,10 @@ class JinaEncoder:
                 raise ValueError("providers are ONNX Runtime execution providers: pass backend='onnx' with them")
             self.device = resolve_device(device)
             self.dtype = resolve_dtype(dtype, self.device)
+        # Only the CUDA packed path skips tiles: elsewhere the cutoff is dropped, so encoders that
+        # differ only in it share one loaded model.
+        uses_cutoff = alibi_cutoff is not None and backend == "torch" and self.device.type == "cuda"
+        self.alibi_cutoff = float(alibi_cutoff) if uses_cutoff else None
         self.max_length = max_length
         self.long_text = long_text
         self.window_overlap = max_length // 8 if window_overlap is None else window_overlap
@@ -275,7 +306,9 @@ class JinaEncoder:
         with self._lock:
             if self._loaded is None:
                 folder = resolve_model(self.model_name_or_path)
-                self._loaded = _load(folder.resolve(), self.backend_name, self.device, self.dtype, self.providers)
+                self._loaded = _load(
+                    folder.resolve(), self.backend_name, self.device, self.dtype, self.providers, self.alibi_cutoff
+                )
                 if self.max_length > self._loaded[1].max_positions:
                     limit = self._loaded[1].max_positions
                     self._loaded = None
