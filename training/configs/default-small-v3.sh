@@ -19,8 +19,9 @@
 #
 # Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.xz, teacher/, init-int8/, eval/,
 # long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
-# (default $RUNS/out), CONFIG (the distill config), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS /
-# LATE_SECONDS (timeouts; LATE_SECONDS=0 leaves late chunking out),
+# (default $RUNS/out), CONFIG (the distill config), INIT (int8: the model in $DATA/init-int8; teacher: built from
+# the teacher, training/teacher_init.py), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS /
+# LATE_SECONDS (timeouts; EVAL_SECONDS=0 / LATE_SECONDS=0 leave the evaluations out),
 # DEFAULT_SMALL_TINY=1 (a few CPU steps and a small eval sample: checks the script end to end).
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -49,8 +50,13 @@ device_facts
 ls -l "$DATA"
 mkdir -p "$RUNS/teacher" "$OUT"
 
-echo "== the starting model from its int8 copy"
-python3 -m training.int8 unpack "$DATA/init-int8" "$RUNS/init"
+if [ "${INIT:-int8}" = teacher ]; then
+  echo "== the starting model from the teacher's weights (training/teacher_init.py)"
+  python3 -m training.teacher_init --teacher "$DATA/teacher" --out "$RUNS/init"
+else
+  echo "== the starting model from its int8 copy"
+  python3 -m training.int8 unpack "$DATA/init-int8" "$RUNS/init"
+fi
 
 t0=$(date +%s)
 for split in train eval; do
@@ -75,7 +81,7 @@ unpack_eval_data "$DATA/eval" "$RUNS/eval-data"
 mkdir -p "$RUNS/models"
 ln -sfn "$(realpath "$(latest_of "$RUNS/distill")")" "$RUNS/models/v3"
 t0=$(date +%s)
-timeout -k 10 "${EVAL_SECONDS:-100}" python3 benchmarks/default_model.py --data "$RUNS/eval-data" --device "$DEVICE" \
+[ "${EVAL_SECONDS:-100}" != 0 ] && timeout -k 10 "${EVAL_SECONDS:-100}" python3 benchmarks/default_model.py --data "$RUNS/eval-data" --device "$DEVICE" \
   --compare none --no-bm25 --model "$RUNS/models/v3" --output "$OUT/default_model.json" "${evaluate[@]}"
 echo "== evaluation: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
 t0=$(date +%s)
