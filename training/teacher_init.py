@@ -49,18 +49,27 @@ def ones_vector(layernorm: torch.nn.LayerNorm) -> torch.Tensor:
 
 @torch.no_grad()
 def attention_distances(teacher: TeacherEncoder, texts: Sequence[str]) -> torch.Tensor:
-    """Mean |i - j| under each head's attention, ``[layers, heads]``, over ``texts``."""
+    """Mean |i - j| under each head's attention, ``[layers, heads]``, over ``texts``.
+
+    The attention is recomputed from each layer's input and its query/key weights, since
+    transformers' SDPA attention returns no probabilities.
+    """
     model = teacher.model
+    heads = model.config.num_attention_heads
     totals = None
     for text in texts:
-        encoding = teacher.tokenizer.encode(text)
-        ids = torch.tensor([encoding.ids], device=teacher.device)
-        attentions = model(ids, output_attentions=True).attentions  # per layer [1, heads, L, L]
+        ids = torch.tensor([teacher.tokenizer.encode(text).ids], device=teacher.device)
+        inputs = model(ids, output_hidden_states=True).hidden_states[:-1]  # each layer's input
         length = ids.shape[1]
         positions = torch.arange(length, device=ids.device, dtype=torch.float32)
         distance = (positions[:, None] - positions[None, :]).abs()
-        means = torch.stack([(a[0].float() * distance).sum(-1).mean(-1) for a in attentions])
-        totals = means if totals is None else totals + means
+        means = []
+        for x, layer in zip(inputs, model.encoder.layer):
+            q = layer.attention.self.query(x[0].float()).view(length, heads, -1).transpose(0, 1)
+            k = layer.attention.self.key(x[0].float()).view(length, heads, -1).transpose(0, 1)
+            probs = (q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).softmax(-1)
+            means.append((probs * distance).sum(-1).mean(-1))
+        totals = torch.stack(means) if totals is None else totals + torch.stack(means)
     return totals / len(texts)
 
 

@@ -52,10 +52,10 @@ mkdir -p "$RUNS/teacher" "$OUT"
 
 if [ "${INIT:-int8}" = teacher ]; then
   echo "== the starting model from the teacher's weights (training/teacher_init.py)"
-  python3 -m training.teacher_init --teacher "$DATA/teacher" --out "$RUNS/init"
+  python3 -m training.teacher_init --teacher "$DATA/teacher" --out "$RUNS/init" || exit 1
 else
   echo "== the starting model from its int8 copy"
-  python3 -m training.int8 unpack "$DATA/init-int8" "$RUNS/init"
+  python3 -m training.int8 unpack "$DATA/init-int8" "$RUNS/init" || exit 1
 fi
 
 t0=$(date +%s)
