@@ -2,11 +2,12 @@
 
 One table from one run, for the base and small shapes (random weights: speed only), bf16:
   (a) ours: packed rows without padding, ALiBi inside FlexAttention (``JinaEncoder``'s CUDA path,
-      default ``alibi_cutoff=ALIBI_CUTOFF``: key tiles whose ALiBi penalty alone is >= 64 logits are
+      with the opt-in ``alibi_cutoff=ALIBI_CUTOFF``: key tiles whose ALiBi penalty alone is >= 64 logits are
       skipped per head), from token ids, and end to end from text (tokenisation included) for the
       mixed corpus; "tiles" is the share of the doc mask's tiles it computes (kept tiles over all
       heads / heads x tiles of the exact mask, first batch of each case);
-  (a) exact: the same path with ``alibi_cutoff=None`` (every tile of the doc mask computed);
+  (a) exact: the same path as ``JinaEncoder`` runs by default, ``alibi_cutoff=None`` (every tile
+      of the doc mask computed);
   (b) SDPA with a materialised [B, heads, L, L] bias over length-sorted, padded batches
       (how the published remote code runs);
   (c) sentence-transformers with a standard BERT of the same size (512 max), from text,
@@ -31,14 +32,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    SHAPES, device_name, lognormal_lengths, matmul_peak_tflops, peak_memory_during, random_model_folder,
-    texts_of_lengths, timed,
+    SHAPES,
+    device_name,
+    lognormal_lengths,
+    matmul_peak_tflops,
+    peak_memory_during,
+    random_model_folder,
+    texts_of_lengths,
+    timed,
 )
 
 from jina_rag import JinaEncoder, load_model  # noqa: E402
 from jina_rag.batching import pack_batch, pad_batch, plan_batches  # noqa: E402
 from jina_rag.encoder import packed_width  # noqa: E402
-from jina_rag.modeling import packed_block_mask  # noqa: E402
+from jina_rag.modeling import ALIBI_CUTOFF, packed_block_mask  # noqa: E402
 
 BATCH_TOKENS = 65536
 
@@ -136,7 +143,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     for shape in args.shapes.split(","):
         folder = random_model_folder(shape, work / shape)
-        encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16")
+        encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=ALIBI_CUTOFF)
         exact = None if "exact" in skip else JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=None)
         config = encoder.backend.model.config
         reference = load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="sdpa")

@@ -12,12 +12,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_published_checkpoint
 
 from jina_rag import JinaEncoder, alibi_slopes, load_model
 from jina_rag.batching import pack_batch
 from jina_rag.modeling import ALIBI_CUTOFF, FLEX_BLOCK, packed_block_mask
-
-from conftest import write_published_checkpoint
 
 
 def packed_ids(lengths, width):
@@ -129,8 +128,9 @@ def test_dropped_tiles_change_attention_by_less_than_1e_6(lengths):
 
 def test_encoder_uses_the_cutoff_only_on_cuda(checkpoint):
     assert JinaEncoder(checkpoint, device="cpu").alibi_cutoff is None
-    assert JinaEncoder(checkpoint, device="cuda").alibi_cutoff == ALIBI_CUTOFF  # not loaded: no GPU needed
-    assert JinaEncoder(checkpoint, device="cuda", alibi_cutoff=None).alibi_cutoff is None
+    assert JinaEncoder(checkpoint, device="cuda").alibi_cutoff is None  # exact by default
+    assert JinaEncoder(checkpoint, device="cuda", alibi_cutoff=ALIBI_CUTOFF).alibi_cutoff == ALIBI_CUTOFF  # not loaded
+    assert JinaEncoder(checkpoint, device="cpu", alibi_cutoff=ALIBI_CUTOFF).alibi_cutoff is None
     with pytest.raises(ValueError, match="alibi_cutoff"):
         JinaEncoder(checkpoint, alibi_cutoff=-1.0)
     assert load_model(checkpoint, alibi_cutoff=32.0).alibi_cutoff == 32.0
