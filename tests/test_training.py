@@ -476,3 +476,12 @@ def test_stages_run_in_bf16_on_cuda(tmp_path, data_dir, tokenizer):
     trainer, checkpoint = run(pairs)
     assert_learns(pairs["output_dir"], margin=0.3)
     assert_checkpoint_matches_memory(checkpoint, trainer.model.float().cpu(), tokenizer)
+
+
+def test_vocabulary_folder_from_the_environment(tmp_path, monkeypatch):
+    from training.models import VOCAB_DIR_ENV, bert_uncased_tokenizer, bert_uncased_vocab_dir
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "tide", "##s"]) + "\n")
+    monkeypatch.setenv(VOCAB_DIR_ENV, str(tmp_path))
+    assert bert_uncased_vocab_dir() == tmp_path
+    assert bert_uncased_tokenizer()("tides")["input_ids"] == [2, 5, 6, 3]

