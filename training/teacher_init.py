@@ -27,12 +27,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from jina_rag.loading import save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertModel, alibi_slopes
-from training.models import VOCAB_MULTIPLE, load_tokenizer_folder
+from training.models import VOCAB_MULTIPLE, bert_uncased_tokenizer
 from training.teacher import TeacherEncoder, default_teacher_dir
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,18 @@ def student_from_teacher(teacher: TeacherEncoder, sample_texts: Sequence[str]) -
     return student
 
 
+def student_tokenizer(folder: Path) -> Any:
+    """BERT-uncased WordPiece from the teacher's vocabulary (its tokenizer.json keeps a 128-token truncation)."""
+    import json
+    import tempfile
+
+    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = Path(tmp) / "vocab.txt"
+        vocab_file.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
+        return bert_uncased_tokenizer(vocab_file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.teacher_init", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the student (published layout)")
@@ -145,11 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder = args.teacher or default_teacher_dir()
     teacher = TeacherEncoder(folder, device="cpu", max_length=512)
     student = student_from_teacher(teacher, [SAMPLE_TEXT])
-    tokenizer = load_tokenizer_folder(folder)
-    # The teacher's tokenizer.json keeps its 128-token truncation and padding: not the student's.
-    tokenizer.backend_tokenizer.no_truncation()
-    tokenizer.backend_tokenizer.no_padding()
-    save_pretrained(student, args.out, tokenizer)
+    save_pretrained(student, args.out, student_tokenizer(folder))
     logger.info("student (%d parameters) from %s written to %s", student.config.num_parameters(), folder, args.out)
     return 0
 
