@@ -56,6 +56,8 @@ class OnnxExport:
     file_bytes: int
     weight_bytes: int
     operators: dict[str, int] = field(default_factory=dict)
+    # int8 exports: MatMuls left in fp32 (the GEGLU input projections where int8 drifts).
+    fp32_matmuls: int = 0
     # Agreement with the PyTorch model on a padded sample batch.
     max_abs_diff: float = float("nan")
     min_cosine: float = float("nan")
@@ -148,12 +150,54 @@ def _fuse_for_onnxruntime(source: Path, target: Path, config: JinaBertConfig) ->
     return target
 
 
-def _quantize_int8(source: Path, target: Path) -> Path:
-    """Dynamic int8: weights quantised once (per output channel), activations per batch at run time."""
+# Below this cosine to the fp32 graph an int8 graph is not used as it is (the export's own check).
+INT8_MIN_COSINE = 0.99
+
+
+def _quantize_int8(source: Path, target: Path, config: JinaBertConfig) -> tuple[Path, list[str]]:
+    """Dynamic int8: weights quantised once (per output channel), activations per batch at run time.
+
+    Returns the file and the MatMuls kept in fp32. Where the whole-int8 graph falls below
+    ``INT8_MIN_COSINE`` to the fp32 graph, the GEGLU input projections (``gated_layers``) stay
+    fp32: a model whose ``up`` half sums large terms to a small value (as one initialised from a
+    GELU BERT does, ``training/teacher_init.py``) loses that sum to per-tensor int8 activations.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
-    return target
+    if _graph_cosine(source, target, config) >= INT8_MIN_COSINE:
+        return target, []
+    kept = _gated_matmuls(source, config)
+    logger.warning("int8 of the whole graph drifts from fp32; keeping the %d GEGLU input projections in fp32", len(kept))
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=kept)
+    return target, kept
+
+
+def _gated_matmuls(path: Path, config: JinaBertConfig) -> list[str]:
+    """Names of the MatMul/Gemm nodes whose weight is a ``gated_layers`` matrix ([H, 2I] or [2I, H])."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = {tensor.name: tuple(tensor.dims) for tensor in model.graph.initializer}
+    gated = {(config.hidden_size, 2 * config.intermediate_size), (2 * config.intermediate_size, config.hidden_size)}
+    return [
+        node.name for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm") and any(shapes.get(name) in gated for name in node.input)
+    ]
+
+
+def _graph_cosine(reference: Path, candidate: Path, config: JinaBertConfig) -> float:
+    """Smallest cosine between the pooled vectors of two graphs on the example batch (CPU)."""
+    import onnxruntime as ort
+
+    input_ids, attention_mask = _example_inputs(40, config.vocab_size)
+    feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+    a, b = (
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["sentence_embedding"], feeds)[0]
+        for path in (reference, candidate)
+    )
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(np.nan_to_num(cosine, nan=-1.0).min())
 
 
 def _operator_counts(path: Path) -> dict[str, int]:
@@ -258,12 +302,13 @@ def export_onnx(
             bar.update()
         if quantize:
             bar.set_postfix_str("quantize")
-            current = _quantize_int8(current, current.with_name("quantized.onnx"))
+            current, kept = _quantize_int8(current, current.with_name("quantized.onnx"), config)
+            metadata["fp32_matmuls"] = str(len(kept))
             bar.update()
         _write_metadata(current, metadata)
         result = OnnxExport(
             folder=out_dir, exporter=metadata["exporter"], dtype=metadata["dtype"], quantization=quantize,
-            optimized=optimize, file_bytes=current.stat().st_size,
+            optimized=optimize, file_bytes=current.stat().st_size, fp32_matmuls=int(metadata.get("fp32_matmuls", 0)),
             weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
             operators=_operator_counts(current),
         )
