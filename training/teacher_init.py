@@ -88,9 +88,10 @@ def student_config(teacher_config: dict) -> JinaBertConfig:
 
 @torch.no_grad()
 def student_from_teacher(teacher: TeacherEncoder, sample_texts: Sequence[str]) -> JinaBertModel:
-    """The JinaBERT student, fp32 on the CPU, initialised from ``teacher`` as the module docstring says."""
-    bert = teacher.model.float().cpu()
-    teacher.device = torch.device("cpu")
+    """The JinaBERT student, fp32, initialised from ``teacher`` (an fp32 one on the CPU) as the module docstring says."""
+    bert = teacher.model
+    if teacher.device.type != "cpu":
+        raise ValueError("build the student from a teacher on the CPU (TeacherEncoder(folder, device='cpu')): fp32 weights")
     config = student_config(bert.config.to_dict())
     if bert.config.hidden_act != "gelu":
         raise ValueError(f"the teacher's activation is {bert.config.hidden_act!r}; GEGLU copies only exact GELU")
