@@ -25,15 +25,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM  # noqa: E402
-from training.mlm import mlm_metrics  # noqa: E402
+from training.mlm import masked_positions, mlm_metrics  # noqa: E402
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30528)
-# name: (attention implementation, torch.compile the whole model)
+# name: (attention implementation, torch.compile the whole model, masked positions given ahead)
 VARIANTS = {
-    "blockwise": ("blockwise", False),
-    "flex": ("flex", False),
-    "flex+compile": ("flex", True),
-    "blockwise+compile": ("blockwise", True),
+    "blockwise": ("blockwise", False, True),
+    "flex": ("flex", False, True),
+    "flex+compile": ("flex", True, True),
+    "flex+compile+host-sync": ("flex", True, False),
+    "blockwise+compile": ("blockwise", True, True),
 }
 MASK_ID, FIRST_WORD_ID = 103, 1000
 
@@ -55,15 +56,19 @@ def random_mlm_batch(batch_size: int, seq_len: int, vocab: int, mask_prob: float
     generator = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(FIRST_WORD_ID, vocab, (batch_size, seq_len), device="cuda", generator=generator)
     selected = torch.rand(ids.shape, device="cuda", generator=generator) < mask_prob
+    labels = torch.where(selected, ids, torch.full_like(ids, -100))
     return {
         "input_ids": torch.where(selected, torch.full_like(ids, MASK_ID), ids),
         "attention_mask": torch.ones_like(ids),
-        "labels": torch.where(selected, ids, torch.full_like(ids, -100)),
+        "labels": labels,
+        "masked_positions": masked_positions(labels.cpu()).cuda(),
     }
 
 
-def measure(variant: str, batch: dict[str, torch.Tensor], warmup: int, steps: int) -> dict[str, float]:
-    attention, compiled = VARIANTS[variant]
+def measure(variant: str, batch: dict[str, torch.Tensor], warmup: int, steps: int, profile: int = 0) -> dict[str, float]:
+    attention, compiled, static_positions = VARIANTS[variant]
+    if not static_positions:
+        batch = {k: v for k, v in batch.items() if k != "masked_positions"}
     torch.manual_seed(0)
     model = JinaBertForMaskedLM(JinaBertConfig(**BASE), attn_implementation=attention).cuda().train()
     module = torch.compile(model) if compiled else model
@@ -91,6 +96,8 @@ def measure(variant: str, batch: dict[str, torch.Tensor], warmup: int, steps: in
     seconds = (time.perf_counter() - start) / steps
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss is {loss.item()}")
+    if profile:
+        print_profile(variant, step, profile)
     result = {
         "step_ms": seconds * 1e3,
         "tokens_per_s": batch["attention_mask"].sum().item() / seconds,
@@ -103,6 +110,22 @@ def measure(variant: str, batch: dict[str, torch.Tensor], warmup: int, steps: in
     return result
 
 
+def print_profile(variant: str, step, steps: int, top: int = 25) -> None:
+    """Where a step's GPU time goes: the kernels that take most of it, over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    print(f"\n{variant}: GPU kernel time per step {total / steps / 1e3:.1f} ms; top {top} kernels:")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        print(f"  {e.self_device_time_total / steps / 1e3:7.2f} ms  {e.self_device_time_total / total:5.1%}  x{e.count // steps:<4} {e.key[:110]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
@@ -110,6 +133,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (compilation happens here)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--variants", nargs="+", default=["blockwise", "flex", "flex+compile"], choices=list(VARIANTS))
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="after timing, profile this many steps of each variant")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("train_mfu.py measures a CUDA GPU; none is available here", file=sys.stderr)
@@ -129,7 +153,7 @@ def main() -> int:
     rows = []
     for variant in args.variants:
         try:
-            result = measure(variant, batch, args.warmup, args.steps)
+            result = measure(variant, batch, args.warmup, args.steps, args.profile)
         except Exception as error:  # one failing variant (e.g. a compiler error) must not hide the others
             print(f"{variant}: failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
             continue

@@ -636,16 +636,22 @@ class JinaBertForMaskedLM(JinaBertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Return ``(loss, logits)``; the loss (labels of -100 ignored) is None without labels.
 
         With labels, logits are computed for the labelled positions only ``[n_masked, vocab]``,
-        which saves the vocabulary projection of every unmasked token.
+        which saves the vocabulary projection of every unmasked token. ``masked_positions`` (flat
+        indices into the batch's tokens, as ``training.mlm.masked_batch`` gives them; entries whose
+        label is -100 are filler) names those positions ahead of time: then every shape is known
+        without reading the labels back to the host, so a compiled model is one graph and the GPU
+        never waits for the CPU. Without it they are found from ``labels`` (one host sync).
         """
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         if labels is None:
             return None, self.cls.predictions(hidden)
-        selected = labels != -100
-        logits = self.cls.predictions(hidden[selected])
-        loss = F.cross_entropy(logits.float(), labels[selected])
+        if masked_positions is None:
+            masked_positions = (labels.flatten() != -100).nonzero().squeeze(1)
+        logits = self.cls.predictions(hidden.flatten(0, 1)[masked_positions])
+        loss = F.cross_entropy(logits.float(), labels.flatten()[masked_positions], ignore_index=-100)
         return loss, logits

@@ -401,6 +401,26 @@ def test_masks_depend_on_stream_position_only(tokenizer):
     assert not torch.equal(one["labels"][1], masked_batch(packed, [5], [42], vocab, 0.3, seed=0)["labels"][0])
 
 
+def test_masked_positions_give_the_same_loss_and_accuracy(tokenizer):
+    from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM
+    from training.mlm import mlm_metrics
+
+    packed = np.random.default_rng(0).integers(1000, 2000, (3, 40)).astype(np.uint16)
+    batch = masked_batch(packed, [0, 1, 2], [0, 1, 2], MaskingVocab.of(tokenizer), 0.3, seed=0)
+    positions, labels = batch["masked_positions"], batch["labels"].flatten()
+    selected = (labels != -100).nonzero().squeeze(1)
+    assert positions.numel() == 256 and torch.equal(positions[: selected.numel()], selected)
+    assert (labels[positions[selected.numel():]] == -100).all()
+    torch.manual_seed(0)
+    config = JinaBertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    model = JinaBertForMaskedLM(config).eval()
+    with torch.no_grad():
+        static = mlm_metrics(model, batch)
+        found = mlm_metrics(model, {k: v for k, v in batch.items() if k != "masked_positions"})
+    assert static[0].item() == pytest.approx(found[0].item(), rel=1e-6)
+    assert static[1] == found[1] and static[2] == found[2] == selected.numel()
+
+
 def test_learning_rate_schedules():
     base = {"stage": "mlm", "output_dir": "x", "model": {"architecture": {}}, "data": {"train": ["x"]}, "train": {"steps": 10}}
     linear = learning_rate_factor(config_from_dict({**base, "optim": {"warmup_steps": 2}}))

@@ -33,6 +33,8 @@ from training.models import build_model, load_stage_tokenizer
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# masked_positions are padded to a multiple of this many (few distinct shapes to compile).
+MASKED_POSITIONS_MULTIPLE = 256
 _TOKENIZE_BATCH = 1000
 
 
@@ -135,19 +137,44 @@ def masked_batch(
     """Rows of ``packed``, each masked by a generator seeded from ``seed`` and its stream position."""
     input_ids = torch.from_numpy(np.asarray(packed[rows], dtype=np.int64))
     masked, labels = zip(*(mask_tokens(row, vocab, mask_prob, _sequence_generator(seed, p)) for row, p in zip(input_ids, positions)))
+    labels = torch.stack(labels)
     return {
         "input_ids": torch.stack(masked),
         "attention_mask": (input_ids != vocab.pad_id).long(),
-        "labels": torch.stack(labels),
+        "labels": labels,
+        "masked_positions": masked_positions(labels),
     }
 
 
+def masked_positions(labels: torch.Tensor, multiple: int = MASKED_POSITIONS_MULTIPLE) -> torch.Tensor:
+    """Flat indices of the labelled tokens, padded to a multiple of ``multiple``.
+
+    The filler repeats the first unlabelled token (label -100, ignored by the loss). The padding
+    keeps the number of distinct shapes a compiled model sees small: the number of masked tokens
+    of a batch varies by a few dozen from batch to batch.
+    """
+    flat = labels.flatten()
+    selected = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+    unlabelled = (flat == IGNORE_INDEX).nonzero().squeeze(1)
+    if not unlabelled.numel():  # every token labelled: nothing to pad with
+        return selected
+    padded = unlabelled[:1].repeat(max(multiple, -(-selected.numel() // multiple) * multiple))
+    padded[: selected.numel()] = selected
+    return padded
+
+
 def mlm_metrics(model: nn.Module | Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, correct predictions, masked tokens)`` of one batch (already on the model's device)."""
-    loss, logits = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
-    targets = batch["labels"][batch["labels"] != IGNORE_INDEX]
-    correct = (logits.argmax(dim=-1) == targets).sum()
-    return loss, correct, torch.tensor(targets.numel(), device=targets.device)
+    """``(loss, correct predictions, masked tokens)`` of one batch (already on the model's device).
+
+    With ``batch["masked_positions"]`` nothing here reads back to the host.
+    """
+    positions = batch.get("masked_positions")
+    labels = batch["labels"]
+    loss, logits = model(batch["input_ids"], batch["attention_mask"], labels=labels, masked_positions=positions)
+    targets = labels[labels != IGNORE_INDEX] if positions is None else labels.flatten()[positions]
+    real = targets != IGNORE_INDEX
+    correct = ((logits.argmax(dim=-1) == targets) & real).sum()
+    return loss, correct, real.sum()
 
 
 @torch.no_grad()
