@@ -74,7 +74,7 @@ class TorchBackend:
         self.config = model.config
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
-        self.packed = flex_attention_available(device) and model.attn_implementation in ("auto", "flex")
+        self.packed = flex_attention_available(device, model.config.head_dim) and model.attn_implementation in ("auto", "flex")
         # One compiled graph per width bucket fuses LayerNorm, GELU and residual adds. A symbolic
         # width (dynamic=True) would compile once, but inductor fails on the block mask's tile
         # arithmetic on CUDA (torch 2.11, "CantSplit", H200 2026-12-01) and the encoder fell back

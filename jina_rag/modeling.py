@@ -231,9 +231,13 @@ class ReversedKeyAlibi:
         return out[..., :head_dim]
 
 
-def flex_attention_available(device: torch.device) -> bool:
-    """FlexAttention runs compiled on CUDA (torch >= 2.5)."""
-    if device.type != "cuda":
+# FlexAttention's kernels need at least this many dimensions per head.
+FLEX_MIN_HEAD_DIM = 16
+
+
+def flex_attention_available(device: torch.device, head_dim: int | None = None) -> bool:
+    """FlexAttention runs compiled on CUDA (torch >= 2.5), for heads of at least 16 dimensions."""
+    if device.type != "cuda" or (head_dim is not None and head_dim < FLEX_MIN_HEAD_DIM):
         return False
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
@@ -540,10 +544,14 @@ class JinaBertModel(JinaBertPreTrainedModel):
         impl = self.attn_implementation
         # FlexAttention has no attention dropout; published configs set it to 0.
         needs_dropout = self.training and self.config.attention_probs_dropout_prob > 0
+        head_dim = self.config.head_dim
         if impl == "auto":
-            return "flex" if flex_attention_available(device) and not needs_dropout else "blockwise"
-        if impl == "flex" and not flex_attention_available(device):
-            raise RuntimeError("attn_implementation='flex' needs CUDA and torch.nn.attention.flex_attention")
+            return "flex" if flex_attention_available(device, head_dim) and not needs_dropout else "blockwise"
+        if impl == "flex" and not flex_attention_available(device, head_dim):
+            raise RuntimeError(
+                f"attn_implementation='flex' needs CUDA, torch.nn.attention.flex_attention and heads of at least "
+                f"{FLEX_MIN_HEAD_DIM} dimensions (this model: {head_dim} on {device}); use 'auto' or 'blockwise'"
+            )
         return impl
 
     def _context(

@@ -270,3 +270,15 @@ def test_segment_mean_averages_each_sequence_and_drops_filler():
     hidden = torch.arange(12, dtype=torch.float32).view(6, 2)
     got = segment_mean(hidden, torch.tensor([0, 0, 1, 1, 1, 2]), 2)
     assert torch.equal(got, torch.tensor([[1.0, 2.0], [6.0, 7.0]]))
+
+
+def test_flex_attention_needs_heads_of_sixteen_dimensions():
+    from jina_rag.modeling import flex_attention_available
+
+    # Decided from the device type and head size alone: no GPU needed to check the rule.
+    assert not flex_attention_available(torch.device("cuda"), head_dim=8)
+    assert not flex_attention_available(torch.device("cpu"), head_dim=64)
+    tiny = JinaBertModel(JinaBertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64),
+                         attn_implementation="flex")
+    with pytest.raises(RuntimeError, match="at least 16 dimensions"):
+        tiny(torch.tensor([[2, 5, 3]]), torch.ones(1, 3, dtype=torch.long))

@@ -71,7 +71,8 @@ def run_config(tmp_path: Path, name: str, **sections) -> dict:
 
 def run(config_dict: dict, stop_after: int | None = None):
     """Train in this process; return the trainer (its model in memory) and the last checkpoint."""
-    trainer, resume_from = build_trainer(config_from_dict(config_dict), init_distributed("cpu"))
+    config = config_from_dict(config_dict)
+    trainer, resume_from = build_trainer(config, init_distributed(config.train.device))
     return trainer, trainer.fit(resume_from, stop_after)
 
 
