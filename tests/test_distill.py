@@ -117,7 +117,7 @@ def test_pooled_vectors_are_late_chunks_and_encodings(distill_data, tmp_path):
     stage.model.eval()
     rows = stage.rows[:2]
     batch = stage.batch_of(rows, stage.targets[:2])
-    assert len(batch.rows) == 1 and batch.kind_counts.tolist() == [4, 2, 4]
+    assert len(batch.rows) == 1 and batch.kind_counts.tolist() == [4, 2, 4, 0]
     step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
     with torch.no_grad():
         vectors = torch.nn.functional.normalize(stage.pooled(step, batch.rows[0]), dim=-1).numpy()
@@ -182,12 +182,94 @@ def test_contrastive_term_is_infonce_against_the_batchs_targets(distill_data, tm
     row = batch.rows[0]
     step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
     with torch.no_grad():
-        cosine, entropy = stage._losses(step, row, batch.targets)
+        cosine, entropy, queries = stage._losses(step, row, batch.targets, batch.query_targets)
         vectors = torch.nn.functional.normalize(stage.pooled(step, row), dim=-1)
     logits = (vectors @ batch.targets.T / 0.05).double()
     expected = logits.logsumexp(-1) - logits[torch.arange(len(row.labels)), row.labels]
     assert torch.allclose(entropy.double(), expected, atol=1e-4)
     assert torch.allclose(cosine, (vectors * batch.targets[row.labels]).sum(-1), atol=1e-6)
+    assert queries.numel() == 0  # rows without queries
+
+
+QUERIES = ["where is the database kept", "what is a git branch", "how does the scheduler choose", "what maps keys to values"]
+
+
+@pytest.fixture(scope="module")
+def query_data(tmp_path_factory) -> Path:
+    """The documents again, each with its first passage answering a query; the teacher's targets."""
+    folder = tmp_path_factory.mktemp("distill-queries")
+    rows = [{**document(*topic), "queries": [[0 if n % 2 == 0 else 1, query]]} for n, (topic, query) in enumerate(zip(TOPICS, QUERIES))]
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    vectors = embed_spans(path, default_teacher_dir(), show_progress=False, device="cpu")
+    write_span_targets(folder / "train.teacher.npz", path, vectors, model="all-MiniLM-L6-v2", max_length=256)
+    return folder
+
+
+def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(query_data, tmp_path):
+    from training.distill import QUERY
+    from training.teacher import TeacherEncoder
+
+    rows = read_span_rows([query_data / "train.jsonl"])
+    assert rows[1].queries == ((1, QUERIES[1]),)
+    stored = np.load(query_data / "train.teacher.npz")["vectors"].astype(np.float32)
+    assert len(stored) == 4 * (2 + 1)  # per row: its two spans, then its query
+    expected = TeacherEncoder(default_teacher_dir(), "cpu").encode([QUERIES[1]])[0]
+    assert float(stored[5] @ expected / np.linalg.norm(stored[5])) > 0.999
+
+    config = distill_config(query_data, tmp_path / "run", max_length=512, row_tokens=1024, query_weight=1.0)
+    config["data"] = {"train": [str(query_data / "train.jsonl")]}
+    config["train"].update(steps=16, eval_every=None)
+    trainer, _ = build_and_fit(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["query_infonce"] < records[0]["query_infonce"]
+    assert "cos_query" in records[-1]
+    stage = trainer.stage
+    stage.model.eval()
+    batch = stage.batch_of(stage.rows, stage.targets)
+    assert len(batch.query_targets) == 4 and batch.kind_counts[QUERY] == 4
+    step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
+    answering = []
+    for row in batch.rows:
+        with torch.no_grad():
+            _, _, queries = stage._losses(step, row, batch.targets, batch.query_targets)
+            vectors = torch.nn.functional.normalize(stage.pooled(step, row), dim=-1)
+        assert (row.kinds[row.answering] == PASSAGE).all()
+        logits = (vectors[row.answering] @ batch.targets[batch.query_targets].T / 0.05).double()
+        hand = logits.logsumexp(-1) - logits[torch.arange(len(row.answers)), row.answers]
+        assert torch.allclose(queries.double(), hand, atol=1e-4)
+        # Each answering vector's own target is the teacher's vector of the passage the row names.
+        answering += [batch.targets[row.labels[v]] for v in row.answering]
+    passages = [r.text[slice(*r.spans[r.queries[0][0]])] for r in stage.rows]
+    teacher = torch.from_numpy(TeacherEncoder(default_teacher_dir(), "cpu").encode(passages))
+    assert (torch.stack(answering) @ teacher.T).max(dim=1).values.min() > 0.999
+
+
+def test_heading_query_rows_pair_the_sections_passages_with_their_removed_heading():
+    import random
+
+    from training.data.extract import Document, Section
+    from training.models import bert_uncased_tokenizer
+    from training.prepare_default import heading_query_rows
+
+    filler = "Every table of the database lives in one ordinary file that the library opens and locks. "
+    sections = [Section("Opening a connection", 2, filler * 3), Section("Locking files on network shares", 2, filler * 4),
+                Section("Recovering after a power failure", 2, "The journal restores the last transaction. " * 8)]
+    documents = [Document("pkg:a", "pkg", "Database files", sections),
+                 Document("pkg:b", "pkg", "Other page", [Section("Unrelated heading words here", 2, filler * 2)])]
+    rows = heading_query_rows(documents, bert_uncased_tokenizer(), random.Random(0), piece_tokens=300, passage_tokens=40,
+                              teacher_tokens=254)
+    asked = {query for row in rows for _, query in row["queries"]}
+    assert asked and asked <= {s.heading for s in sections}
+    for row in rows:
+        for span, query in row["queries"]:
+            assert query not in row["text"]  # the heading is removed from the document
+            start, end = row["spans"][span]
+            section = next(s for s in sections if s.heading == query)
+            assert row["text"][start:end].split()[0] in section.text  # the passage is in the answering section
+    recovery = [row for row in rows if any(q == "Recovering after a power failure" for _, q in row["queries"])]
+    for row in recovery:
+        assert all("journal" in row["text"][slice(*row["spans"][k])] for k, q in row["queries"] if q.startswith("Recovering"))
 
 
 def test_distill_rows_are_pieces_of_whole_passages_that_travel_as_xz(tmp_path):

@@ -124,6 +124,10 @@ class DistillConfig:
     # batch's distinct targets at this temperature: the ranking, beside the cosine to the target.
     contrastive_weight: float = 0.0
     temperature: float = 0.05
+    # Adds query_weight x the cross-entropy, at the same temperature, of picking the teacher's vector
+    # of the query a passage answers (rows' "queries") among the batch's queries, from the passage's
+    # vector read in its document: late-chunked passages learn to point at the queries they answer.
+    query_weight: float = 0.0
 
 
 @dataclass
@@ -162,8 +166,8 @@ class RunConfig:
             distill = self.distill
             if not distill.teacher_targets:
                 raise ConfigError("distill.teacher_targets: list the teacher's .npz files (python -m training.teacher embed-spans)")
-            if distill.contrastive_weight < 0 or distill.temperature <= 0:
-                raise ConfigError("distill.contrastive_weight must be >= 0 and distill.temperature positive")
+            if distill.contrastive_weight < 0 or distill.query_weight < 0 or distill.temperature <= 0:
+                raise ConfigError("distill.contrastive_weight and distill.query_weight must be >= 0 and distill.temperature positive")
             if distill.max_length < 8 or distill.row_tokens < distill.max_length:
                 raise ConfigError(
                     f"distill.max_length ({distill.max_length}) must be at least 8 and at most distill.row_tokens ({distill.row_tokens})"

@@ -46,19 +46,22 @@ from training.teacher import SpanTargets
 
 logger = logging.getLogger(__name__)
 
-# What a pooled vector is, for the metrics: a passage in its row, a whole row, a passage alone.
-PASSAGE, ROW, ALONE = 0, 1, 2
-KIND_NAMES = ("passage", "row", "alone")
+# What a pooled vector is, for the metrics: a passage in its row, a whole row, a passage alone, a
+# query (of a row's ``queries``) alone.
+PASSAGE, ROW, ALONE, QUERY = 0, 1, 2, 3
+KIND_NAMES = ("passage", "row", "alone", "query")
 
 
 @dataclass(frozen=True)
 class SpanRow:
     text: str
     spans: tuple[tuple[int, int], ...]
+    queries: tuple[tuple[int, str], ...] = ()  # (span index, a query that span answers)
 
 
 def read_span_rows(paths: Sequence[Path]) -> list[SpanRow]:
-    """Rows ``{"text", "spans": [[start, end], ...]}``; without ``spans`` the whole text is one span."""
+    """Rows ``{"text", "spans": [[start, end], ...], "queries": [[span, text], ...]}``; without
+    ``spans`` the whole text is one span; ``queries`` (optional) name spans that answer a query."""
     rows = []
     for path in paths:
         for number, row in read_jsonl(path):
@@ -73,7 +76,13 @@ def read_span_rows(paths: Sequence[Path]) -> list[SpanRow]:
                         and 0 <= span[0] < span[1] <= len(text) and text[span[0]:span[1]].strip()):
                     raise DataError(f"{where}: span {span!r} is not a non-blank [start, end] range within the text's {len(text)} characters")
                 checked.append((span[0], span[1]))
-            rows.append(SpanRow(text, tuple(checked)))
+            queries = row.get("queries", [])
+            if not isinstance(queries, list) or not all(
+                isinstance(q, list) and len(q) == 2 and isinstance(q[0], int) and 0 <= q[0] < len(checked)
+                and isinstance(q[1], str) and q[1].strip() for q in queries
+            ):
+                raise DataError(f"{where}: 'queries' must be a list of [span index, non-blank query text] with indices below {len(checked)}")
+            rows.append(SpanRow(text, tuple(checked), tuple((q[0], q[1]) for q in queries)))
     if not rows:
         raise DataError(f"no rows in {', '.join(map(str, paths))}")
     return rows
@@ -89,7 +98,9 @@ class PackedRow:
     segments: torch.Tensor  # [pairs]: the vector each position counts towards
     counts: torch.Tensor  # [vectors]: tokens per vector
     labels: torch.Tensor  # [vectors]: each vector's target, a row of the batch's ``targets``
-    kinds: torch.Tensor  # [vectors]: PASSAGE, ROW or ALONE
+    kinds: torch.Tensor  # [vectors]: PASSAGE, ROW, ALONE or QUERY
+    answering: torch.Tensor  # [pairs]: vectors of passages (in context) that answer a query
+    answers: torch.Tensor  # [pairs]: that query's teacher vector, a row of the batch's ``query_targets``
 
     def to(self, device: torch.device) -> PackedRow:
         return PackedRow(*(getattr(self, name).to(device, non_blocking=True) for name in self.__dataclass_fields__))
@@ -102,6 +113,7 @@ class DistillBatch:
     vectors: int  # over all rows: the loss is a mean over these
     tokens: int  # real tokens over all rows
     kind_counts: np.ndarray  # vectors of each kind over all rows
+    query_targets: torch.Tensor  # [queries]: rows of ``targets`` that are queries' teacher vectors
 
 
 class DistillStage(Stage):
@@ -131,14 +143,15 @@ class DistillStage(Stage):
         rows, targets = [], []
         for path in files:
             file_rows = read_span_rows([path])
-            vectors = SpanTargets.load(target_files, path, sum(len(r.spans) for r in file_rows)).vectors.astype(np.float32)
+            sizes = [len(r.spans) + len(r.queries) for r in file_rows]  # the teacher's vectors: spans, then queries
+            vectors = SpanTargets.load(target_files, path, sum(sizes)).vectors.astype(np.float32)
             if vectors.shape[1] != self.model.config.hidden_size:
                 raise DataError(
                     f"the teacher's vectors of {path} have {vectors.shape[1]} dimensions but the student's embeddings "
                     f"{self.model.config.hidden_size}: distil into a model of the teacher's width"
                 )
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-            first = np.cumsum([0] + [len(r.spans) for r in file_rows])
+            first = np.cumsum([0] + sizes)
             rows.extend(file_rows)
             targets.extend(vectors[first[i] : first[i + 1]] for i in range(len(file_rows)))
         return rows, targets
@@ -158,6 +171,9 @@ class DistillStage(Stage):
         # target: a row of ``distinct``.
         pools: list[list[tuple[int, int, int, int]]] = []
         distinct: list[np.ndarray] = []
+        # Per sequence: (position of a passage in its pool, the query it answers: a row of ``distinct``).
+        answered: list[list[tuple[int, int]]] = []
+        query_targets: list[int] = []
 
         def target(vector: np.ndarray) -> int:
             distinct.append(vector)
@@ -168,8 +184,9 @@ class DistillStage(Stage):
         for row, vectors, encoding in zip(rows, targets, encodings):
             ids = encoding.ids[:width]
             sequences.append(self.prefix + ids + self.suffix)
-            if len(row.spans) == 1 and row.spans[0] == (0, len(row.text)):
+            if len(row.spans) == 1 and row.spans[0] == (0, len(row.text)) and not row.queries:
                 pools.append([(0, len(sequences[-1]), target(vectors[0]), ROW)])
+                answered.append([])
                 continue
             token_spans = passage_token_spans(row.text, row.spans, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
             kept = np.flatnonzero(token_spans[:, 1] <= len(ids))  # passages cut off by max_length are left out
@@ -181,18 +198,32 @@ class DistillStage(Stage):
             passages = {int(k): target(vectors[k]) for k in kept}
             pool += [(int(token_spans[k, 0]) + offset, int(token_spans[k, 1]) + offset, passages[k], PASSAGE) for k in passages]
             pools.append(pool)
+            answered.append([])
+            if self.settings.query_weight:
+                in_pool = {k: 1 + n for n, k in enumerate(passages)}
+                for number, (span, query) in enumerate(row.queries):
+                    if span in in_pool:
+                        label = target(vectors[len(row.spans) + number])
+                        query_targets.append(label)
+                        answered[-1].append((in_pool[span], label))
+                        alone_texts.append(query)
+                        alone_targets.append((label, QUERY))
             if self.settings.passages_alone:
                 alone_texts += [row.text[row.spans[k][0] : row.spans[k][1]] for k in passages]
-                alone_targets += passages.values()
-        for encoding, label in zip(self.backend.encode_batch(alone_texts, add_special_tokens=False), alone_targets):
+                alone_targets += [(label, ALONE) for label in passages.values()]
+        for encoding, (label, kind) in zip(self.backend.encode_batch(alone_texts, add_special_tokens=False), alone_targets):
             sequences.append(self.prefix + encoding.ids[:width] + self.suffix)
-            pools.append([(0, len(sequences[-1]), label, ALONE)])
+            pools.append([(0, len(sequences[-1]), label, kind)])
+            answered.append([])
+        query_index = {label: n for n, label in enumerate(dict.fromkeys(query_targets))}
         packed = []
         for group in plan_batches([len(s) for s in sequences], self.settings.row_tokens, packed=True):
             input_ids, sequence_ids = pack_batch([sequences[i] for i in group], self.settings.row_tokens, self.tokenizer.pad_token_id)
-            positions, segments, counts, labels, kinds = [], [], [], [], []
+            positions, segments, counts, labels, kinds, answering, answers = [], [], [], [], [], [], []
             start = 0
             for i in group:
+                answering += [len(counts) + position for position, _ in answered[i]]
+                answers += [query_index[label] for _, label in answered[i]]
                 for first, stop, label, kind in pools[i]:
                     positions.append(np.arange(start + first, start + stop))
                     segments.append(np.full(stop - first, len(counts)))
@@ -204,10 +235,12 @@ class DistillStage(Stage):
                 torch.from_numpy(input_ids), torch.from_numpy(sequence_ids),
                 torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(segments)),
                 torch.tensor(counts, dtype=torch.float32), torch.tensor(labels), torch.tensor(kinds),
+                torch.tensor(answering, dtype=torch.long), torch.tensor(answers, dtype=torch.long),
             ))
         kinds = np.array([kind for pool in pools for *_, kind in pool])
         return DistillBatch(
-            packed, torch.from_numpy(np.stack(distinct)), len(kinds), sum(map(len, sequences)), np.bincount(kinds, minlength=len(KIND_NAMES))
+            packed, torch.from_numpy(np.stack(distinct)), len(kinds), sum(map(len, sequences)),
+            np.bincount(kinds, minlength=len(KIND_NAMES)), torch.tensor(list(query_index), dtype=torch.long),
         )
 
     @staticmethod
@@ -219,31 +252,46 @@ class DistillStage(Stage):
         sums.index_add_(0, row.segments, hidden[row.positions].float())
         return sums / row.counts[:, None]
 
-    def _losses(self, step: StepContext, row: PackedRow, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _losses(
+        self, step: StepContext, row: PackedRow, targets: torch.Tensor, query_targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per vector of a packed row: its cosine to its target, and (with ``contrastive_weight``)
-        the cross-entropy of finding its target among all the batch's targets."""
+        the cross-entropy of finding its target among all the batch's targets; per passage that
+        answers a query (with ``query_weight``): the cross-entropy of finding that query's teacher
+        vector among the batch's queries'."""
         vectors = F.normalize(self.pooled(step, row), dim=-1)
         cosine = (vectors * targets[row.labels]).sum(-1)
-        if not self.settings.contrastive_weight:
-            return cosine, torch.zeros_like(cosine)
-        return cosine, F.cross_entropy(vectors @ targets.T / self.settings.temperature, row.labels, reduction="none")
+        temperature = self.settings.temperature
+        entropy = (F.cross_entropy(vectors @ targets.T / temperature, row.labels, reduction="none")
+                   if self.settings.contrastive_weight else torch.zeros_like(cosine))
+        answering = vectors[row.answering]
+        queries = F.cross_entropy(answering @ targets[query_targets].T / temperature, row.answers, reduction="none") \
+            if len(row.answering) else answering.new_zeros(0)
+        return cosine, entropy, queries
 
     def forward_backward(self, step: StepContext, batch: DistillBatch) -> dict[str, torch.Tensor]:
         loss = torch.zeros((), device=step.device)
         contrastive = torch.zeros((), device=step.device)
         by_kind = torch.zeros(len(KIND_NAMES), device=step.device)
+        query_term = torch.zeros((), device=step.device)
         targets = batch.targets.to(step.device, non_blocking=True)
+        query_targets = batch.query_targets.to(step.device, non_blocking=True)
+        pairs = max(1, sum(len(packed.answering) for packed in batch.rows))
         for packed in batch.rows:
             packed = packed.to(step.device)
-            cosine, entropy = self._losses(step, packed, targets)
+            cosine, entropy, queries = self._losses(step, packed, targets, query_targets)
             row_loss = ((1.0 - cosine).sum() + self.settings.contrastive_weight * entropy.sum()) / batch.vectors
+            row_loss = row_loss + self.settings.query_weight * queries.sum() / pairs
             (row_loss * step.loss_scale).backward()
             loss += row_loss.detach()
             contrastive += entropy.detach().sum() / batch.vectors
+            query_term += queries.detach().sum() / pairs
             by_kind.index_add_(0, packed.kinds, cosine.detach())
         metrics = {"loss": loss, **kind_means(by_kind, batch.kind_counts, "cos"), "tokens": torch.tensor(batch.tokens)}
         if self.settings.contrastive_weight:
             metrics["contrastive"] = contrastive
+        if len(batch.query_targets):
+            metrics["query_infonce"] = query_term
         return metrics
 
     def evaluate(self, step: StepContext) -> dict[str, float]:
@@ -256,15 +304,15 @@ class DistillStage(Stage):
         for start in range(0, len(self.eval_rows), size):
             batch = self.batch_of(self.eval_rows[start : start + size], self.eval_targets[start : start + size])
             counts += batch.kind_counts
-            targets = batch.targets.to(step.device)
+            targets, query_targets = batch.targets.to(step.device), batch.query_targets.to(step.device)
             for packed in batch.rows:
                 packed = packed.to(step.device)
-                by_kind.index_add_(0, packed.kinds, self._losses(step, packed, targets)[0])
+                by_kind.index_add_(0, packed.kinds, self._losses(step, packed, targets, query_targets)[0])
         return {name: float(value) for name, value in kind_means(by_kind, counts, "eval_cos").items()}
 
 
 def kind_means(sums: torch.Tensor, counts: np.ndarray, prefix: str) -> dict[str, torch.Tensor]:
-    """Mean cosine over all vectors and per kind present (``cos_passage``, ``cos_row``, ``cos_alone``), from per-kind sums."""
+    """Mean cosine over all vectors and per kind present (``cos_passage``, ``cos_row``, ``cos_alone``, ``cos_query``), from per-kind sums."""
     out = {prefix: sums.sum() / max(int(counts.sum()), 1)}
     for kind, name in enumerate(KIND_NAMES):
         if counts[kind]:

