@@ -17,7 +17,7 @@
 #      passages split here beforehand: LangChain is not on the GPU machine).
 # Bring the model home with `python -m training.ship_default install FILES_DIR`.
 #
-# Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.xz, teacher/, init-int8/, eval/,
+# Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.xz (all but distill-eval train), teacher/, init-int8/, eval/,
 # long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
 # (default $RUNS/out), CONFIG (the distill config), INIT (int8: the model in $DATA/init-int8; teacher: built from
 # the teacher, training/teacher_init.py), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS /
@@ -33,8 +33,10 @@ CONFIG=${CONFIG:-$(dirname "$0")/default-small-v3-distill.yaml}
 DEVICE=cuda
 START=$(date +%s)
 
+# Every distill-*.jsonl.xz of $DATA but the eval rows trains (v5: distill-queries.jsonl.xz too).
+train_files=$(ls "$DATA"/distill-*.jsonl.xz | grep -v '/distill-eval\.jsonl\.xz$' | paste -sd, -)
 distill=(output_dir="$RUNS/distill" model.init_from="$RUNS/init" "distill.teacher_targets=[$RUNS/teacher/*.npz]"
-         "data.train=[$DATA/distill-train.jsonl.xz]" "data.eval=[$DATA/distill-eval.jsonl.xz]")
+         "data.train=[$train_files]" "data.eval=[$DATA/distill-eval.jsonl.xz]")
 evaluate=(--full)
 late=()
 if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
@@ -59,9 +61,10 @@ else
 fi
 
 t0=$(date +%s)
-for split in train eval; do
+for file in "$DATA"/distill-*.jsonl.xz; do
+  split=$(basename "$file" .jsonl.xz); split=${split#distill-}
   echo "== teacher vectors of distill-$split"
-  timeout -k 10 "${TEACHER_SECONDS:-75}" python3 -m training.teacher embed-spans --data "$DATA/distill-$split.jsonl.xz" \
+  timeout -k 10 "${TEACHER_SECONDS:-75}" python3 -m training.teacher embed-spans --data "$file" \
     --model "$DATA/teacher" --out "$RUNS/teacher/$split.npz" --device "$DEVICE" --batch-size 512 --no-progress
 done
 echo "== teacher: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
