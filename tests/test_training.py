@@ -506,3 +506,12 @@ def test_vocabulary_folder_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(VOCAB_DIR_ENV, str(tmp_path))
     assert bert_uncased_vocab_dir() == tmp_path
     assert bert_uncased_tokenizer()("tides")["input_ids"] == [2, 5, 6, 3]
+
+
+def test_vocab_txt_from_a_tokenizer_json_is_the_packages_vocabulary(tmp_path):
+    import jina_rag
+    from training.models import bert_uncased_vocab_dir, write_vocab_txt
+
+    shipped = Path(jina_rag.__file__).parent / "models" / "jina-rag-small-en" / "tokenizer.json"
+    written = write_vocab_txt(shipped, tmp_path / "vocab")
+    assert written.read_text(encoding="utf-8") == (bert_uncased_vocab_dir() / "vocab.txt").read_text(encoding="utf-8")

@@ -43,6 +43,17 @@ def bert_uncased_vocab_dir() -> Path:
     return folder
 
 
+def write_vocab_txt(tokenizer_json: str | Path, folder: str | Path) -> Path:
+    """``folder/vocab.txt`` from a WordPiece ``tokenizer.json`` (one token a line, in id order)."""
+    import json
+
+    vocab = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))["model"]["vocab"]
+    path = Path(folder) / "vocab.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
+    return path
+
+
 def bert_uncased_tokenizer(vocab_file: str | Path | None = None) -> Any:
     """BERT-uncased WordPiece built from ``vocab.txt`` (default: the registry package's).
 
@@ -100,3 +111,9 @@ def build_model(config: ModelConfig, model_class: type[ModelT], weights_from: Pa
             "use the model's own tokenizer or a larger vocab_size"
         )
     return model.train()
+
+
+if __name__ == "__main__":  # python -m training.models TOKENIZER_JSON FOLDER: a vocab.txt for $JINA_RAG_VOCAB_DIR
+    import sys
+
+    print(f"{write_vocab_txt(sys.argv[1], sys.argv[2])} written ({VOCAB_DIR_ENV})")

@@ -33,7 +33,7 @@ import torch
 
 from jina_rag.loading import save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertModel, alibi_slopes
-from training.models import VOCAB_MULTIPLE, bert_uncased_tokenizer
+from training.models import VOCAB_MULTIPLE, bert_uncased_tokenizer, write_vocab_txt
 from training.teacher import TeacherEncoder, default_teacher_dir
 
 logger = logging.getLogger(__name__)
@@ -140,14 +140,10 @@ def student_from_teacher(teacher: TeacherEncoder, sample_texts: Sequence[str]) -
 
 def student_tokenizer(folder: Path) -> Any:
     """BERT-uncased WordPiece from the teacher's vocabulary (its tokenizer.json keeps a 128-token truncation)."""
-    import json
     import tempfile
 
-    vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
     with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = Path(tmp) / "vocab.txt"
-        vocab_file.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
-        return bert_uncased_tokenizer(vocab_file)
+        return bert_uncased_tokenizer(write_vocab_txt(folder / "tokenizer.json", tmp))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
