@@ -34,13 +34,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
     group.add_argument("--backend", choices=BACKENDS, default="torch", help="torch, or onnx for a folder from export-onnx (default: torch)")
     group.add_argument("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: CPUExecutionProvider)")
+    group.add_argument("--alibi-cutoff", type=float, default=None, metavar="LOGITS",
+                       help="CUDA only: skip attention tiles whose ALiBi penalty is at least this many logits, e.g. 64 "
+                            "(1.7x faster at 8192 tokens; default: exact attention)")
 
 
 def encoder_from_args(args: argparse.Namespace) -> JinaEncoder:
     providers = args.providers.split(",") if args.providers else None
     return JinaEncoder.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
-        backend=args.backend, providers=providers,
+        backend=args.backend, providers=providers, alibi_cutoff=args.alibi_cutoff,
     )
 
 

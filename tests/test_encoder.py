@@ -200,3 +200,9 @@ def test_cli_embed_and_info(checkpoint, tmp_path, capsys):
     assert "texts[0] is empty" in capsys.readouterr().err
     assert cli_main(["embed", "x", "--model", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert cli_main(["embed", "x", "--alibi-cutoff", "0", *args]) == 2
+    assert "alibi_cutoff must be positive" in capsys.readouterr().err
+    # The cutoff is for CUDA's FlexAttention path: on the CPU attention stays exact.
+    assert cli_main(["embed", "first text", "--alibi-cutoff", "64", *args]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    np.testing.assert_allclose(line["embedding"], vectors[0], atol=1e-6)
