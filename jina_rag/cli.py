@@ -199,6 +199,7 @@ def _index_with_ray(args: argparse.Namespace, suffixes: set[str] | None) -> int:
         api_key=args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY"),
         index_fields=args.index_field or (),
         model=args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
+        alibi_cutoff=args.alibi_cutoff,
         batch_tokens=args.batch_tokens, workers=args.workers, cpus_per_worker=args.cpus_per_worker or 1.0,
         address=args.address, batch_docs=args.batch_docs, retries=args.retries,
         show_progress=False if args.no_progress else None,

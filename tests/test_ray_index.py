@@ -270,3 +270,11 @@ def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_t
     assert f"0 indexed, {len(expected)} unchanged (skipped), 3 failed" in out and "2 CPU workers" in out
     assert "failed: " in out and "latin1.txt: unreadable, skipped" in out
     assert chroma_collection(chroma_server.url, collection).count() == len(expected)
+
+
+def test_a_bad_alibi_cutoff_is_refused_before_ray_starts(tmp_path, checkpoint):
+    (tmp_path / "a.md").write_text("text")
+    with pytest.raises(ValueError, match="alibi_cutoff must be positive"):
+        index_with_ray([tmp_path], store="qdrant", location=str(tmp_path / "q"), collection="docs", workers=1,
+                       model=str(checkpoint), alibi_cutoff=-1.0)
+    assert not (tmp_path / "q").exists()

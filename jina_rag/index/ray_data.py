@@ -133,6 +133,7 @@ def index_with_ray(
     dtype: str | None = None,
     max_length: int = 8192,
     long_text: LongTextPolicy = "windows",
+    alibi_cutoff: float | None = None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     root: str | os.PathLike[str] | None = None,
     suffixes: Iterable[str] = TEXT_SUFFIXES,
@@ -154,7 +155,8 @@ def index_with_ray(
     without it, and with no Ray running in this process, a local Ray instance is started and
     stopped again. Workers use GPUs when the cluster has them (one each; ``device="cpu"`` keeps
     them on CPUs), otherwise ``cpus_per_worker`` CPU threads each; ``workers`` defaults to one per
-    GPU, or as many as the CPUs allow with one CPU kept for reading and tokenising.
+    GPU, or as many as the CPUs allow with one CPU kept for reading and tokenising. ``alibi_cutoff``
+    is passed to each worker's :class:`~jina_rag.JinaEncoder` (tile skipping on CUDA).
 
     The model folder (or hub cache) and jina-rag must be present on every node. ``on_batch`` runs
     in the worker, after the store acknowledged a batch, so it must be picklable. Failures
@@ -167,7 +169,7 @@ def index_with_ray(
             f"{workers}, {retries} and {cpus_per_worker}"
         )
     require_shared_store(store, location, workers)
-    JinaEncoder(model, device="cpu", dtype=dtype, max_length=max_length, long_text=long_text)  # checks the settings
+    JinaEncoder(model, device="cpu", dtype=dtype, max_length=max_length, long_text=long_text, alibi_cutoff=alibi_cutoff)  # checks the settings
     folder = resolve_model(model)
     config = JinaBertConfig.from_json_file(folder / "config.json")
     if max_length > config.max_position_embeddings:
@@ -200,7 +202,7 @@ def index_with_ray(
                 sources, plan,
                 encoder_settings=dict(
                     model_name_or_path=str(folder), device=plan.device, dtype=dtype,
-                    max_length=max_length, long_text=long_text,
+                    max_length=max_length, long_text=long_text, alibi_cutoff=alibi_cutoff,
                 ),
                 store_settings=dict(
                     kind=store, location=location, collection=collection, api_key=api_key, index_fields=tuple(index_fields),
