@@ -105,7 +105,7 @@ def gemm_ceiling(work: Path, tokens: int = 2048, hidden: int = 512, out: int = 4
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
-    from jina_rag.onnx_export import _quantize_int8
+    from jina_rag.onnx_export import _dynamic_int8
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -118,7 +118,7 @@ def gemm_ceiling(work: Path, tokens: int = 2048, hidden: int = 512, out: int = 4
     )
     fp32_file, int8_file = work / "gemm-fp32.onnx", work / "gemm-int8.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32_file))
-    _quantize_int8(fp32_file, int8_file)
+    _dynamic_int8(fp32_file, int8_file)
 
     def ops_per_cpu_s(forward) -> float:
         forward()

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -162,15 +163,20 @@ def _quantize_int8(source: Path, target: Path, config: JinaBertConfig) -> tuple[
     fp32: a model whose ``up`` half sums large terms to a small value (as one initialised from a
     GELU BERT does, ``training/teacher_init.py``) loses that sum to per-tensor int8 activations.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+    _dynamic_int8(source, target)
     if _graph_cosine(source, target, config) >= INT8_MIN_COSINE:
         return target, []
     kept = _gated_matmuls(source, config)
     logger.warning("int8 of the whole graph drifts from fp32; keeping the %d GEGLU input projections in fp32", len(kept))
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=kept)
+    _dynamic_int8(source, target, kept)
     return target, kept
+
+
+def _dynamic_int8(source: Path, target: Path, fp32_nodes: Sequence[str] = ()) -> None:
+    """ONNX Runtime's dynamic quantisation as the export uses it: int8 weights per output channel."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=list(fp32_nodes))
 
 
 def _gated_matmuls(path: Path, config: JinaBertConfig) -> list[str]:
