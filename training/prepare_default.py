@@ -74,13 +74,8 @@ def write_compressed_jsonl(path: Path, rows: Iterable[dict], max_bytes: float | 
 
 def cut_to_tokens(texts: Sequence[str], tokenizer, max_tokens: int) -> list[str]:
     """Each text's longest prefix of at most ``max_tokens`` word pieces."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
     out = []
-    for text, encoding in zip(texts, backend.encode_batch(list(texts), add_special_tokens=False)):
+    for text, encoding in zip(texts, _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)):
         offsets = encoding.offsets
         out.append(text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]])
     return out
@@ -123,6 +118,7 @@ def _distill_pieces(text: str, encoding, *, piece_tokens: int, passage_tokens: i
 
 
 def _backend(tokenizer):
+    """The fast tokenizer's Rust backend without truncation or padding: texts of any length."""
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -161,6 +157,7 @@ def heading_query_rows(
     from training.data.tasks import Tokens, deep_heading_queries, unique_headings
 
     tokens = Tokens()
+    backend = _backend(tokenizer)
     unique = unique_headings(documents)
     rows = []
     for document in documents:
@@ -168,7 +165,7 @@ def heading_query_rows(
                                              max_start=1 << 30)
         if not answers:
             continue
-        encoding = _backend(tokenizer).encode(text, add_special_tokens=False)
+        encoding = backend.encode(text, add_special_tokens=False)
         for start, end, spans in _distill_pieces(text, encoding, piece_tokens=piece_tokens, passage_tokens=passage_tokens,
                                                  teacher_tokens=teacher_tokens):
             queries = []
