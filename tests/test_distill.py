@@ -199,6 +199,7 @@ def query_data(tmp_path_factory) -> Path:
     """The documents again, each with its first passage answering a query; the teacher's targets."""
     folder = tmp_path_factory.mktemp("distill-queries")
     rows = [{**document(*topic), "queries": [[0 if n % 2 == 0 else 1, query]]} for n, (topic, query) in enumerate(zip(TOPICS, QUERIES))]
+    rows[0]["queries"].append([1, QUERIES[0]])  # one heading, two passages of its section
     path = folder / "train.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     vectors = embed_spans(path, default_teacher_dir(), show_progress=False, device="cpu")
@@ -213,9 +214,9 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
     rows = read_span_rows([query_data / "train.jsonl"])
     assert rows[1].queries == ((1, QUERIES[1]),)
     stored = np.load(query_data / "train.teacher.npz")["vectors"].astype(np.float32)
-    assert len(stored) == 4 * (2 + 1)  # per row: its two spans, then its query
+    assert len(stored) == 4 * (2 + 1) + 1  # per row: its two spans, then its queries
     expected = TeacherEncoder(default_teacher_dir(), "cpu").encode([QUERIES[1]])[0]
-    assert float(stored[5] @ expected / np.linalg.norm(stored[5])) > 0.999
+    assert float(stored[6] @ expected / np.linalg.norm(stored[6])) > 0.999
 
     config = distill_config(query_data, tmp_path / "run", max_length=512, row_tokens=1024, query_weight=1.0)
     config["data"] = {"train": [str(query_data / "train.jsonl")]}
@@ -227,7 +228,9 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
     stage = trainer.stage
     stage.model.eval()
     batch = stage.batch_of(stage.rows, stage.targets)
+    # Four headings: one candidate and one lone encoding each, though five passages answer them.
     assert len(batch.query_targets) == 4 and batch.kind_counts[QUERY] == 4
+    assert sum(len(row.answering) for row in batch.rows) == 5
     step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
     answering = []
     for row in batch.rows:
@@ -240,7 +243,7 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
         assert torch.allclose(queries.double(), hand, atol=1e-4)
         # Each answering vector's own target is the teacher's vector of the passage the row names.
         answering += [batch.targets[row.labels[v]] for v in row.answering]
-    passages = [r.text[slice(*r.spans[r.queries[0][0]])] for r in stage.rows]
+    passages = [r.text[slice(*r.spans[span])] for r in stage.rows for span, _ in r.queries]
     teacher = torch.from_numpy(TeacherEncoder(default_teacher_dir(), "cpu").encode(passages))
     assert (torch.stack(answering) @ teacher.T).max(dim=1).values.min() > 0.999
 

@@ -173,7 +173,7 @@ class DistillStage(Stage):
         distinct: list[np.ndarray] = []
         # Per sequence: (position of a passage in its pool, the query it answers: a row of ``distinct``).
         answered: list[list[tuple[int, int]]] = []
-        query_targets: list[int] = []
+        query_targets: dict[str, int] = {}  # each query once: a heading two passages answer is one candidate
 
         def target(vector: np.ndarray) -> int:
             distinct.append(vector)
@@ -202,12 +202,13 @@ class DistillStage(Stage):
             if self.settings.query_weight:
                 in_pool = {k: 1 + n for n, k in enumerate(passages)}
                 for number, (span, query) in enumerate(row.queries):
-                    if span in in_pool:
-                        label = target(vectors[len(row.spans) + number])
-                        query_targets.append(label)
-                        answered[-1].append((in_pool[span], label))
+                    if span not in in_pool:
+                        continue
+                    if query not in query_targets:
+                        query_targets[query] = target(vectors[len(row.spans) + number])
                         alone_texts.append(query)
-                        alone_targets.append((label, QUERY))
+                        alone_targets.append((query_targets[query], QUERY))
+                    answered[-1].append((in_pool[span], query_targets[query]))
             if self.settings.passages_alone:
                 alone_texts += [row.text[row.spans[k][0] : row.spans[k][1]] for k in passages]
                 alone_targets += [(label, ALONE) for label in passages.values()]
@@ -215,7 +216,7 @@ class DistillStage(Stage):
             sequences.append(self.prefix + encoding.ids[:width] + self.suffix)
             pools.append([(0, len(sequences[-1]), label, kind)])
             answered.append([])
-        query_index = {label: n for n, label in enumerate(dict.fromkeys(query_targets))}
+        query_index = {label: n for n, label in enumerate(query_targets.values())}
         packed = []
         for group in plan_batches([len(s) for s in sequences], self.settings.row_tokens, packed=True):
             input_ids, sequence_ids = pack_batch([sequences[i] for i in group], self.settings.row_tokens, self.tokenizer.pad_token_id)
