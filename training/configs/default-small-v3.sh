@@ -21,7 +21,8 @@
 # long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
 # (default $RUNS/out), CONFIG (the distill config), INIT (int8: the model in $DATA/init-int8; teacher: built from
 # the teacher, training/teacher_init.py), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS /
-# LATE_SECONDS (timeouts; EVAL_SECONDS=0 / LATE_SECONDS=0 leave the evaluations out),
+# LATE_SECONDS (timeouts; EVAL_SECONDS=0 / LATE_SECONDS=0 leave the evaluations out), DISTILL_OVERRIDES
+# (more key=value overrides of the distill config, e.g. "train.log_every=10 distill.query_weight=0"),
 # DEFAULT_SMALL_TINY=1 (a few CPU steps and a small eval sample: checks the script end to end).
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -69,6 +70,8 @@ for file in "$DATA"/distill-*.jsonl.xz; do
 done
 echo "== teacher: exit $? after $(elapsed "$t0")s (total $(elapsed "$START")s)"
 
+# shellcheck disable=SC2206  # DISTILL_OVERRIDES is a list of key=value overrides
+distill+=(${DISTILL_OVERRIDES:-})
 stage distill "${DISTILL_SECONDS:-280}" "$CONFIG" "${distill[@]}"
 if [ -z "$(latest_of "$RUNS/distill")" ] && [ "$DEVICE" = cuda ]; then
   echo "== distill: no checkpoint with FlexAttention; again with blockwise attention"
