@@ -17,7 +17,7 @@ import torch
 from jina_rag import JinaBertConfig, JinaBertModel, save_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: training/ is not installed
-from training.models import bert_uncased_vocab_dir  # noqa: E402
+from training.models import bert_uncased_tokenizer, bert_uncased_vocab_dir  # noqa: E402
 
 SHAPES = {
     "small": dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048),
@@ -31,11 +31,7 @@ def vocab_dir() -> Path:
 
 
 def tokenizer():
-    from transformers import BertTokenizerFast
-
-    tok = BertTokenizerFast(vocab_file=str(vocab_dir() / "vocab.txt"), do_lower_case=True)
-    tok.model_max_length = 8192
-    return tok
+    return bert_uncased_tokenizer(vocab_dir() / "vocab.txt")
 
 
 def random_model_folder(shape: str, folder: Path, seed: int = 0) -> Path:

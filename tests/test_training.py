@@ -508,6 +508,15 @@ def test_vocabulary_folder_from_the_environment(tmp_path, monkeypatch):
     assert bert_uncased_tokenizer()("tides")["input_ids"] == [2, 5, 6, 3]
 
 
+def test_bert_uncased_tokenizer_holds_the_whole_vocabulary():
+    from training.models import bert_uncased_tokenizer, bert_uncased_vocab_dir
+
+    vocab = (bert_uncased_vocab_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    tokenizer = bert_uncased_tokenizer()
+    assert len(tokenizer) == len(vocab) == 30522
+    assert tokenizer("Hello World")["input_ids"] == [vocab.index(t) for t in ("[CLS]", "hello", "world", "[SEP]")]
+
+
 def test_vocab_txt_from_a_tokenizer_json_is_the_packages_vocabulary(tmp_path):
     import jina_rag
     from training.models import bert_uncased_vocab_dir, write_vocab_txt

@@ -60,11 +60,25 @@ def bert_uncased_tokenizer(vocab_file: str | Path | None = None) -> Any:
     Built from the vocabulary alone because the package's tokenizer.json carries the truncation
     and padding of its former model (128 tokens).
     """
+    import inspect
+
     import transformers
 
-    vocab_file = vocab_file or bert_uncased_vocab_dir() / "vocab.txt"
+    vocab_file = Path(vocab_file or bert_uncased_vocab_dir() / "vocab.txt")
+    lines = vocab_file.read_text(encoding="utf-8").splitlines()
+    vocab = {token: number for number, token in enumerate(lines)}
     tokenizer_class = getattr(transformers, "BertTokenizerFast", None) or transformers.BertTokenizer
-    tokenizer = tokenizer_class(vocab_file=str(vocab_file), do_lower_case=True)
+    # transformers 5 takes the vocabulary itself and ignores vocab_file (its default is five special
+    # tokens, which makes every word [UNK]); transformers 4 takes the file.
+    if "vocab" in inspect.signature(tokenizer_class.__init__).parameters:
+        tokenizer = tokenizer_class(vocab=vocab, do_lower_case=True)
+    else:
+        tokenizer = tokenizer_class(vocab_file=str(vocab_file), do_lower_case=True)
+    if len(tokenizer.get_vocab()) != len(vocab):
+        raise RuntimeError(
+            f"{tokenizer_class.__name__} built from {vocab_file} holds {len(tokenizer.get_vocab())} tokens, the file "
+            f"{len(vocab)}: this transformers ({transformers.__version__}) builds BERT tokenizers another way"
+        )
     tokenizer.model_max_length = 8192
     return tokenizer
 

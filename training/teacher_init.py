@@ -138,12 +138,29 @@ def student_from_teacher(teacher: TeacherEncoder, sample_texts: Sequence[str]) -
     return student
 
 
-def student_tokenizer(folder: Path) -> Any:
-    """BERT-uncased WordPiece from the teacher's vocabulary (its tokenizer.json keeps a 128-token truncation)."""
+def student_tokenizer(folder: Path, check_text: str = "") -> Any:
+    """BERT-uncased WordPiece from the teacher's vocabulary (its tokenizer.json keeps a 128-token truncation).
+
+    The student starts as the teacher only if it reads the same token ids: ``check_text`` (default
+    :data:`SAMPLE_TEXT`) must tokenise alike with both, else this raises.
+    """
     import tempfile
 
+    from tokenizers import Tokenizer
+
     with tempfile.TemporaryDirectory() as tmp:
-        return bert_uncased_tokenizer(write_vocab_txt(folder / "tokenizer.json", tmp))
+        tokenizer = bert_uncased_tokenizer(write_vocab_txt(folder / "tokenizer.json", tmp))
+    teacher = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    teacher.no_truncation()
+    teacher.no_padding()
+    text = check_text or SAMPLE_TEXT
+    expected, got = teacher.encode(text).ids, tokenizer(text)["input_ids"]
+    if got != expected:
+        raise RuntimeError(
+            f"the student's tokenizer reads other ids than the teacher's ({got[:8]}... vs {expected[:8]}...): "
+            "a student started from the teacher's weights would see other tokens"
+        )
+    return tokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
