@@ -26,6 +26,7 @@ import argparse
 import datetime
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -122,11 +123,16 @@ def sentence_transformers_run(shape: str, folder: Path, texts, budget=BATCH_TOKE
     return run
 
 
-def measure(run, tokens: int, total_flops: float, peak_tflops: float) -> dict:
+def measure(label: str, run, tokens: int, total_flops: float, peak_tflops: float) -> dict:
+    """One method on one case; printed at once, so a run cut short by a timeout still reports what it measured."""
+    started = time.perf_counter()
     peak = peak_memory_during(run, torch.device("cuda"))
     seconds = timed(run, torch.device("cuda"), min_seconds=1.0, max_runs=5)
     rate = tokens / seconds
-    return {"tok_s": rate, "mfu": total_flops / seconds / (peak_tflops * 1e12), "peak_gb": peak / 1e9}
+    result = {"tok_s": rate, "mfu": total_flops / seconds / (peak_tflops * 1e12), "peak_gb": peak / 1e9}
+    print(f"{label}: {rate:,.0f} tok/s, MFU {result['mfu']:.0%}, peak {result['peak_gb']:.2f} GB "
+          f"({time.perf_counter() - started:.0f} s with warm-up)", flush=True)
+    return result
 
 
 def main() -> None:
@@ -155,21 +161,22 @@ def main() -> None:
             real = [len(s) for s in sequences]
             tokens, total = sum(real), flops(config, real)
             row = {"shape": shape, "case": name, "tokens": tokens}
-            row["a"] = measure(ours_from_ids(encoder, sequences), tokens, total, peak_tflops)
+            row["a"] = measure(f"{shape} {name} (a) cutoff", ours_from_ids(encoder, sequences), tokens, total, peak_tflops)
             row["a"]["tiles"] = tile_fraction(encoder, sequences)
             if exact is not None:
-                row["a_exact"] = measure(ours_from_ids(exact, sequences), tokens, total, peak_tflops)
+                row["a_exact"] = measure(f"{shape} {name} (a) exact", ours_from_ids(exact, sequences), tokens, total, peak_tflops)
             if name.startswith("mixed"):
-                row["a_text"] = measure(lambda: encoder.encode(texts, batch_tokens=BATCH_TOKENS, show_progress=False),
+                row["a_text"] = measure(f"{shape} {name} (a) from text",
+                                        lambda: encoder.encode(texts, batch_tokens=BATCH_TOKENS, show_progress=False),
                                         tokens, total, peak_tflops)
             if "b" not in skip:
                 try:
-                    row["b"] = measure(sdpa_padded(reference, sequences), tokens, total, peak_tflops)
+                    row["b"] = measure(f"{shape} {name} (b)", sdpa_padded(reference, sequences), tokens, total, peak_tflops)
                 except torch.OutOfMemoryError:
                     row["b"] = None
                 torch.cuda.empty_cache()
             if "c" not in skip and max(real) <= 512:
-                row["c"] = measure(sentence_transformers_run(shape, work / shape, texts), tokens, total, peak_tflops)
+                row["c"] = measure(f"{shape} {name} (c)", sentence_transformers_run(shape, work / shape, texts), tokens, total, peak_tflops)
             rows.append(row)
             print(row, flush=True)
 
