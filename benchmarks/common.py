@@ -31,7 +31,7 @@ def vocab_dir() -> Path:
 
 
 def tokenizer():
-    return bert_uncased_tokenizer(vocab_dir() / "vocab.txt")
+    return bert_uncased_tokenizer()
 
 
 def random_model_folder(shape: str, folder: Path, seed: int = 0) -> Path:

@@ -24,7 +24,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, vocab_si
 
 
 def bert_tokenizer():
-    return bert_uncased_tokenizer(VOCAB_DIR / "vocab.txt")
+    return bert_uncased_tokenizer()
 
 
 def write_published_checkpoint(
