@@ -41,7 +41,7 @@ from training.config import RunConfig
 from training.data import DataError, expand_paths, read_jsonl, require_text
 from training.distributed import DistEnv
 from training.loop import Stage, StepContext
-from training.models import build_model, load_stage_tokenizer
+from training.models import build_model, load_stage_tokenizer, untruncated_backend
 from training.teacher import SpanTargets
 
 logger = logging.getLogger(__name__)
@@ -126,11 +126,7 @@ class DistillStage(Stage):
         self.model = build_model(config.model, JinaBertModel, weights_from, self.tokenizer)
         if not self.tokenizer.is_fast:
             raise DataError("the distill stage maps character spans to tokens with a fast (Rust) tokenizer; this one is not")
-        from tokenizers import Tokenizer
-
-        self.backend = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
-        self.backend.no_truncation()
-        self.backend.no_padding()
+        self.backend = untruncated_backend(self.tokenizer)
         self.prefix, self.suffix = special_tokens(self.tokenizer)
         target_files = expand_paths(self.settings.teacher_targets, "distill.teacher_targets")
         self.rows, self.targets = self._load(expand_paths(config.data.train, "data.train"), target_files)

@@ -28,7 +28,7 @@ from training.config import RunConfig
 from training.data import DataError, expand_paths, read_documents
 from training.distributed import DistEnv, barrier
 from training.loop import Stage, StepContext
-from training.models import build_model, load_stage_tokenizer
+from training.models import build_model, load_stage_tokenizer, untruncated_backend
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,8 @@ _TOKENIZE_BATCH = 1000
 
 def pack_documents(documents: Iterable[str], tokenizer: Any, seq_len: int) -> np.ndarray:
     """``[n, seq_len]`` token ids: ``[CLS]`` + the ``[SEP]``-joined token stream, the last row padded."""
-    from tokenizers import Tokenizer
-
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
-    # The Rust backend without truncation or padding: documents of any length, at full speed.
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
+    backend = untruncated_backend(tokenizer)
     stream: list[int] = []
     batch: list[str] = []
 

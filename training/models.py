@@ -83,6 +83,16 @@ def bert_uncased_tokenizer(vocab_file: str | Path | None = None) -> Any:
     return tokenizer
 
 
+def untruncated_backend(tokenizer: Any) -> Any:
+    """A fast tokenizer's Rust backend without truncation or padding: texts of any length, at full speed."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def load_tokenizer_folder(folder: str | Path) -> Any:
     """The tokenizer a folder describes (tokenizer.json / tokenizer_config.json), else its vocab.txt."""
     from transformers import AutoTokenizer

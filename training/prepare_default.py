@@ -47,7 +47,7 @@ import numpy as np
 
 from training.data import file_sha256, read_jsonl
 from training.int8 import pack_folder
-from training.models import bert_uncased_tokenizer
+from training.models import bert_uncased_tokenizer, untruncated_backend
 from training.teacher import default_teacher_dir, pack_teacher
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def write_compressed_jsonl(path: Path, rows: Iterable[dict], max_bytes: float | 
 def cut_to_tokens(texts: Sequence[str], tokenizer, max_tokens: int) -> list[str]:
     """Each text's longest prefix of at most ``max_tokens`` word pieces."""
     out = []
-    for text, encoding in zip(texts, _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)):
+    for text, encoding in zip(texts, untruncated_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)):
         offsets = encoding.offsets
         out.append(text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]])
     return out
@@ -117,16 +117,6 @@ def _distill_pieces(text: str, encoding, *, piece_tokens: int, passage_tokens: i
     return out
 
 
-def _backend(tokenizer):
-    """The fast tokenizer's Rust backend without truncation or padding: texts of any length."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    return backend
-
-
 def distill_rows(texts: Sequence[str], tokenizer, *, piece_tokens: int, passage_tokens: int, teacher_tokens: int) -> list[dict]:
     """Documents → ``{"text", "spans"}`` rows of at most ``piece_tokens`` tokens, cut between passages.
 
@@ -135,7 +125,7 @@ def distill_rows(texts: Sequence[str], tokenizer, *, piece_tokens: int, passage_
     context but gets no span, so every target is the teacher's view of the whole passage.
     """
     rows = []
-    for text, encoding in zip(texts, _backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)):
+    for text, encoding in zip(texts, untruncated_backend(tokenizer).encode_batch(list(texts), add_special_tokens=False)):
         for start, end, spans in _distill_pieces(text, encoding, piece_tokens=piece_tokens, passage_tokens=passage_tokens,
                                                  teacher_tokens=teacher_tokens):
             rows.append({"text": text[start:end], "spans": spans})
@@ -157,7 +147,7 @@ def heading_query_rows(
     from training.data.tasks import Tokens, deep_heading_queries, unique_headings
 
     tokens = Tokens()
-    backend = _backend(tokenizer)
+    backend = untruncated_backend(tokenizer)
     unique = unique_headings(documents)
     rows = []
     for document in documents:
