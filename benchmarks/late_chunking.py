@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--late-contexts", default=None,
                         help="late chunking with windows of these many tokens, e.g. 8192,2048,512 (default: --max-length)")
     parser.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS)
+    parser.add_argument("--title-prefixed", action="store_true",
+                        help="also naive chunking with each passage read after its document's first line (the title "
+                             "of a BEIR document): whether document context helps passages on this set at all")
     parser.add_argument("--spans", type=Path, default=None,
                         help="passages from this JSON file ({doc_id: [[start, end], ...]}) instead of the splitter; "
                              "written by --save-spans where LangChain is installed")
@@ -155,7 +158,8 @@ def main() -> None:
         return
 
     late_methods = {f"late chunking, {n}-token windows" if len(contexts) > 1 else "late chunking": n for n in contexts}
-    methods = ["single vector", "naive chunking", *late_methods]
+    prefixed = ["naive chunking, title prefixed"] if args.title_prefixed else []
+    methods = ["single vector", "naive chunking", *prefixed, *late_methods]
     seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in methods}}
     cpu_seconds: dict[str, list[float]] = {"split": [], **{method: [] for method in methods}}
     # On CUDA a first, untimed pass compiles every shape the timed passes meet.
@@ -165,9 +169,12 @@ def main() -> None:
         spans = split()
         split_seconds, split_cpu = time.perf_counter() - started, time.process_time() - cpu_started
         passages = [text[start:end] for text, doc_spans in zip(doc_texts, spans) for start, end in doc_spans]
+        titled = [text.split("\n", 1)[0] + "\n\n" + text[start:end] for text, doc_spans in zip(doc_texts, spans)
+                  for start, end in doc_spans]
         runs = {
             "single vector": lambda: encoder.encode(doc_texts, show_progress=False),
             "naive chunking": lambda: encoder.encode(passages, show_progress=False),
+            **{method: (lambda: encoder.encode(titled, show_progress=False)) for method in prefixed},
             **{method: late(n) for method, n in late_methods.items()},
         }
         vectors = {}

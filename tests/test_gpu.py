@@ -107,3 +107,54 @@ def test_flex_gradients_under_bf16_autocast_match_fp32_reference(base_like):
         loss.backward()
         grads[impl] = torch.cat([p.grad.flatten() for p in model.encoder.layer[0].attention.parameters()])
     assert F.cosine_similarity(grads["blockwise"], grads["flex"], dim=0) >= 0.99
+
+
+needs_cudnn = pytest.mark.skipif(
+    not torch.cuda.is_available() or not __import__("jina_rag.cudnn_attention", fromlist=["x"]).cudnn_attention_available(
+        torch.device("cuda"), torch.bfloat16),
+    reason="needs the cuDNN frontend (nvidia-cudnn-frontend) and a Hopper or newer GPU",
+)
+
+
+@needs_cudnn
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cudnn_padded_matches_fp32_reference(base_like, dtype):
+    """cuDNN's kernel with ALiBi and the key padding as a score modifier: padded rows of unequal lengths."""
+    lengths = [4096, 3000, 2050]
+    ids, mask = random_batch(lengths, seed=5)
+    reference = load_model(base_like, attn_implementation="blockwise", device="cuda")
+    model = load_model(base_like, device="cuda", dtype=dtype)
+    with torch.inference_mode():
+        expected = reference.pool(ids.cuda(), mask.cuda())
+        hidden = model.forward_cudnn(ids.cuda(), mask.cuda().sum(dim=1))
+        got = (hidden.float() * mask.cuda()[..., None]).sum(1) / mask.cuda().sum(1, keepdim=True)
+    assert F.cosine_similarity(expected, got).min() >= 0.999
+    # A padding key that leaked in would move the shorter rows; scrambling the padding must not.
+    scrambled = ids.clone()
+    scrambled[mask == 0] = 1234
+    with torch.inference_mode():
+        again = model.forward_cudnn(scrambled.cuda(), mask.cuda().sum(dim=1))
+    real = mask.cuda().bool()
+    assert (again[real] - hidden[real]).abs().max() == 0
+
+
+@needs_cudnn
+def test_encoder_runs_long_batches_through_cudnn(base_like):
+    from jina_rag import encode_late_chunks
+    from jina_rag.cudnn_attention import CUDNN_MIN_LENGTH
+
+    texts = [" ".join(["word"] * n) for n in (8000, 5000, 2500)] + ["a short text"]
+    encoder = JinaEncoder.from_pretrained(base_like, device="cuda", dtype="bf16")
+    assert encoder.backend.use_cudnn and encoder.info()["cudnn_long_batches"]
+    assert min(len(s) for s in encoder.tokenizer(texts[:3])["input_ids"]) >= CUDNN_MIN_LENGTH
+    with_cudnn = encoder.encode(texts, batch_tokens=16384)
+    chunks = encode_late_chunks(encoder, texts[:2], spans=[[(0, 500), (500, 4000)], [(100, 9000)]])
+    encoder.backend.use_cudnn = False
+    flex = encoder.encode(texts, batch_tokens=16384)
+    flex_chunks = encode_late_chunks(encoder, texts[:2], spans=[[(0, 500), (500, 4000)], [(100, 9000)]])
+    def cosines(a, b):
+        return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    assert np.all(cosines(with_cudnn, flex) >= 0.999)
+    for a, b in zip(chunks, flex_chunks):
+        assert np.all(cosines(a.vectors, b.vectors) >= 0.999)
