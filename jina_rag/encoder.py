@@ -98,9 +98,9 @@ class TorchBackend:
 
     @torch.inference_mode()
     def embed(self, sequences: list[list[int]]) -> torch.Tensor:
-        if self._runs_cudnn(sequences):
-            hidden, attention_mask = self._forward_cudnn(sequences)
-            return mean_pool(hidden, attention_mask)
+        long_batch = self._cudnn_states(sequences)
+        if long_batch is not None:
+            return mean_pool(*long_batch)
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
             sequence_ids = self._to_device(sequence_ids)
@@ -115,8 +115,9 @@ class TorchBackend:
 
         Row ``starts[i] + t`` holds token ``t`` of ``sequences[i]`` (packed on CUDA, padded elsewhere).
         """
-        if self._runs_cudnn(sequences):
-            hidden, _ = self._forward_cudnn(sequences)
+        long_batch = self._cudnn_states(sequences)
+        if long_batch is not None:
+            hidden = long_batch[0]
         elif self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
             hidden = self._forward_packed(self._to_device(input_ids), self._to_device(sequence_ids))
@@ -127,11 +128,23 @@ class TorchBackend:
         width = hidden.shape[1]
         return hidden.reshape(-1, hidden.shape[-1]), [row * width for row in range(len(sequences))]
 
-    def _runs_cudnn(self, sequences: list[list[int]]) -> bool:
-        return self.use_cudnn and min(map(len, sequences)) >= CUDNN_MIN_LENGTH
+    def _cudnn_states(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Token states ``[B, W, H]`` and the attention mask of a padded batch through cuDNN's kernel.
+
+        None where the batch is not for cuDNN; if cuDNN fails (a configuration its kernels reject),
+        every batch uses FlexAttention from then on.
+        """
+        if not self.use_cudnn or min(map(len, sequences)) < CUDNN_MIN_LENGTH:
+            return None
+        try:
+            return self._forward_cudnn(sequences)
+        except Exception as error:
+            logger.warning("cuDNN's attention failed (%s: %s); long batches use FlexAttention from now on",
+                           type(error).__name__, error)
+            self.use_cudnn = False
+            return None
 
     def _forward_cudnn(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states ``[B, W, H]`` and the attention mask of a padded batch through cuDNN's kernel."""
         width = -(-max(map(len, sequences)) // CUDNN_WIDTH_MULTIPLE) * CUDNN_WIDTH_MULTIPLE
         input_ids, attention_mask = pad_batch(sequences, self.pad_id, width)
         attention_mask = self._to_device(attention_mask)

@@ -149,6 +149,7 @@ def test_encoder_runs_long_batches_through_cudnn(base_like):
     assert min(len(s) for s in encoder.tokenizer(texts[:3])["input_ids"]) >= CUDNN_MIN_LENGTH
     with_cudnn = encoder.encode(texts, batch_tokens=16384)
     chunks = encode_late_chunks(encoder, texts[:2], spans=[[(0, 500), (500, 4000)], [(100, 9000)]])
+    assert encoder.backend.use_cudnn  # still on: cuDNN ran every long batch without falling back
     encoder.backend.use_cudnn = False
     flex = encoder.encode(texts, batch_tokens=16384)
     flex_chunks = encode_late_chunks(encoder, texts[:2], spans=[[(0, 500), (500, 4000)], [(100, 9000)]])
