@@ -5,12 +5,17 @@ that and its mirror (keys j >= i, which is the causal pass over the reversed seq
 causal passes, merged by their log-sum-exp statistics (the diagonal key counted once), give the
 exact bidirectional attention for the same work as one full pass: each pass skips its masked half.
 
-Prints, for bf16 (and fp16) at 8 x 8192 tokens, 12 heads of 64: the attention kernels alone in ms
-and attention TFLOP/s (4 * L^2 * head_dim * heads per sequence; the two causal passes together do
-that work once): FlexAttention with the ALiBi score_mod (the model's kernel options), cuDNN without
-ALiBi (the kernel's ceiling), one causal ALiBi pass, and the merged pair; then the same over packed
-rows (THD layout with ragged offsets) for the mixed-length case; and correctness against an fp64
-reference. Run on the GPU machine with the cuDNN frontend wheel installed:
+The other way in is cuDNN's score modifier: the penalty ``slope_h * |i - j|`` written as pointwise
+operations on the score tile (gen_index, sub, abs, mul), one full pass, but without cuDNN's padding
+mask (the two exclude each other), so it serves only batches of equal lengths.
+
+Prints, for bf16 (and fp16) at 2 x 1024 and 8 x 8192 tokens, 12 heads of 64: the attention kernels
+alone in ms and attention TFLOP/s (4 * L^2 * head_dim * heads per sequence; the two causal passes
+together do that work once): FlexAttention with the ALiBi score_mod (the model's kernel options),
+cuDNN without ALiBi (the kernel's ceiling), one causal ALiBi pass, the merged pair, the score
+modifier, and a causal pass over packed rows (THD layout with ragged offsets); and correctness
+against an fp64 reference (at 1024) or FlexAttention (at 8192). Run on the GPU machine with the
+cuDNN frontend wheel installed (``--bf16``: bf16 only):
 
     pip install nvidia_cudnn_frontend-*.whl && PYTHONPATH=. python3 benchmarks/cudnn_alibi.py
 """

@@ -1,25 +1,23 @@
-"""GPU throughput, MFU and peak memory: our CUDA path vs what users run today.
+"""GPU throughput, MFU and peak memory: our packed FlexAttention path vs what users run today.
 
 One table from one run, for the base and small shapes (random weights: speed only), bf16:
-  (a) ours, as ``JinaEncoder`` runs by default: exact attention, sequences packed into rows without
-      padding with ALiBi inside FlexAttention, and batches of long sequences only (each at least
-      ``CUDNN_MIN_LENGTH`` tokens) padded through cuDNN's fused kernel with ALiBi as a score
-      modifier where the cuDNN frontend is installed; from token ids, and end to end from text
-      (tokenisation included) for the mixed corpus;
-  (a) FlexAttention only: the same with ``use_cudnn`` off (measured where (a) used cuDNN);
-  (a) cutoff: the opt-in ``alibi_cutoff=ALIBI_CUTOFF`` (FlexAttention skips, per head, the key tiles
-      whose ALiBi penalty alone is >= 64 logits); "tiles" is the share of the exact doc mask's
-      tiles it computes (first batch of each case);
+  (a) ours: packed rows without padding, ALiBi inside FlexAttention (``JinaEncoder``'s CUDA path,
+      with the opt-in ``alibi_cutoff=ALIBI_CUTOFF``: key tiles whose ALiBi penalty alone is >= 64 logits are
+      skipped per head), from token ids, and end to end from text (tokenisation included) for the
+      mixed corpus; "tiles" is the share of the doc mask's tiles it computes (kept tiles over all
+      heads / heads x tiles of the exact mask, first batch of each case);
+  (a) exact: the same path as ``JinaEncoder`` runs by default, ``alibi_cutoff=None`` (every tile
+      of the doc mask computed);
   (b) SDPA with a materialised [B, heads, L, L] bias over length-sorted, padded batches
       (how the published remote code runs);
   (c) sentence-transformers with a standard BERT of the same size (512 max), from text,
       on the texts it can take (L <= 512).
 MFU = forward FLOPs per real token, 2·(4H² + 3·I·H)·layers + 4·L·H·layers, × tokens/s ÷ the
-bf16 matmul peak measured in this run. The FLOPs count full attention for every method, so the
-cutoff's MFU is a formula MFU: the tiles it skips are counted as work done. A row's a/b and a/c
-compare that row's (a) variant with (b) and (c).
+bf16 matmul peak measured in this run. The FLOPs count full attention for every method, so (a)'s
+MFU is a formula MFU: the tiles it skips are counted as work done. A row's a/b and a/c compare that
+row's (a) variant with (b) and (c).
 
-    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000] [--skip b,c,flex,cutoff]
+    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000] [--skip b,c,exact]
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ from common import (  # noqa: E402
 
 from jina_rag import JinaEncoder, load_model  # noqa: E402
 from jina_rag.batching import pack_batch, pad_batch, plan_batches  # noqa: E402
-from jina_rag.cudnn_attention import CUDNN_MIN_LENGTH  # noqa: E402
 from jina_rag.encoder import packed_width  # noqa: E402
 from jina_rag.modeling import ALIBI_CUTOFF, packed_block_mask  # noqa: E402
 
@@ -143,7 +140,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="base,small")
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--docs", type=int, default=3000, help="documents in the mixed-length corpus")
-    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c,flex,cutoff")
+    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c,exact")
     args = parser.parse_args()
     device = torch.device("cuda")
     peak_tflops = matmul_peak_tflops(device)
@@ -152,13 +149,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     for shape in args.shapes.split(","):
         folder = random_model_folder(shape, work / shape)
-        encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16")
-        flex_only = None
-        if "flex" not in skip and encoder.backend.use_cudnn:
-            flex_only = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16")
-            flex_only.backend.use_cudnn = False
-        cutoff = None if "cutoff" in skip else JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16",
-                                                                          alibi_cutoff=ALIBI_CUTOFF)
+        encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=ALIBI_CUTOFF)
+        exact = None if "exact" in skip else JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=None)
         config = encoder.backend.model.config
         reference = load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="sdpa")
         cases = [(f"L={n}", [n] * max(1, 2 * BATCH_TOKENS // n)) for n in map(int, filter(None, args.lengths.split(",")))]
@@ -169,13 +161,10 @@ def main() -> None:
             real = [len(s) for s in sequences]
             tokens, total = sum(real), flops(config, real)
             row = {"shape": shape, "case": name, "tokens": tokens}
-            row["a"] = measure(f"{shape} {name} (a)", ours_from_ids(encoder, sequences), tokens, total, peak_tflops)
-            if flex_only is not None and max(real) >= CUDNN_MIN_LENGTH:
-                row["a_flex"] = measure(f"{shape} {name} (a) FlexAttention only", ours_from_ids(flex_only, sequences),
-                                        tokens, total, peak_tflops)
-            if cutoff is not None:
-                row["a_cutoff"] = measure(f"{shape} {name} (a) cutoff", ours_from_ids(cutoff, sequences), tokens, total, peak_tflops)
-                row["a_cutoff"]["tiles"] = tile_fraction(cutoff, sequences)
+            row["a"] = measure(f"{shape} {name} (a) cutoff", ours_from_ids(encoder, sequences), tokens, total, peak_tflops)
+            row["a"]["tiles"] = tile_fraction(encoder, sequences)
+            if exact is not None:
+                row["a_exact"] = measure(f"{shape} {name} (a) exact", ours_from_ids(exact, sequences), tokens, total, peak_tflops)
             if name.startswith("mixed"):
                 row["a_text"] = measure(f"{shape} {name} (a) from text",
                                         lambda: encoder.encode(texts, batch_tokens=BATCH_TOKENS, show_progress=False),
@@ -199,11 +188,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, c = r.get("b"), r.get("c")
-        variants = [("", r["a"])] + [(label, r[key]) for key, label in
-                                      (("a_flex", ", (a) FlexAttention only"), ("a_cutoff", ", (a) ALiBi cutoff 64")) if key in r]
+        variants = [("", r["a"])] + ([(", (a) exact", r["a_exact"])] if "a_exact" in r else [])
         for label, a in variants:
             cells = [r["shape"], r["case"] + label, f"{r['tokens']:,}" if not label else "",
-                     f"{a['tok_s']:,.0f}", f"{a['mfu']:.0%}", f"{a['peak_gb']:.2f}", f"{a['tiles']:.0%}" if "tiles" in a else ""]
+                     f"{a['tok_s']:,.0f}", f"{a['mfu']:.0%}", f"{a['peak_gb']:.2f}", f"{a.get('tiles', 1.0):.0%}"]
             cells += [f"{b['tok_s']:,.0f}", f"{b['mfu']:.0%}", f"{b['peak_gb']:.2f}", f"{a['tok_s'] / b['tok_s']:.2f}x",
                       f"{a['peak_gb'] / b['peak_gb']:.2f}x"] if b else ["OOM/skipped", "", "", "", ""]
             cells += [f"{c['tok_s']:,.0f}", f"{c['mfu']:.0%}", f"{a['tok_s'] / c['tok_s']:.2f}x"] if c else ["n/a", "", ""]

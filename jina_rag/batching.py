@@ -34,13 +34,9 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, *, packed: bool = Fa
     return batches
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token id lists into ``(input_ids, attention_mask)`` int64 arrays, ``width`` (default: the longest) wide."""
-    longest = max(len(s) for s in sequences)
-    if width is None:
-        width = longest
-    elif width < longest:
-        raise ValueError(f"a {longest}-token sequence does not fit a padded width of {width}")
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists into ``(input_ids, attention_mask)`` int64 arrays."""
+    width = max(len(s) for s in sequences)
     input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, sequence in enumerate(sequences):

@@ -21,9 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from jina_rag.batching import pack_batch, pad_batch, plan_batches
-from jina_rag.cudnn_attention import CUDNN_MIN_LENGTH, CUDNN_WIDTH_MULTIPLE, cudnn_attention_available
 from jina_rag.loading import load_model, load_tokenizer, resolve_model
-from jina_rag.modeling import mean_pool, segment_mean
+from jina_rag.modeling import segment_mean
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +61,8 @@ class TorchBackend:
     """The PyTorch model on one device and dtype.
 
     On CUDA with FlexAttention, batches are packed into one row without padding and the row
-    width is rounded up to a few fixed buckets (powers of two), one compiled graph each. Where
-    cuDNN's fused kernel is available (:mod:`jina_rag.cudnn_attention`), batches of long sequences
-    only (each at least ``CUDNN_MIN_LENGTH`` tokens: length-sorted, so they pad little) run padded
-    through it instead (``use_cudnn``). Results stay on the device until the caller collects
-    them, so the hot loop has no host-device sync.
+    width is rounded up to a few fixed buckets (powers of two), one compiled graph each. Results
+    stay on the device until the caller collects them, so the hot loop has no host-device sync.
     """
 
     def __init__(self, model: Any, device: torch.device, pad_id: int = 0) -> None:
@@ -83,12 +79,7 @@ class TorchBackend:
         # width (dynamic=True) would compile once, but inductor fails on the block mask's tile
         # arithmetic on CUDA (torch 2.11, "CantSplit", H200 2026-12-01) and the encoder fell back
         # to the uncompiled forward, 19% slower at 512 tokens.
-        self._compiled = {"packed": torch.compile(model.forward_packed, dynamic=False) if self.packed else None}
-        # The ALiBi cutoff is a FlexAttention block mask, so a model using it keeps the packed path.
-        dtype = next(model.parameters()).dtype
-        self.use_cudnn = self.packed and model.alibi_cutoff is None and cudnn_attention_available(device, dtype)
-        # No block mask here, so one graph with a symbolic batch and width serves every long batch.
-        self._compiled["cudnn"] = torch.compile(model.forward_cudnn, dynamic=True) if self.use_cudnn else None
+        self._compiled_forward = torch.compile(model.forward_packed, dynamic=False) if self.packed else None
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -98,9 +89,6 @@ class TorchBackend:
 
     @torch.inference_mode()
     def embed(self, sequences: list[list[int]]) -> torch.Tensor:
-        long_batch = self._cudnn_states(sequences)
-        if long_batch is not None:
-            return mean_pool(*long_batch)
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
             sequence_ids = self._to_device(sequence_ids)
@@ -115,62 +103,30 @@ class TorchBackend:
 
         Row ``starts[i] + t`` holds token ``t`` of ``sequences[i]`` (packed on CUDA, padded elsewhere).
         """
-        long_batch = self._cudnn_states(sequences)
-        if long_batch is not None:
-            hidden = long_batch[0]
-        elif self.packed:
+        if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
             hidden = self._forward_packed(self._to_device(input_ids), self._to_device(sequence_ids))
             return hidden, np.cumsum([0, *map(len, sequences[:-1])]).tolist()
-        else:
-            input_ids, attention_mask = pad_batch(sequences, self.pad_id)
-            hidden = self.model(self._to_device(input_ids), self._to_device(attention_mask))
-        width = hidden.shape[1]
+        input_ids, attention_mask = pad_batch(sequences, self.pad_id)
+        hidden = self.model(self._to_device(input_ids), self._to_device(attention_mask))
+        width = input_ids.shape[1]
         return hidden.reshape(-1, hidden.shape[-1]), [row * width for row in range(len(sequences))]
 
-    def _cudnn_states(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Token states ``[B, W, H]`` and the attention mask of a padded batch through cuDNN's kernel.
-
-        None where the batch is not for cuDNN; if cuDNN fails (a configuration its kernels reject),
-        every batch uses FlexAttention from then on.
-        """
-        if not self.use_cudnn or min(map(len, sequences)) < CUDNN_MIN_LENGTH:
-            return None
-        try:
-            return self._forward_cudnn(sequences)
-        except Exception as error:
-            logger.warning("cuDNN's attention failed (%s: %s); long batches use FlexAttention from now on",
-                           type(error).__name__, error)
-            self.use_cudnn = False
-            return None
-
-    def _forward_cudnn(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = -(-max(map(len, sequences)) // CUDNN_WIDTH_MULTIPLE) * CUDNN_WIDTH_MULTIPLE
-        input_ids, attention_mask = pad_batch(sequences, self.pad_id, width)
-        attention_mask = self._to_device(attention_mask)
-        lengths = attention_mask.sum(dim=1)
-        return self._run("cudnn", self.model.forward_cudnn, self._to_device(input_ids), lengths), attention_mask
-
     def _forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
-        return self._run("packed", self.model.forward_packed, input_ids, sequence_ids)
-
-    def _run(self, path: str, eager: Any, *inputs: torch.Tensor) -> torch.Tensor:
-        compiled = self._compiled.get(path)
-        if compiled is not None:
+        if self._compiled_forward is not None:
             try:
-                return compiled(*inputs)
+                return self._compiled_forward(input_ids, sequence_ids)
             except Exception as error:  # compilation problems surface at the first call
-                logger.warning("compiling the %s forward failed (%s: %s); running it uncompiled",
-                               path, type(error).__name__, error)
-                self._compiled[path] = None
-        return eager(*inputs)
+                logger.warning("compiling the packed forward failed (%s: %s); running it uncompiled",
+                               type(error).__name__, error)
+                self._compiled_forward = None
+        return self.model.forward_packed(input_ids, sequence_ids)
 
     def describe(self) -> dict[str, Any]:
         dtype = next(self.model.parameters()).dtype
         info = {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
         if self.packed:
             info["alibi_cutoff"] = self.model.alibi_cutoff
-            info["cudnn_long_batches"] = self.use_cudnn
         return info
 
 

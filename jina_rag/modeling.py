@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jina_rag.cudnn_attention import alibi_attention_cudnn
-
 logger = logging.getLogger(__name__)
 
 # auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view); the references
@@ -265,8 +263,6 @@ class AttentionContext:
     reversed_keys: ReversedKeyAlibi | None = None  # blockwise over padded rows
     block_mask: Any = None  # flex
     score_mod: Callable[..., torch.Tensor] | None = None  # flex
-    slopes: torch.Tensor | None = None  # cudnn
-    lengths: torch.Tensor | None = None  # cudnn: each padded row's real length
 
 
 # Queries and keys per block-mask tile: FlexAttention's sparse block size.
@@ -403,12 +399,6 @@ class JinaBertSelfAttention(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, context: AttentionContext) -> torch.Tensor:
-        if context.impl == "cudnn":
-            batch, length, hidden = x.shape
-            shape = (batch, length, self.num_heads, self.head_dim)
-            out = alibi_attention_cudnn(self.query(x).view(shape), self.key(x).view(shape), self.value(x).view(shape),
-                                        context.slopes, context.lengths)
-            return out.view(batch, length, hidden)
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.dropout_prob if self.training else 0.0
         if context.impl == "flex":
@@ -602,15 +592,6 @@ class JinaBertModel(JinaBertPreTrainedModel):
         x = self.embeddings(input_ids[None])
         context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids)
         return self.encoder(x, context)[0]
-
-    def forward_cudnn(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Token states ``[batch, L, H]`` of a right-padded batch through cuDNN's fused kernel (inference only).
-
-        ``lengths[b]`` is row ``b``'s real length; see :mod:`jina_rag.cudnn_attention` for when it
-        runs (a Hopper GPU, 16-bit weights, the cuDNN frontend installed).
-        """
-        x = self.embeddings(input_ids)
-        return self.encoder(x, AttentionContext("cudnn", slopes=self.alibi_slopes, lengths=lengths))
 
     def pool(
         self,
