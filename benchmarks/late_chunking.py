@@ -13,7 +13,9 @@ model, and both chunked methods the same passages (the default splitter of
 - with ``--title-prefixed``, also naive chunking with each passage read after its document's
   title (its first line): whether document context helps a passage on the set at all.
 
-Splitting is timed once and counted in both chunked methods' times. Methods are interleaved over
+Under the table, each method's paired difference in nDCG@10 to naive chunking and to the single
+vector, with a 95% bootstrap interval over the queries (``jina_rag.eval.paired_bootstrap``) and
+the per-query wins, losses and ties. Splitting is timed once and counted in both chunked methods' times. Methods are interleaved over
 ``--repeats``; times are medians. Beside wall-clock seconds the table gives the process's CPU
 seconds, which other jobs on a shared machine disturb less.
 
@@ -48,7 +50,7 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 from common import SHAPES, device_name, random_model_folder  # noqa: E402
 
 from jina_rag import JinaEncoder, encode_late_chunks  # noqa: E402
-from jina_rag.eval import RetrievalSet, load_beir, ndcg_at_k  # noqa: E402
+from jina_rag.eval import RetrievalSet, load_beir, ndcg_at_k, paired_bootstrap  # noqa: E402
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS, default_splitter, split_spans  # noqa: E402
 
 METHODS = ("single vector", "naive chunking", "late chunking")
@@ -62,9 +64,13 @@ def document_scores(queries: np.ndarray, vectors: np.ndarray, first_of_document:
     return np.concatenate(scores)
 
 
-def mean_ndcg(scores: np.ndarray, data: RetrievalSet) -> float:
+def ndcg_per_query(scores: np.ndarray, data: RetrievalSet) -> list[float]:
     top = np.argsort(-scores, axis=1)[:, :10]
-    return statistics.fmean(ndcg_at_k([data.doc_ids[i] for i in row], data.qrels[q], 10) for q, row in zip(data.query_ids, top))
+    return [ndcg_at_k([data.doc_ids[i] for i in row], data.qrels[q], 10) for q, row in zip(data.query_ids, top)]
+
+
+def mean_ndcg(scores: np.ndarray, data: RetrievalSet) -> float:
+    return statistics.fmean(ndcg_per_query(scores, data))
 
 
 def write_stdlib_beir(folder: Path, encoder: JinaEncoder, documents: int, min_tokens: int, max_tokens: int) -> Path:
@@ -232,6 +238,17 @@ def main() -> None:
             both = np.maximum(scores["single vector"], scores[method])
             print(f"| {method} + the document vector (index mode both) | {mean_ndcg(both, data):.4f} | "
                   f"{len(vectors[method]) + len(doc_texts):,} | | | | | |")
+        per_query = {method: np.array(ndcg_per_query(scores[method], data)) for method in methods}
+        print(f"\nPaired differences in nDCG@10 over the {len(data.query_ids)} queries (95% bootstrap interval, "
+              "10,000 resamples of the queries; wins / losses / ties per query):\n")
+        for method in methods:
+            for baseline in ("naive chunking", "single vector"):
+                if method in ("single vector", "naive chunking") or method == baseline:
+                    continue
+                mean, low, high = paired_bootstrap(per_query[method], per_query[baseline])
+                delta = per_query[method] - per_query[baseline]
+                print(f"- {method} − {baseline}: {mean:+.4f} [{low:+.4f}, {high:+.4f}]; "
+                      f"{(delta > 0).sum()} / {(delta < 0).sum()} / {(delta == 0).sum()}")
 
 
 if __name__ == "__main__":

@@ -231,6 +231,21 @@ def mrr_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
     return next((1.0 / (rank + 1) for rank, d in enumerate(ranked[:k]) if relevant.get(d, 0) > 0), 0.0)
 
 
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over paired per-query scores and its 95% bootstrap interval ``(mean, low, high)``.
+
+    Queries are resampled with replacement, the same draw for both systems, so the interval says
+    how far the difference of two systems on one set could move with another draw of its queries.
+    """
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired_bootstrap needs two equal-length, non-empty score lists, got {len(a)} and {len(b)}")
+    differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, differences.size, size=(resamples, differences.size))
+    means = differences[draws].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(differences.mean()), float(low), float(high)
+
+
 def score_run(run: Run, qrels: Qrels) -> dict[str, float]:
     """Mean nDCG@10, Recall@10, Recall@100 and MRR@10 over the judged queries with a relevant document."""
     judged = [q for q, rel in qrels.items() if any(g > 0 for g in rel.values())]

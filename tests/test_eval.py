@@ -253,3 +253,19 @@ def test_cli_eval_reports_bad_input(tmp_path, capsys):
     assert "nothing to evaluate" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["eval", str(folder), "--max-lengths", "512,lots"])
+
+
+def test_paired_bootstrap_brackets_the_mean_difference():
+    rng = np.random.default_rng(1)
+    baseline = rng.uniform(0, 1, 300)
+    better = np.clip(baseline + 0.1 + rng.normal(0, 0.05, 300), 0, 1)
+    mean, low, high = ev.paired_bootstrap(better, baseline)
+    assert mean == pytest.approx(float((better - baseline).mean()))
+    assert 0 < low < mean < high  # a clear gain: the interval leaves zero out
+    assert ev.paired_bootstrap(baseline, baseline) == (0.0, 0.0, 0.0)
+    noisy = baseline + rng.normal(0, 0.3, 300)
+    _, low, high = ev.paired_bootstrap(noisy, baseline)
+    assert low < 0 < high  # no real difference: the interval holds zero
+    assert ev.paired_bootstrap(noisy, baseline, seed=7) == ev.paired_bootstrap(noisy, baseline, seed=7)
+    with pytest.raises(ValueError, match="equal-length"):
+        ev.paired_bootstrap([0.1, 0.2], [0.1])
