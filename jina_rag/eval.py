@@ -240,8 +240,12 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int =
     if len(a) != len(b) or not len(a):
         raise ValueError(f"paired_bootstrap needs two equal-length, non-empty score lists, got {len(a)} and {len(b)}")
     differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    draws = np.random.default_rng(seed).integers(0, differences.size, size=(resamples, differences.size))
-    means = differences[draws].mean(axis=1)
+    rng = np.random.default_rng(seed)
+    # Blocks of 1,000 resamples keep memory at 1,000 x queries indices however many resamples.
+    means = np.concatenate([
+        differences[rng.integers(0, differences.size, size=(min(1000, resamples - start), differences.size))].mean(axis=1)
+        for start in range(0, resamples, 1000)
+    ])
     low, high = np.percentile(means, [2.5, 97.5])
     return float(differences.mean()), float(low), float(high)
 
