@@ -8,6 +8,8 @@ One table from one run, for the base and small shapes (random weights: speed onl
       heads / heads x tiles of the exact mask, first batch of each case);
   (a) exact: the same path as ``JinaEncoder`` runs by default, ``alibi_cutoff=None`` (every tile
       of the doc mask computed);
+  (a) flash: the same packed rows, exact, with FlashAttention-4's varlen kernel and the ALiBi
+      ``score_mod`` instead of FlexAttention (``attn_implementation="flash"``; needs flash-attn-4);
   (b) SDPA with a materialised [B, heads, L, L] bias over length-sorted, padded batches
       (how the published remote code runs);
   (c) sentence-transformers with a standard BERT of the same size (512 max), from text,
@@ -17,7 +19,7 @@ bf16 matmul peak measured in this run. The FLOPs count full attention for every 
 MFU is a formula MFU: the tiles it skips are counted as work done. A row's a/b and a/c compare that
 row's (a) variant with (b) and (c).
 
-    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000] [--skip b,c,exact]
+    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000] [--skip b,c,cutoff,exact,flash]
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from common import (  # noqa: E402
 
 from jina_rag import JinaEncoder, load_model  # noqa: E402
 from jina_rag.batching import pack_batch, pad_batch, plan_batches  # noqa: E402
-from jina_rag.encoder import packed_width  # noqa: E402
+from jina_rag.encoder import TorchBackend, packed_width  # noqa: E402
+from jina_rag.flash_alibi import flash_alibi_available  # noqa: E402
 from jina_rag.modeling import ALIBI_CUTOFF, packed_block_mask  # noqa: E402
 
 BATCH_TOKENS = 65536
@@ -56,8 +59,7 @@ def flops(config, lengths) -> float:
     return float(sum(n * config.flops_per_token(n) for n in lengths))
 
 
-def ours_from_ids(encoder: JinaEncoder, sequences, budget=BATCH_TOKENS):
-    backend = encoder.backend
+def ours_from_ids(backend: TorchBackend, sequences, budget=BATCH_TOKENS):
     batches = plan_batches([len(s) for s in sequences], budget, packed=True)
 
     def run():
@@ -140,17 +142,22 @@ def main() -> None:
     parser.add_argument("--shapes", default="base,small")
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--docs", type=int, default=3000, help="documents in the mixed-length corpus")
-    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c,exact")
+    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c,cutoff,exact,flash,text")
     args = parser.parse_args()
     device = torch.device("cuda")
     peak_tflops = matmul_peak_tflops(device)
     skip = set(args.skip.split(","))
+    if "flash" not in skip and not flash_alibi_available(device):
+        print("flash-attn-4 is not installed (or this GPU is not Hopper/Blackwell): no (a) flash rows", flush=True)
+        skip.add("flash")
     rows = []
     work = Path(tempfile.mkdtemp())
     for shape in args.shapes.split(","):
         folder = random_model_folder(shape, work / shape)
         encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=ALIBI_CUTOFF)
         exact = None if "exact" in skip else JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=None)
+        flash = None if "flash" in skip else TorchBackend(
+            load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="flash"), device)
         config = encoder.backend.model.config
         reference = load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="sdpa")
         cases = [(f"L={n}", [n] * max(1, 2 * BATCH_TOKENS // n)) for n in map(int, filter(None, args.lengths.split(",")))]
@@ -161,11 +168,16 @@ def main() -> None:
             real = [len(s) for s in sequences]
             tokens, total = sum(real), flops(config, real)
             row = {"shape": shape, "case": name, "tokens": tokens}
-            row["a"] = measure(f"{shape} {name} (a) cutoff", ours_from_ids(encoder, sequences), tokens, total, peak_tflops)
-            row["a"]["tiles"] = tile_fraction(encoder, sequences)
+            if "cutoff" not in skip:
+                row["a"] = measure(f"{shape} {name} (a) cutoff", ours_from_ids(encoder.backend, sequences),
+                                   tokens, total, peak_tflops)
+                row["a"]["tiles"] = tile_fraction(encoder, sequences)
             if exact is not None:
-                row["a_exact"] = measure(f"{shape} {name} (a) exact", ours_from_ids(exact, sequences), tokens, total, peak_tflops)
-            if name.startswith("mixed"):
+                row["a_exact"] = measure(f"{shape} {name} (a) exact", ours_from_ids(exact.backend, sequences),
+                                         tokens, total, peak_tflops)
+            if flash is not None:
+                row["a_flash"] = measure(f"{shape} {name} (a) flash", ours_from_ids(flash, sequences), tokens, total, peak_tflops)
+            if name.startswith("mixed") and "text" not in skip:
                 row["a_text"] = measure(f"{shape} {name} (a) from text",
                                         lambda: encoder.encode(texts, batch_tokens=BATCH_TOKENS, show_progress=False),
                                         tokens, total, peak_tflops)
@@ -188,16 +200,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, c = r.get("b"), r.get("c")
-        variants = [("", r["a"])] + ([(", (a) exact", r["a_exact"])] if "a_exact" in r else [])
-        for label, a in variants:
-            cells = [r["shape"], r["case"] + label, f"{r['tokens']:,}" if not label else "",
+        variants = [(label, r[key]) for key, label in (("a", ""), ("a_exact", ", (a) exact"), ("a_flash", ", (a) flash"))
+                    if key in r]
+        for index, (label, a) in enumerate(variants):
+            cells = [r["shape"], r["case"] + label, f"{r['tokens']:,}" if index == 0 else "",
                      f"{a['tok_s']:,.0f}", f"{a['mfu']:.0%}", f"{a['peak_gb']:.2f}", f"{a.get('tiles', 1.0):.0%}"]
             cells += [f"{b['tok_s']:,.0f}", f"{b['mfu']:.0%}", f"{b['peak_gb']:.2f}", f"{a['tok_s'] / b['tok_s']:.2f}x",
                       f"{a['peak_gb'] / b['peak_gb']:.2f}x"] if b else ["OOM/skipped", "", "", "", ""]
             cells += [f"{c['tok_s']:,.0f}", f"{c['mfu']:.0%}", f"{a['tok_s'] / c['tok_s']:.2f}x"] if c else ["n/a", "", ""]
-            if label and b:
-                cells[7:10] = ["", "", ""]  # (b) is printed once, on the (a) row
-            if label and c:
+            if index and b:
+                cells[7:10] = ["", "", ""]  # (b) is printed once, on the first (a) row
+            if index and c:
                 cells[12:14] = ["", ""]
             print("| " + " | ".join(cells) + " |")
         if "a_text" in r:

@@ -74,7 +74,8 @@ class TorchBackend:
         self.config = model.config
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
-        self.packed = flex_attention_available(device, model.config.head_dim) and model.attn_implementation in ("auto", "flex")
+        self.packed = flex_attention_available(device, model.config.head_dim) and model.attn_implementation in (
+            "auto", "flex", "flash")
         # One compiled graph per width bucket fuses LayerNorm, GELU and residual adds. A symbolic
         # width (dynamic=True) would compile once, but inductor fails on the block mask's tile
         # arithmetic on CUDA (torch 2.11, "CantSplit", H200 2026-12-01) and the encoder fell back
@@ -92,7 +93,7 @@ class TorchBackend:
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
             sequence_ids = self._to_device(sequence_ids)
-            hidden = self._forward_packed(self._to_device(input_ids), sequence_ids)
+            hidden = self._forward_packed(sequences, self._to_device(input_ids), sequence_ids)
             return segment_mean(hidden, sequence_ids, len(sequences))
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         return self.model.pool(self._to_device(input_ids), self._to_device(attention_mask))
@@ -105,28 +106,38 @@ class TorchBackend:
         """
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
-            hidden = self._forward_packed(self._to_device(input_ids), self._to_device(sequence_ids))
+            hidden = self._forward_packed(sequences, self._to_device(input_ids), self._to_device(sequence_ids))
             return hidden, np.cumsum([0, *map(len, sequences[:-1])]).tolist()
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         hidden = self.model(self._to_device(input_ids), self._to_device(attention_mask))
         width = input_ids.shape[1]
         return hidden.reshape(-1, hidden.shape[-1]), [row * width for row in range(len(sequences))]
 
-    def _forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
+    def _forward_packed(
+        self, sequences: list[list[int]], input_ids: torch.Tensor, sequence_ids: torch.Tensor
+    ) -> torch.Tensor:
+        cu_seqlens = None
+        if self.model.attn_implementation == "flash":
+            from jina_rag.flash_alibi import packed_offsets
+
+            cu_seqlens = self._to_device(packed_offsets([len(s) for s in sequences], input_ids.shape[0]))
+            # Its length is the row's number of sequences: one compiled graph per width serves them all.
+            torch._dynamo.mark_dynamic(cu_seqlens, 0)
         if self._compiled_forward is not None:
             try:
-                return self._compiled_forward(input_ids, sequence_ids)
+                return self._compiled_forward(input_ids, sequence_ids, cu_seqlens)
             except Exception as error:  # compilation problems surface at the first call
                 logger.warning("compiling the packed forward failed (%s: %s); running it uncompiled",
                                type(error).__name__, error)
                 self._compiled_forward = None
-        return self.model.forward_packed(input_ids, sequence_ids)
+        return self.model.forward_packed(input_ids, sequence_ids, cu_seqlens)
 
     def describe(self) -> dict[str, Any]:
         dtype = next(self.model.parameters()).dtype
         info = {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
         if self.packed:
             info["alibi_cutoff"] = self.model.alibi_cutoff
+            info["attention"] = "flash" if self.model.attn_implementation == "flash" else "flex"
         return info
 
 

@@ -26,10 +26,11 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view); the references
+# auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view); flash: FlashAttention-4's
+# varlen kernel over packed rows (jina_rag.flash_alibi; padded batches then run flex); the references
 # materialise the whole [batch, heads, L, L] bias: eager (explicit softmax) and sdpa (one SDPA call,
 # as the published remote code runs).
-AttentionImpl = Literal["auto", "blockwise", "flex", "eager", "sdpa"]
+AttentionImpl = Literal["auto", "blockwise", "flex", "flash", "eager", "sdpa"]
 
 # Keys the published config.json carries; written back so our folders look like the published ones.
 _PUBLISHED_CONFIG_DEFAULTS: dict[str, Any] = {
@@ -263,6 +264,7 @@ class AttentionContext:
     reversed_keys: ReversedKeyAlibi | None = None  # blockwise over padded rows
     block_mask: Any = None  # flex
     score_mod: Callable[..., torch.Tensor] | None = None  # flex
+    cu_seqlens: torch.Tensor | None = None  # flash: int32 [sequences + 1] offsets into the packed row
 
 
 # Queries and keys per block-mask tile: FlexAttention's sparse block size.
@@ -399,6 +401,13 @@ class JinaBertSelfAttention(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, context: AttentionContext) -> torch.Tensor:
+        if context.impl == "flash":
+            from jina_rag.flash_alibi import flash_alibi_attention
+
+            # One packed row: [T, heads, head_dim] is the linear layers' own layout, no transposes.
+            _, length, hidden = x.shape
+            q, k, v = (proj(x).view(length, self.num_heads, self.head_dim) for proj in (self.query, self.key, self.value))
+            return flash_alibi_attention(q, k, v, context.cu_seqlens).view(1, length, hidden)
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         dropout = self.dropout_prob if self.training else 0.0
         if context.impl == "flex":
@@ -547,20 +556,39 @@ class JinaBertModel(JinaBertPreTrainedModel):
         head_dim = self.config.head_dim
         if impl == "auto":
             return "flex" if flex_attention_available(device, head_dim) and not needs_dropout else "blockwise"
-        if impl == "flex" and not flex_attention_available(device, head_dim):
+        if impl in ("flex", "flash") and not flex_attention_available(device, head_dim):
             raise RuntimeError(
-                f"attn_implementation='flex' needs CUDA, torch.nn.attention.flex_attention and heads of at least "
+                f"attn_implementation={impl!r} needs CUDA, torch.nn.attention.flex_attention and heads of at least "
                 f"{FLEX_MIN_HEAD_DIM} dimensions (this model: {head_dim} on {device}); use 'auto' or 'blockwise'"
             )
+        if impl == "flash":
+            from jina_rag.flash_alibi import flash_alibi_available
+
+            if not flash_alibi_available(device):
+                raise RuntimeError(
+                    "attn_implementation='flash' needs FlashAttention-4 (pip install flash-attn-4) on a GPU of "
+                    f"compute capability 9.x or 10.x ({device}); use 'auto' for FlexAttention"
+                )
+            if needs_dropout:
+                raise RuntimeError("attn_implementation='flash' has no attention dropout: train with 'auto'")
         return impl
 
     def _context(
-        self, x: torch.Tensor, attention_mask: torch.Tensor, sequence_ids: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor,
+        sequence_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
     ) -> AttentionContext:
         impl = self._attention_impl(x.device)
         slopes = self.alibi_slopes.to(x.device)
         length = attention_mask.shape[1]
-        if impl == "flex":
+        if impl == "flash" and sequence_ids is not None:
+            if cu_seqlens is None:  # found on the device: one host sync (callers in a hot loop pass it)
+                counts = torch.unique_consecutive(sequence_ids, return_counts=True)[1]
+                cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+            return AttentionContext("flash", cu_seqlens=cu_seqlens)
+        if impl in ("flex", "flash"):
             if sequence_ids is not None:
                 cutoff = self.alibi_cutoff
                 return _flex_context(slopes, packed_block_mask(sequence_ids, None if cutoff is None else slopes, cutoff))
@@ -582,15 +610,19 @@ class JinaBertModel(JinaBertPreTrainedModel):
         x = self.embeddings(input_ids, token_type_ids)
         return self.encoder(x, self._context(x, attention_mask))
 
-    def forward_packed(self, input_ids: torch.Tensor, sequence_ids: torch.Tensor) -> torch.Tensor:
+    def forward_packed(
+        self, input_ids: torch.Tensor, sequence_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Token states ``[T, H]`` of sequences packed back to back into one row of ``T`` tokens.
 
         ``sequence_ids[t]`` names the sequence token ``t`` belongs to and must not decrease along
         the row; a token attends only within its sequence, so no work is spent on padding
-        (trailing filler gets ids of its own).
+        (trailing filler gets ids of its own). ``cu_seqlens`` (int32, where each id's run starts,
+        then ``T``; :func:`jina_rag.flash_alibi.packed_offsets`) serves the ``flash`` attention,
+        which otherwise finds it from ``sequence_ids``.
         """
         x = self.embeddings(input_ids[None])
-        context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids)
+        context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids, cu_seqlens)
         return self.encoder(x, context)[0]
 
     def pool(

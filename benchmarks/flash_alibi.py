@@ -1,0 +1,93 @@
+"""Probe (GPU): FlashAttention-4's varlen kernel with JinaBERT's ALiBi ``score_mod`` vs our FlexAttention path.
+
+The kernel is :func:`jina_rag.flash_alibi.flash_alibi_attention` (packed rows, ``cu_seqlens``, the
+slope computed from the head index inside the kernel); FlexAttention runs as the model runs it
+(one packed row, the document block mask, the model's kernel options). Prints, for bf16 and fp16:
+correctness at 2 x 1024 against an fp64 reference and on a row of mixed lengths against
+FlexAttention, then milliseconds and attention TFLOP/s (4 * L^2 * head_dim * heads per sequence)
+at 8 x 8192, 32 x 2048 and 128 x 512 tokens. Run on the GPU machine with flash-attn-4 installed:
+
+    PYTHONPATH=. python3 benchmarks/flash_alibi.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cudnn_alibi import HEAD_DIM, HEADS, cosine, reference, timed  # noqa: E402
+
+from jina_rag.flash_alibi import flash_alibi_attention, packed_offsets  # noqa: E402
+from jina_rag.modeling import alibi_slopes, flex_kernel_options, packed_block_mask  # noqa: E402
+
+
+def packed(lengths: list[int], dtype: torch.dtype, seed: int = 0):
+    """q, k, v ``[T, H, D]`` of sequences packed back to back, their sequence ids and cu_seqlens."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    total = sum(lengths)
+    q, k, v = (torch.randn(total, HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    sequence_ids = torch.repeat_interleave(torch.arange(len(lengths), device="cuda"), torch.tensor(lengths, device="cuda"))
+    cu_seqlens = torch.from_numpy(packed_offsets(lengths, total)).cuda()
+    return q, k, v, sequence_ids, cu_seqlens
+
+
+def main() -> None:
+    import flash_attn.cute  # noqa: F401  (fails here, not inside the first timing, when it is missing)
+
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)
+    slopes = alibi_slopes(HEADS).cuda()
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx - kv_idx).abs()
+
+    def run_flex(q, k, v, block_mask):
+        out = flex(*(t[None].transpose(1, 2) for t in (q, k, v)), score_mod=alibi, block_mask=block_mask,
+                   kernel_options=flex_kernel_options(q.dtype))
+        return out.transpose(1, 2)[0]
+
+    for dtype in (torch.bfloat16, torch.float16):
+        print(f"\n== {dtype}", flush=True)
+        try:
+            started = time.perf_counter()
+            q, k, v, _, cu = packed([1024, 1024], dtype)
+            out = flash_alibi_attention(q, k, v, cu)
+            torch.cuda.synchronize()
+            print(f"  first call (JIT compile) {time.perf_counter() - started:.1f} s", flush=True)
+            ref = torch.cat([reference(*(t[s:s + 1024][None].transpose(1, 2) for t in (q, k, v)), slopes)[0].transpose(0, 1)
+                             for s in (0, 1024)])
+            print(f"  flash vs fp64 (2 x 1024): min cos {cosine(out, ref):.6f}, max |diff| {(out.double() - ref).abs().max():.3e}")
+            lengths = [3, 17, 128, 129, 700, 2048, 5000, 1]
+            q, k, v, ids, cu = packed(lengths, dtype, seed=1)
+            out, out_flex = flash_alibi_attention(q, k, v, cu), run_flex(q, k, v, packed_block_mask(ids))
+            print(f"  flash vs flex (mixed lengths {lengths}): min cos {cosine(out, out_flex):.6f}", flush=True)
+        except Exception:
+            traceback.print_exc()
+            continue
+        for batch, length in ((8, 8192), (32, 2048), (128, 512)):
+            q, k, v, ids, cu = packed([length] * batch, dtype)
+            flops = 4 * length * length * HEAD_DIM * HEADS * batch
+            block_mask = packed_block_mask(ids)
+            results = {}
+            try:
+                results["flex, packed row (the model's path)"] = timed(lambda: run_flex(q, k, v, block_mask))
+                results["flash-attn-4 varlen, ALiBi score_mod"] = timed(lambda: flash_alibi_attention(q, k, v, cu))
+            except Exception:
+                traceback.print_exc()
+            print(f"  {batch} x {length}:", flush=True)
+            for name, ms in results.items():
+                print(f"    {name:45s} {ms:8.3f} ms  {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
+            if len(results) == 2:
+                flex_ms, flash_ms = results.values()
+                print(f"    flash / flex speed: {flex_ms / flash_ms:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

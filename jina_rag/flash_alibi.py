@@ -1,0 +1,86 @@
+"""Symmetric ALiBi attention over packed rows with FlashAttention-4's CuTe DSL kernels (Hopper, Blackwell).
+
+FlashAttention's varlen kernels take sequences packed back to back (``cu_seqlens``) with no
+mask tensor, and a ``score_mod`` compiled into the kernel: here ``score - slope_h * |i - j|``
+with the slope computed from the head index (the standard ALiBi slopes, as
+:func:`jina_rag.modeling.alibi_slopes`), so the kernel reads no bias and no table. Needs the
+``flash-attn-4`` package (``flash_attn.cute``) and a GPU of compute capability 9 or 10; the
+first call JIT-compiles the kernel (tens of seconds), later shapes reuse it.
+
+The kernel runs as a ``torch.library`` custom op so ``torch.compile`` keeps it as one opaque
+node and fuses the rest of the layer around it; ``cu_seqlens`` is marked dynamic by the caller,
+so rows with different numbers of sequences share one compiled graph per width.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import numpy as np
+import torch
+
+def flash_alibi_available(device: torch.device) -> bool:
+    """Whether FlashAttention-4 (``flash_attn.cute``) can run here: CUDA, compute capability 9.x or 10.x."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.cuda.get_device_capability(device)[0] not in (9, 10):
+        return False
+    try:
+        return importlib.util.find_spec("flash_attn.cute") is not None
+    except ImportError:
+        return False
+
+
+def packed_offsets(lengths: list[int], width: int, filler_block: int = 128) -> np.ndarray:
+    """``cu_seqlens`` (int32) of a packed row as :func:`jina_rag.batching.pack_batch` lays it out.
+
+    The sequences, then the filler after them in pieces that end on multiples of
+    ``filler_block`` tokens (as the filler's sequence ids do), so filler attends only within
+    small blocks of itself.
+    """
+    ends = np.cumsum(lengths, dtype=np.int64)
+    used = int(ends[-1]) if len(lengths) else 0
+    filler = np.arange(used - used % filler_block + filler_block, width, filler_block, dtype=np.int64)
+    return np.concatenate([[0], ends, filler, [width] if used < width else []]).astype(np.int32)
+
+
+@functools.cache
+def _score_mod(num_heads: int):
+    import operator
+
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass._mlir.dialects import math as mlir_math
+
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+
+    @cute.jit
+    def symmetric_alibi(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+        # slope_h = 2^(-8(h+1)/p) for h < p, 2^(-(8(h-p)+4)/p) above (p: power of two <= heads)
+        low = (h_idx + cute.full_like(h_idx, 1)) * cute.full_like(h_idx, -8)
+        high = (h_idx - cute.full_like(h_idx, closest)) * cute.full_like(h_idx, -8) - cute.full_like(h_idx, 4)
+        numerator = cute.where(operator.lt(h_idx, cute.full_like(h_idx, closest)), low, high)
+        slope = cute.math.exp2(numerator.to(cutlass.Float32) * cute.full_like(tSrS_ssa, 1.0 / closest))
+        diff = q_idx - kv_idx
+        distance = cute.TensorSSA(mlir_math.absi(diff), diff.shape, diff.dtype).to(cutlass.Float32)
+        return tSrS_ssa - slope * distance
+
+    return symmetric_alibi
+
+
+@torch.library.custom_op("jina_rag::flash_alibi_attention", mutates_args=())
+def flash_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Symmetric-ALiBi attention of packed rows ``[T, heads, head_dim]`` within each ``cu_seqlens`` range."""
+    from flash_attn.cute import flash_attn_varlen_func
+
+    out = flash_attn_varlen_func(
+        q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, score_mod=_score_mod(q.shape[1])
+    )
+    return (out[0] if isinstance(out, tuple) else out).contiguous()
+
+
+@flash_alibi_attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(q)

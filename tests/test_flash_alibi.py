@@ -1,0 +1,34 @@
+"""The FlashAttention-4 path's host side: packed-row offsets and clear errors where it cannot run.
+
+The kernel itself is tested against the fp32 reference on the GPU machine (tests/test_gpu.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jina_rag import load_model
+from jina_rag.batching import pack_batch
+from jina_rag.flash_alibi import flash_alibi_available, packed_offsets
+
+
+@pytest.mark.parametrize("lengths,width", [([5, 300, 2], 1024), ([1024], 1024), ([128, 128], 1024), ([1000, 3], 2048)])
+def test_offsets_are_where_the_packed_sequence_ids_change(lengths, width):
+    _, sequence_ids = pack_batch([[7] * n for n in lengths], width, pad_id=0)
+    changes = np.flatnonzero(np.diff(sequence_ids)) + 1
+    expected = np.concatenate([[0], changes, [width]])
+    offsets = packed_offsets(lengths, width)
+    assert offsets.dtype == np.int32
+    np.testing.assert_array_equal(offsets, expected)
+
+
+def test_flash_needs_a_hopper_gpu_and_says_so(tmp_path):
+    from conftest import write_published_checkpoint
+
+    assert not flash_alibi_available(torch.device("cpu"))
+    model = load_model(write_published_checkpoint(tmp_path / "m"), attn_implementation="flash")
+    ids = torch.tensor([101, 2000, 102])
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        model.forward_packed(ids, torch.zeros(3, dtype=torch.long))
