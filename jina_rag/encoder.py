@@ -76,6 +76,10 @@ class TorchBackend:
         self.max_positions = model.config.max_position_embeddings
         self.packed = flex_attention_available(device, model.config.head_dim) and model.attn_implementation in (
             "auto", "flex", "flash")
+        if model.attn_implementation == "flash":
+            from jina_rag.flash_alibi import require_flash_alibi
+
+            require_flash_alibi(device)
         # One compiled graph per width bucket fuses LayerNorm, GELU and residual adds. A symbolic
         # width (dynamic=True) would compile once, but inductor fails on the block mask's tile
         # arithmetic on CUDA (torch 2.11, "CantSplit", H200 2026-12-01) and the encoder fell back

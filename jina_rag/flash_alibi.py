@@ -33,6 +33,15 @@ def flash_alibi_available(device: torch.device) -> bool:
         return False
 
 
+def require_flash_alibi(device: torch.device) -> None:
+    """Raise a RuntimeError that says what to install unless :func:`flash_alibi_available`."""
+    if not flash_alibi_available(device):
+        raise RuntimeError(
+            "attn_implementation='flash' needs FlashAttention-4 (pip install flash-attn-4) on a GPU of "
+            f"compute capability 9.x or 10.x ({device}); use 'auto' for FlexAttention"
+        )
+
+
 def packed_offsets(lengths: list[int], width: int, filler_block: int = 128) -> np.ndarray:
     """``cu_seqlens`` (int32) of a packed row as :func:`jina_rag.batching.pack_batch` lays it out.
 

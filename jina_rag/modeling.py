@@ -562,13 +562,12 @@ class JinaBertModel(JinaBertPreTrainedModel):
                 f"{FLEX_MIN_HEAD_DIM} dimensions (this model: {head_dim} on {device}); use 'auto' or 'blockwise'"
             )
         if impl == "flash":
-            from jina_rag.flash_alibi import flash_alibi_available
+            # Checked in eager calls; a compiled forward is checked by its caller (TorchBackend), since
+            # the package lookup would break the traced graph.
+            if not torch.compiler.is_compiling():
+                from jina_rag.flash_alibi import require_flash_alibi
 
-            if not flash_alibi_available(device):
-                raise RuntimeError(
-                    "attn_implementation='flash' needs FlashAttention-4 (pip install flash-attn-4) on a GPU of "
-                    f"compute capability 9.x or 10.x ({device}); use 'auto' for FlexAttention"
-                )
+                require_flash_alibi(device)
             if needs_dropout:
                 raise RuntimeError("attn_implementation='flash' has no attention dropout: train with 'auto'")
         return impl
