@@ -32,3 +32,17 @@ def test_flash_needs_a_hopper_gpu_and_says_so(tmp_path):
     ids = torch.tensor([101, 2000, 102])
     with pytest.raises(RuntimeError, match="needs CUDA"):
         model.forward_packed(ids, torch.zeros(3, dtype=torch.long))
+
+
+def test_encoder_asks_for_flash_explicitly_and_fails_clearly_without_it(tmp_path):
+    from conftest import write_published_checkpoint
+
+    from jina_rag import JinaEncoder
+
+    folder = write_published_checkpoint(tmp_path / "m")
+    with pytest.raises(ValueError, match="'auto' or 'flash'"):
+        JinaEncoder(folder, attention="flex")
+    with pytest.raises(ValueError, match="exact attention"):
+        JinaEncoder(folder, attention="flash", alibi_cutoff=64)
+    with pytest.raises(RuntimeError, match="pip install flash-attn-4"):
+        JinaEncoder.from_pretrained(folder, device="cpu", attention="flash")
