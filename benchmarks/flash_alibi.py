@@ -31,9 +31,9 @@ def packed(lengths: list[int], dtype: torch.dtype, seed: int = 0):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     total = sum(lengths)
     q, k, v = (torch.randn(total, HEADS, HEAD_DIM, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-    sequence_ids = torch.repeat_interleave(torch.arange(len(lengths), device="cuda"), torch.tensor(lengths, device="cuda"))
-    cu_seqlens = torch.from_numpy(packed_offsets(lengths, total)).cuda()
-    return q, k, v, sequence_ids, cu_seqlens
+    sequence_ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    cu_seqlens = torch.from_numpy(packed_offsets(sequence_ids.numpy())).cuda()
+    return q, k, v, sequence_ids.cuda(), cu_seqlens
 
 
 def main() -> None:

@@ -96,8 +96,7 @@ class TorchBackend:
     def embed(self, sequences: list[list[int]]) -> torch.Tensor:
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
-            sequence_ids = self._to_device(sequence_ids)
-            hidden = self._forward_packed(sequences, self._to_device(input_ids), sequence_ids)
+            hidden, sequence_ids = self._forward_packed(input_ids, sequence_ids)
             return segment_mean(hidden, sequence_ids, len(sequences))
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         return self.model.pool(self._to_device(input_ids), self._to_device(attention_mask))
@@ -110,31 +109,31 @@ class TorchBackend:
         """
         if self.packed:
             input_ids, sequence_ids = pack_batch(sequences, packed_width(sum(map(len, sequences))), self.pad_id)
-            hidden = self._forward_packed(sequences, self._to_device(input_ids), self._to_device(sequence_ids))
+            hidden, _ = self._forward_packed(input_ids, sequence_ids)
             return hidden, np.cumsum([0, *map(len, sequences[:-1])]).tolist()
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
         hidden = self.model(self._to_device(input_ids), self._to_device(attention_mask))
         width = input_ids.shape[1]
         return hidden.reshape(-1, hidden.shape[-1]), [row * width for row in range(len(sequences))]
 
-    def _forward_packed(
-        self, sequences: list[list[int]], input_ids: torch.Tensor, sequence_ids: torch.Tensor
-    ) -> torch.Tensor:
+    def _forward_packed(self, input_ids: np.ndarray, sequence_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states of one packed row, and its sequence ids, both on the device."""
         cu_seqlens = None
         if self.model.attn_implementation == "flash":
             from jina_rag.flash_alibi import packed_offsets
 
-            cu_seqlens = self._to_device(packed_offsets([len(s) for s in sequences], input_ids.shape[0]))
+            cu_seqlens = self._to_device(packed_offsets(sequence_ids))
             # Its length is the row's number of sequences: one compiled graph per width serves them all.
             torch._dynamo.mark_dynamic(cu_seqlens, 0)
+        input_ids, sequence_ids = self._to_device(input_ids), self._to_device(sequence_ids)
         if self._compiled_forward is not None:
             try:
-                return self._compiled_forward(input_ids, sequence_ids, cu_seqlens)
+                return self._compiled_forward(input_ids, sequence_ids, cu_seqlens), sequence_ids
             except Exception as error:  # compilation problems surface at the first call
                 logger.warning("compiling the packed forward failed (%s: %s); running it uncompiled",
                                type(error).__name__, error)
                 self._compiled_forward = None
-        return self.model.forward_packed(input_ids, sequence_ids, cu_seqlens)
+        return self.model.forward_packed(input_ids, sequence_ids, cu_seqlens), sequence_ids
 
     def describe(self) -> dict[str, Any]:
         dtype = next(self.model.parameters()).dtype

@@ -42,17 +42,14 @@ def require_flash_alibi(device: torch.device) -> None:
         )
 
 
-def packed_offsets(lengths: list[int], width: int, filler_block: int = 128) -> np.ndarray:
-    """``cu_seqlens`` (int32) of a packed row as :func:`jina_rag.batching.pack_batch` lays it out.
+def packed_offsets(sequence_ids: np.ndarray) -> np.ndarray:
+    """``cu_seqlens`` (int32) of a packed row: where each run of equal sequence ids starts, then its width.
 
-    The sequences, then the filler after them in pieces that end on multiples of
-    ``filler_block`` tokens (as the filler's sequence ids do), so filler attends only within
-    small blocks of itself.
+    The ids are :func:`jina_rag.batching.pack_batch`'s, so filler splits into the same small
+    blocks as under FlexAttention's document mask.
     """
-    ends = np.cumsum(lengths, dtype=np.int64)
-    used = int(ends[-1]) if len(lengths) else 0
-    filler = np.arange(used - used % filler_block + filler_block, width, filler_block, dtype=np.int64)
-    return np.concatenate([[0], ends, filler, [width] if used < width else []]).astype(np.int32)
+    starts = np.flatnonzero(np.diff(sequence_ids)) + 1
+    return np.concatenate([[0], starts, [sequence_ids.shape[0]]]).astype(np.int32)
 
 
 @functools.cache

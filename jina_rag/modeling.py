@@ -617,8 +617,8 @@ class JinaBertModel(JinaBertPreTrainedModel):
         ``sequence_ids[t]`` names the sequence token ``t`` belongs to and must not decrease along
         the row; a token attends only within its sequence, so no work is spent on padding
         (trailing filler gets ids of its own). ``cu_seqlens`` (int32, where each id's run starts,
-        then ``T``; :func:`jina_rag.flash_alibi.packed_offsets`) serves the ``flash`` attention,
-        which otherwise finds it from ``sequence_ids``.
+        then ``T``: :func:`jina_rag.flash_alibi.packed_offsets` of the ids) serves the ``flash``
+        attention, which otherwise finds it from ``sequence_ids`` with one host sync.
         """
         x = self.embeddings(input_ids[None])
         context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids, cu_seqlens)
