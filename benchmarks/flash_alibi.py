@@ -5,13 +5,17 @@ slope computed from the head index inside the kernel); FlexAttention runs as the
 (one packed row, the document block mask, the model's kernel options). Prints, for bf16 and fp16:
 correctness at 2 x 1024 against an fp64 reference and on a row of mixed lengths against
 FlexAttention, then milliseconds and attention TFLOP/s (4 * L^2 * head_dim * heads per sequence)
-at 8 x 8192, 32 x 2048 and 128 x 512 tokens. Run on the GPU machine with flash-attn-4 installed:
+at 8 x 8192, 32 x 2048 and 128 x 512 tokens. With ``--sweep``, bf16 only: the ``score_mod``
+against one that converts each score's integer distance to a float, and the Hopper kernel's tile
+settings (tile_m x tile_n, P from registers, intra-warpgroup overlap) at 8 x 8192 and 128 x 512.
+Run on the GPU machine with flash-attn-4 installed:
 
-    PYTHONPATH=. python3 benchmarks/flash_alibi.py
+    PYTHONPATH=. python3 benchmarks/flash_alibi.py [--sweep]
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 import traceback
@@ -36,8 +40,69 @@ def packed(lengths: list[int], dtype: torch.dtype, seed: int = 0):
     return q, k, v, sequence_ids.cuda(), cu_seqlens
 
 
+def integer_distance_score_mod(num_heads: int):
+    """The first version of the library's ``score_mod``: ``|i - j|`` converted from an integer per score."""
+    import operator
+
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass._mlir.dialects import math as mlir_math
+
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+
+    @cute.jit
+    def symmetric_alibi(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+        low = (h_idx + cute.full_like(h_idx, 1)) * cute.full_like(h_idx, -8)
+        high = (h_idx - cute.full_like(h_idx, closest)) * cute.full_like(h_idx, -8) - cute.full_like(h_idx, 4)
+        numerator = cute.where(operator.lt(h_idx, cute.full_like(h_idx, closest)), low, high)
+        slope = cute.math.exp2(numerator.to(cutlass.Float32) * cute.full_like(tSrS_ssa, 1.0 / closest))
+        diff = q_idx - kv_idx
+        distance = cute.TensorSSA(mlir_math.absi(diff), diff.shape, diff.dtype).to(cutlass.Float32)
+        return tSrS_ssa - slope * distance
+
+    return symmetric_alibi
+
+
+def sweep() -> None:
+    """Score_mod variants and Hopper tile settings, bf16, 8 x 8192 and 128 x 512."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    from jina_rag.flash_alibi import _score_mod
+
+    variants = [("library score_mod, default tiles", _score_mod(HEADS), {}),
+                ("integer-distance score_mod, default tiles", integer_distance_score_mod(HEADS), {})]
+    for tile_m, tile_n, rs, overlap in ((128, 128, True, True), (192, 128, False, True), (192, 128, True, False),
+                                        (192, 160, True, True), (192, 192, True, True), (128, 192, True, True),
+                                        (128, 256, True, True)):
+        variants.append((f"library score_mod, {tile_m} x {tile_n}, rs={rs}, overlap={overlap}", _score_mod(HEADS),
+                         dict(tile_mn=(tile_m, tile_n), mma_pv_is_rs=rs, intra_wg_overlap=overlap)))
+    for batch, length in ((8, 8192), (128, 512)):
+        q, k, v, _, cu = packed([length] * batch, torch.bfloat16)
+        flops = 4 * length * length * HEAD_DIM * HEADS * batch
+        print(f"\n== sweep, bf16, {batch} x {length}", flush=True)
+        reference_out = None
+        for name, score_mod, options in variants:
+            def run():
+                return _flash_attn_fwd(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, score_mod=score_mod, **options)[0]
+            try:
+                started = time.perf_counter()
+                out = run()
+                torch.cuda.synchronize()
+                compile_s = time.perf_counter() - started
+                reference_out = out if reference_out is None else reference_out
+                ms = timed(run)
+            except Exception as error:  # a tile setting the kernel does not support
+                print(f"  {name:62s} failed: {type(error).__name__}: {str(error)[:160]}", flush=True)
+                continue
+            print(f"  {name:62s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s  min cos to the first "
+                  f"{cosine(out, reference_out):.6f}  (first call {compile_s:.0f} s)", flush=True)
+
+
 def main() -> None:
     import flash_attn.cute  # noqa: F401  (fails here, not inside the first timing, when it is missing)
+
+    if "--sweep" in sys.argv[1:]:
+        return sweep()
 
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     from torch.nn.attention.flex_attention import flex_attention

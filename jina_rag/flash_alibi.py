@@ -52,6 +52,10 @@ def packed_offsets(sequence_ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], starts, [sequence_ids.shape[0]]]).astype(np.int32)
 
 
+# Bits of the float 2^23: OR-ing an integer 0 <= n < 2^23 into them gives the float 2^23 + n.
+_FLOAT_TWO_POW_23_BITS = 0x4B000000
+
+
 @functools.cache
 def _score_mod(num_heads: int):
     import operator
@@ -69,8 +73,12 @@ def _score_mod(num_heads: int):
         high = (h_idx - cute.full_like(h_idx, closest)) * cute.full_like(h_idx, -8) - cute.full_like(h_idx, 4)
         numerator = cute.where(operator.lt(h_idx, cute.full_like(h_idx, closest)), low, high)
         slope = cute.math.exp2(numerator.to(cutlass.Float32) * cute.full_like(tSrS_ssa, 1.0 / closest))
-        diff = q_idx - kv_idx
-        distance = cute.TensorSSA(mlir_math.absi(diff), diff.shape, diff.dtype).to(cutlass.Float32)
+        # |i - j| without an int-to-float conversion per score (conversions run on the unit that
+        # also computes the softmax's exp2, the bottleneck at head_dim 64): both positions become
+        # the floats 2^23 + n by their bits, and one subtraction of those is exact
+        magic = cute.full_like(q_idx, _FLOAT_TWO_POW_23_BITS)
+        diff = (q_idx | magic).bitcast(cutlass.Float32) - (kv_idx | magic).bitcast(cutlass.Float32)
+        distance = cute.TensorSSA(mlir_math.absf(diff), diff.shape, diff.dtype)
         return tSrS_ssa - slope * distance
 
     return symmetric_alibi
