@@ -6,10 +6,12 @@ One table from one run, for the base and small shapes (random weights: speed onl
       skipped per head), from token ids, and end to end from text (tokenisation included) for the
       mixed corpus; "tiles" is the share of the doc mask's tiles it computes (kept tiles over all
       heads / heads x tiles of the exact mask, first batch of each case);
-  (a) exact: the same path as ``JinaEncoder`` runs by default, ``alibi_cutoff=None`` (every tile
-      of the doc mask computed);
-  (a) flash: the same packed rows, exact, with FlashAttention-4's varlen kernel and the ALiBi
-      ``score_mod`` instead of FlexAttention (``attn_implementation="flash"``; needs flash-attn-4);
+  (a) exact: the path ``JinaEncoder`` runs by default, ``alibi_cutoff=None`` (every tile computed):
+      FlexAttention, and with flash-attn-4 installed FlashAttention-4 for rows holding a sequence
+      of at least ``FLASH_MIN_TOKENS`` tokens;
+  (a) flex: the same, FlexAttention for every row (``attn_implementation="flex"``);
+  (a) flash: the same, FlashAttention-4's varlen kernel with the ALiBi ``score_mod`` for every row
+      (``attn_implementation="flash"``; needs flash-attn-4);
   (b) SDPA with a materialised [B, heads, L, L] bias over length-sorted, padded batches
       (how the published remote code runs);
   (c) sentence-transformers with a standard BERT of the same size (512 max), from text,
@@ -19,7 +21,7 @@ bf16 matmul peak measured in this run. The FLOPs count full attention for every 
 MFU is a formula MFU: the tiles it skips are counted as work done. A row's a/b and a/c compare that
 row's (a) variant with (b) and (c).
 
-    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000] [--skip b,c,cutoff,exact,flash]
+    python benchmarks/gpu.py [--shapes base,small] [--lengths 128,512,2048,8192] [--docs 3000] [--skip b,c,cutoff,exact,flex,flash,text]
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="base,small")
     parser.add_argument("--lengths", default="128,512,2048,8192")
     parser.add_argument("--docs", type=int, default=3000, help="documents in the mixed-length corpus")
-    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c,cutoff,exact,flash,text")
+    parser.add_argument("--skip", default="", help="comma list of methods to skip: b,c,cutoff,exact,flex,flash,text")
     args = parser.parse_args()
     device = torch.device("cuda")
     peak_tflops = matmul_peak_tflops(device)
@@ -156,6 +158,8 @@ def main() -> None:
         folder = random_model_folder(shape, work / shape)
         encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=ALIBI_CUTOFF)
         exact = None if "exact" in skip else JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16", alibi_cutoff=None)
+        flex = None if "flex" in skip else TorchBackend(
+            load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="flex"), device)
         flash = None if "flash" in skip else TorchBackend(
             load_model(folder, device="cuda", dtype=torch.bfloat16, attn_implementation="flash"), device)
         config = encoder.backend.model.config
@@ -175,6 +179,8 @@ def main() -> None:
             if exact is not None:
                 row["a_exact"] = measure(f"{shape} {name} (a) exact", ours_from_ids(exact.backend, sequences),
                                          tokens, total, peak_tflops)
+            if flex is not None:
+                row["a_flex"] = measure(f"{shape} {name} (a) flex", ours_from_ids(flex, sequences), tokens, total, peak_tflops)
             if flash is not None:
                 row["a_flash"] = measure(f"{shape} {name} (a) flash", ours_from_ids(flash, sequences), tokens, total, peak_tflops)
             if name.startswith("mixed") and "text" not in skip:
@@ -200,7 +206,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, c = r.get("b"), r.get("c")
-        variants = [(label, r[key]) for key, label in (("a", ""), ("a_exact", ", (a) exact"), ("a_flash", ", (a) flash"))
+        variants = [(label, r[key]) for key, label in (("a", ""), ("a_exact", ", (a) exact"), ("a_flex", ", (a) flex"),
+                                                         ("a_flash", ", (a) flash"))
                     if key in r]
         for index, (label, a) in enumerate(variants):
             cells = [r["shape"], r["case"] + label, f"{r['tokens']:,}" if index == 0 else "",

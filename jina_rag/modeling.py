@@ -26,8 +26,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view); flash: FlashAttention-4's
-# varlen kernel over packed rows (jina_rag.flash_alibi; padded batches then run flex); the references
+# auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view), and a packed row given
+# its cu_seqlens runs FlashAttention-4 (the caller passes them where that kernel is faster and installed);
+# flash: FlashAttention-4's varlen kernel over every packed row (jina_rag.flash_alibi; padded batches then
+# run flex); the references
 # materialise the whole [batch, heads, L, L] bias: eager (explicit softmax) and sdpa (one SDPA call,
 # as the published remote code runs).
 AttentionImpl = Literal["auto", "blockwise", "flex", "flash", "eager", "sdpa"]
@@ -582,7 +584,7 @@ class JinaBertModel(JinaBertPreTrainedModel):
         impl = self._attention_impl(x.device)
         slopes = self.alibi_slopes.to(x.device)
         length = attention_mask.shape[1]
-        if impl == "flash" and sequence_ids is not None:
+        if sequence_ids is not None and (impl == "flash" or (impl == "flex" and cu_seqlens is not None)):
             if cu_seqlens is None:  # found on the device: one host sync (callers in a hot loop pass it)
                 counts = torch.unique_consecutive(sequence_ids, return_counts=True)[1]
                 cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
@@ -617,8 +619,9 @@ class JinaBertModel(JinaBertPreTrainedModel):
         ``sequence_ids[t]`` names the sequence token ``t`` belongs to and must not decrease along
         the row; a token attends only within its sequence, so no work is spent on padding
         (trailing filler gets ids of its own). ``cu_seqlens`` (int32, where each id's run starts,
-        then ``T``: :func:`jina_rag.flash_alibi.packed_offsets` of the ids) serves the ``flash``
-        attention, which otherwise finds it from ``sequence_ids`` with one host sync.
+        then ``T``: :func:`jina_rag.flash_alibi.packed_offsets` of the ids) runs the row through
+        FlashAttention-4 under ``auto`` and ``flex`` too (give it only where that kernel is
+        installed); ``flash`` otherwise finds it from ``sequence_ids`` with one host sync.
         """
         x = self.embeddings(input_ids[None])
         context = self._context(x, torch.ones_like(input_ids)[None], sequence_ids, cu_seqlens)

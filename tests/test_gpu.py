@@ -137,3 +137,25 @@ def test_flash_encoder_matches_cpu_and_compiles_once_per_width(base_like):
         cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
         assert np.all(cosine >= 0.999), (texts, cosine)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, dict(torch._dynamo.utils.counters["graph_break"])
+
+
+def test_auto_runs_flash_only_for_rows_with_a_long_sequence(base_like):
+    from torch.profiler import ProfilerActivity, profile
+
+    from jina_rag.encoder import FLASH_MIN_TOKENS
+
+    _flash_or_skip()
+    cpu = JinaEncoder.from_pretrained(base_like, device="cpu")
+    gpu = JinaEncoder.from_pretrained(base_like, device="cuda", dtype="bf16")
+    assert gpu.backend.describe()["attention"] == f"flex; flash for rows with a sequence of >= {FLASH_MIN_TOKENS} tokens"
+    for lengths, flash_expected in (([FLASH_MIN_TOKENS - 100, 50], False), ([FLASH_MIN_TOKENS + 200, 50], True)):
+        texts = [" ".join(["word"] * n) for n in lengths]
+        gpu.encode(texts, show_progress=False)  # compiles outside the profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            got = gpu.encode(texts, normalize=False, show_progress=False)
+            torch.cuda.synchronize()
+        kernels = " ".join(event.key for event in prof.key_averages()).lower()
+        assert ("flashattentionforward" in kernels) == flash_expected, (lengths, kernels[:2000])
+        expected = cpu.encode(texts, normalize=False)
+        cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+        assert np.all(cosine >= 0.999), (lengths, cosine)
