@@ -15,7 +15,6 @@ Run on the GPU machine with flash-attn-4 installed:
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import traceback
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cudnn_alibi import HEAD_DIM, HEADS, cosine, reference, timed  # noqa: E402
 
-from jina_rag.flash_alibi import flash_alibi_attention, packed_offsets  # noqa: E402
+from jina_rag.flash_alibi import flash_alibi_attention, head_slopes, packed_offsets  # noqa: E402
 from jina_rag.modeling import alibi_slopes, flex_kernel_options, packed_block_mask  # noqa: E402
 
 
@@ -42,23 +41,15 @@ def packed(lengths: list[int], dtype: torch.dtype, seed: int = 0):
 
 def integer_distance_score_mod(num_heads: int):
     """The first version of the library's ``score_mod``: ``|i - j|`` converted from an integer per score."""
-    import operator
-
     import cutlass
     import cutlass.cute as cute
     from cutlass._mlir.dialects import math as mlir_math
 
-    closest = 2 ** int(math.floor(math.log2(num_heads)))
-
     @cute.jit
     def symmetric_alibi(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
-        low = (h_idx + cute.full_like(h_idx, 1)) * cute.full_like(h_idx, -8)
-        high = (h_idx - cute.full_like(h_idx, closest)) * cute.full_like(h_idx, -8) - cute.full_like(h_idx, 4)
-        numerator = cute.where(operator.lt(h_idx, cute.full_like(h_idx, closest)), low, high)
-        slope = cute.math.exp2(numerator.to(cutlass.Float32) * cute.full_like(tSrS_ssa, 1.0 / closest))
         diff = q_idx - kv_idx
         distance = cute.TensorSSA(mlir_math.absi(diff), diff.shape, diff.dtype).to(cutlass.Float32)
-        return tSrS_ssa - slope * distance
+        return tSrS_ssa - head_slopes(h_idx, tSrS_ssa, num_heads) * distance
 
     return symmetric_alibi
 

@@ -56,30 +56,39 @@ def packed_offsets(sequence_ids: np.ndarray) -> np.ndarray:
 _FLOAT_TWO_POW_23_BITS = 0x4B000000
 
 
-@functools.cache
-def _score_mod(num_heads: int):
+def head_slopes(h_idx, like, num_heads: int):
+    """Inside a CuTe ``score_mod``: each lane's ALiBi slope, from its head index, as float32 shaped like ``like``.
+
+    slope_h = 2^(-8(h+1)/p) for h < p, 2^(-(8(h-p)+4)/p) above (p: the power of two <= heads),
+    equal to :func:`jina_rag.modeling.alibi_slopes`.
+    """
     import operator
 
     import cutlass
     import cutlass.cute as cute
-    from cutlass._mlir.dialects import math as mlir_math
 
     closest = 2 ** int(math.floor(math.log2(num_heads)))
+    low = (h_idx + cute.full_like(h_idx, 1)) * cute.full_like(h_idx, -8)
+    high = (h_idx - cute.full_like(h_idx, closest)) * cute.full_like(h_idx, -8) - cute.full_like(h_idx, 4)
+    numerator = cute.where(operator.lt(h_idx, cute.full_like(h_idx, closest)), low, high)
+    return cute.math.exp2(numerator.to(cutlass.Float32) * cute.full_like(like, 1.0 / closest))
+
+
+@functools.cache
+def _score_mod(num_heads: int):
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass._mlir.dialects import math as mlir_math
 
     @cute.jit
     def symmetric_alibi(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
-        # slope_h = 2^(-8(h+1)/p) for h < p, 2^(-(8(h-p)+4)/p) above (p: power of two <= heads)
-        low = (h_idx + cute.full_like(h_idx, 1)) * cute.full_like(h_idx, -8)
-        high = (h_idx - cute.full_like(h_idx, closest)) * cute.full_like(h_idx, -8) - cute.full_like(h_idx, 4)
-        numerator = cute.where(operator.lt(h_idx, cute.full_like(h_idx, closest)), low, high)
-        slope = cute.math.exp2(numerator.to(cutlass.Float32) * cute.full_like(tSrS_ssa, 1.0 / closest))
         # |i - j| without an int-to-float conversion per score (conversions run on the unit that
         # also computes the softmax's exp2, the bottleneck at head_dim 64): both positions become
         # the floats 2^23 + n by their bits, and one subtraction of those is exact
         magic = cute.full_like(q_idx, _FLOAT_TWO_POW_23_BITS)
         diff = (q_idx | magic).bitcast(cutlass.Float32) - (kv_idx | magic).bitcast(cutlass.Float32)
         distance = cute.TensorSSA(mlir_math.absf(diff), diff.shape, diff.dtype)
-        return tSrS_ssa - slope * distance
+        return tSrS_ssa - head_slopes(h_idx, tSrS_ssa, num_heads) * distance
 
     return symmetric_alibi
 
