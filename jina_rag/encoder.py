@@ -81,8 +81,8 @@ class TorchBackend:
         self.packed = flex_attention_available(device, model.config.head_dim) and model.attn_implementation in (
             "auto", "flex", "flash")
         # Rows run FlashAttention-4 from flash_min_tokens on: always with "flash"; with "auto", for
-        # rows holding a sequence of FLASH_MIN_TOKENS or more, where its kernel beats FlexAttention's
-        # (H200: 1.26x at 8192, 0.88x at 512), when it is installed and attention is exact.
+        # rows holding a sequence of FLASH_MIN_TOKENS or more, where it beats FlexAttention (H200 encoder:
+        # 1.03x at 1024 tokens, 1.17x at 8192, 0.95x at 512), when it is installed and attention is exact.
         self.flash_min_tokens: int | None = None
         if model.attn_implementation == "flash":
             from jina_rag.flash_alibi import require_flash_alibi
@@ -271,7 +271,7 @@ class JinaEncoder:
 
     ``attention="flash"`` runs the CUDA packed rows through FlashAttention-4's varlen kernel
     (``pip install "jina-rag[flash]"``, Hopper or Blackwell GPUs; exact attention, no cutoff):
-    faster than FlexAttention from about 2048 tokens, slower at 512. ``"auto"`` is SDPA on CPU and
+    faster than FlexAttention from about 1024 tokens, slower at 512. ``"auto"`` is SDPA on CPU and
     FlexAttention on CUDA, where, with exact attention and FlashAttention-4 installed, batches
     holding a text of at least :data:`FLASH_MIN_TOKENS` tokens run FlashAttention-4.
     """
