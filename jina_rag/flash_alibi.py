@@ -96,6 +96,8 @@ def _score_mod(num_heads: int):
 @torch.library.custom_op("jina_rag::flash_alibi_attention", mutates_args=())
 def flash_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Symmetric-ALiBi attention of packed rows ``[T, heads, head_dim]`` within each ``cu_seqlens`` range."""
+    if q.shape[0] >= 1 << 23:  # the score_mod reads positions as the floats 2^23 + n
+        raise ValueError(f"a packed row holds at most 8,388,607 tokens for flash attention, got {q.shape[0]:,}: pack fewer")
     from flash_attn.cute import flash_attn_varlen_func
 
     out = flash_attn_varlen_func(

@@ -49,3 +49,11 @@ def test_encoder_asks_for_flash_explicitly_and_fails_clearly_without_it(tmp_path
         JinaEncoder(folder, attention="flash", alibi_cutoff=64)
     with pytest.raises(RuntimeError, match="pip install flash-attn-4"):
         JinaEncoder.from_pretrained(folder, device="cpu", attention="flash")
+
+
+def test_flash_refuses_rows_too_long_for_its_float_positions():
+    from jina_rag.flash_alibi import flash_alibi_attention
+
+    q = torch.zeros(1 << 23, 1, 1)
+    with pytest.raises(ValueError, match="at most 8,388,607 tokens"):
+        flash_alibi_attention(q, q, q, torch.tensor([0, 1 << 23], dtype=torch.int32))
