@@ -7,10 +7,11 @@ correctness at 2 x 1024 against an fp64 reference and on a row of mixed lengths 
 FlexAttention, then milliseconds and attention TFLOP/s (4 * L^2 * head_dim * heads per sequence)
 at 8 x 8192, 32 x 2048 and 128 x 512 tokens. With ``--sweep``, bf16 only: the ``score_mod``
 against one that converts each score's integer distance to a float, and the Hopper kernel's tile
-settings (tile_m x tile_n, P from registers, intra-warpgroup overlap) at 8 x 8192 and 128 x 512.
-Run on the GPU machine with flash-attn-4 installed:
+settings (tile_m x tile_n, P from registers, intra-warpgroup overlap) at 8 x 8192 and 128 x 512;
+also a score_mod on slope-scaled positions, one with a single slope and none (what the bias and
+the slope cost); ``--score-mods`` leaves the tile settings out. Run on the GPU machine with flash-attn-4 installed:
 
-    PYTHONPATH=. python3 benchmarks/flash_alibi.py [--sweep]
+    PYTHONPATH=. python3 benchmarks/flash_alibi.py [--sweep [--score-mods]]
 """
 
 from __future__ import annotations
@@ -54,6 +55,40 @@ def integer_distance_score_mod(num_heads: int):
     return symmetric_alibi
 
 
+def scaled_positions_score_mod(num_heads: int):
+    """``score - |slope * i - slope * j|``: positions scaled once per row and column, so a score needs a
+    subtraction and one fused multiply-add with FA4's scaling instead of a subtraction and two."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass._mlir.dialects import math as mlir_math
+
+    @cute.jit
+    def symmetric_alibi(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+        slope = head_slopes(h_idx, tSrS_ssa, num_heads)
+        diff = q_idx.to(cutlass.Float32) * slope - kv_idx.to(cutlass.Float32) * slope
+        return tSrS_ssa - cute.TensorSSA(mlir_math.absf(diff), diff.shape, diff.dtype)
+
+    return symmetric_alibi
+
+
+def constant_slope_score_mod(num_heads: int):
+    """The library's ``score_mod`` with one slope for every head (wrong for ALiBi): what the slope costs."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass._mlir.dialects import math as mlir_math
+
+    from jina_rag.flash_alibi import _FLOAT_TWO_POW_23_BITS
+
+    @cute.jit
+    def one_slope(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+        magic = cute.full_like(q_idx, _FLOAT_TWO_POW_23_BITS)
+        diff = (q_idx | magic).bitcast(cutlass.Float32) - (kv_idx | magic).bitcast(cutlass.Float32)
+        distance = cute.TensorSSA(mlir_math.absf(diff), diff.shape, diff.dtype)
+        return tSrS_ssa - cute.full_like(tSrS_ssa, 0.0625) * distance
+
+    return one_slope
+
+
 def sweep() -> None:
     """Score_mod variants and Hopper tile settings, bf16, 8 x 8192 and 128 x 512."""
     from flash_attn.cute.interface import _flash_attn_fwd
@@ -61,10 +96,14 @@ def sweep() -> None:
     from jina_rag.flash_alibi import _score_mod
 
     variants = [("library score_mod, default tiles", _score_mod(HEADS), {}),
-                ("integer-distance score_mod, default tiles", integer_distance_score_mod(HEADS), {})]
-    for tile_m, tile_n, rs, overlap in ((128, 128, True, True), (192, 128, False, True), (192, 128, True, False),
-                                        (192, 160, True, True), (192, 192, True, True), (128, 192, True, True),
-                                        (128, 256, True, True)):
+                ("integer-distance score_mod, default tiles", integer_distance_score_mod(HEADS), {}),
+                ("slope-scaled positions score_mod, default tiles", scaled_positions_score_mod(HEADS), {}),
+                ("one slope for all heads (not ALiBi), default tiles", constant_slope_score_mod(HEADS), {}),
+                ("no score_mod (plain softmax, not ALiBi), default tiles", None, {})]
+    tiles = () if "--score-mods" in sys.argv[1:] else (
+        (128, 128, True, True), (192, 128, False, True), (192, 128, True, False),
+        (192, 160, True, True), (192, 192, True, True), (128, 192, True, True), (128, 256, True, True))
+    for tile_m, tile_n, rs, overlap in tiles:
         variants.append((f"library score_mod, {tile_m} x {tile_n}, rs={rs}, overlap={overlap}", _score_mod(HEADS),
                          dict(tile_mn=(tile_m, tile_n), mma_pv_is_rs=rs, intra_wg_overlap=overlap)))
     for batch, length in ((8, 8192), (128, 512)):
@@ -82,11 +121,12 @@ def sweep() -> None:
                 compile_s = time.perf_counter() - started
                 reference_out = out if reference_out is None else reference_out
                 ms = timed(run)
+                max_diff = (out.float() - reference_out.float()).abs().max().item()
             except Exception as error:  # a tile setting the kernel does not support
                 print(f"  {name:62s} failed: {type(error).__name__}: {str(error)[:160]}", flush=True)
                 continue
             print(f"  {name:62s} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s  min cos to the first "
-                  f"{cosine(out, reference_out):.6f}  (first call {compile_s:.0f} s)", flush=True)
+                  f"{cosine(out, reference_out):.6f}, max |diff| {max_diff:.1e}  (first call {compile_s:.0f} s)", flush=True)
 
 
 def main() -> None:

@@ -154,6 +154,9 @@ class TorchBackend:
     def describe(self) -> dict[str, Any]:
         dtype = next(self.model.parameters()).dtype
         info = {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
+        from jina_rag.fused_geglu import fused_geglu_supported
+
+        info["feed_forward"] = "fused GEGLU (Triton)" if fused_geglu_supported(self.device, dtype) else "GEGLU"
         if self.packed:
             info["alibi_cutoff"] = self.model.alibi_cutoff
             info["attention"] = {None: "flex", 0: "flash"}.get(

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jina_rag.fused_geglu import fused_geglu, fused_geglu_available
+
 logger = logging.getLogger(__name__)
 
 # auto: flex on CUDA, else blockwise (SDPA reading the bias as a zero-copy view), and a packed row given
@@ -456,7 +458,14 @@ class JinaBertAttention(nn.Module):
 
 
 class JinaBertGLUMLP(nn.Module):
-    """GEGLU feed-forward: ``wo(gelu(gate) * up) + x``, then LayerNorm."""
+    """GEGLU feed-forward: ``wo(gelu(gate) * up) + x``, then LayerNorm.
+
+    ``fused`` (default True) runs the gated projection and its activation as one Triton kernel
+    where :func:`jina_rag.fused_geglu.fused_geglu_available` says it can (CUDA inference in
+    bf16/fp16); elsewhere, and with ``fused = False``, the plain layers run.
+    """
+
+    fused: bool = True
 
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
@@ -467,8 +476,12 @@ class JinaBertGLUMLP(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gated_layers(x).split(self.intermediate_size, dim=-1)
-        return self.layernorm(self.dropout(self.wo(F.gelu(gate) * up)) + x)
+        if self.fused and fused_geglu_available(x, self.gated_layers.weight):
+            hidden = fused_geglu(x, self.gated_layers.weight)
+        else:
+            gate, up = self.gated_layers(x).split(self.intermediate_size, dim=-1)
+            hidden = F.gelu(gate) * up
+        return self.layernorm(self.dropout(self.wo(hidden)) + x)
 
 
 class JinaBertLayer(nn.Module):

@@ -159,3 +159,52 @@ def test_auto_runs_flash_only_for_rows_with_a_long_sequence(base_like):
         expected = cpu.encode(texts, normalize=False)
         cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
         assert np.all(cosine >= 0.999), (lengths, cosine)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens, hidden, inner", [(1000, 768, 3072), (777, 200, 1000), (3, 384, 1536)])
+def test_fused_geglu_matches_fp32_reference(dtype, tokens, hidden, inner):
+    """Rows, columns and the inner dimension off the kernel's tiles included (200 is no multiple of 64)."""
+    from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(tokens, hidden, device="cuda", dtype=dtype, generator=generator)
+    weight = torch.randn(2 * inner, hidden, device="cuda", dtype=dtype, generator=generator) / hidden**0.5
+    assert fused_geglu_available(x, weight)
+    exact = geglu_reference(x.float(), weight.float())
+    fused, unfused = fused_geglu(x, weight), geglu_reference(x, weight)
+    assert fused.shape == (tokens, inner) and fused.dtype == dtype
+    fused_error = (fused.float() - exact).abs().max()
+    assert fused_error <= (unfused.float() - exact).abs().max() * 1.5  # no worse than the unfused bf16/fp16 path
+    assert F.cosine_similarity(fused.double(), exact.double(), dim=-1).min() >= 0.9999
+
+
+def test_fused_geglu_runs_in_the_compiled_forward_and_only_without_gradients(base_like):
+    from torch.profiler import ProfilerActivity, profile
+
+    from jina_rag.fused_geglu import fused_geglu_available
+    from jina_rag.modeling import JinaBertGLUMLP
+
+    model = load_model(base_like, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(1000, 30000, (4096,), device="cuda")
+    sequence_ids = torch.arange(4096, device="cuda") // 1000
+    forward = torch.compile(model.forward_packed, dynamic=False)
+    outputs, kernels = {}, {}
+    for fused in (True, False):
+        for module in model.modules():
+            if isinstance(module, JinaBertGLUMLP):
+                module.fused = fused
+        with torch.inference_mode():
+            forward(ids, sequence_ids)  # compiles outside the profile
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                outputs[fused] = forward(ids, sequence_ids).float()
+                torch.cuda.synchronize()
+        kernels[fused] = " ".join(event.key for event in prof.key_averages())
+    assert "geglu_kernel" in kernels[True] and "geglu_kernel" not in kernels[False]
+    assert F.cosine_similarity(outputs[True], outputs[False], dim=-1).min() >= 0.999
+    weight = model.encoder.layer[0].mlp.gated_layers.weight
+    x = torch.randn(8, weight.shape[1], device="cuda", dtype=torch.bfloat16)
+    assert fused_geglu_available(x, weight.detach())
+    assert not fused_geglu_available(x, weight)  # training: the weight needs its gradient
+    with torch.no_grad():
+        assert fused_geglu_available(x, weight)

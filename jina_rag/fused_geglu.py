@@ -1,0 +1,133 @@
+"""GEGLU's gated projection and its activation in one Triton kernel (CUDA, bf16/fp16, inference).
+
+The feed-forward's first linear layer writes ``[T, 2I]`` (gate and up halves) and an elementwise
+kernel then reads all of it back to write ``gelu(gate) * up``, ``[T, I]``: at 8192-token rows
+that round trip is about 6% of the forward. Here each program computes one ``[BLOCK_M, BLOCK_N]``
+tile of both halves (two accumulators over the same rows of ``x``) and writes only the product,
+with the exact (erf) GELU of the published model.
+
+Only for inference: the kernel has no backward, so anything that needs gradients (training)
+takes the plain path. Runs as a ``torch.library`` custom op, one opaque node under
+``torch.compile`` with the rest of the layer fused around it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+FUSED_DTYPES = (torch.bfloat16, torch.float16)
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps): the fastest of benchmarks/geglu.py's sweep on an H200.
+DEFAULT_TILES = (128, 128, 64, 4, 8)
+GROUP_M = 8
+
+
+def geglu_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``gelu(gate) * up`` of ``x @ weight.T`` split into its gate and up halves (the unfused path)."""
+    gate, up = F.linear(x, weight).split(weight.shape[0] // 2, dim=-1)
+    return F.gelu(gate) * up
+
+
+def fused_geglu_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernel runs for a model on ``device`` in ``dtype``: CUDA, bf16/fp16, Triton installed."""
+    return device.type == "cuda" and dtype in FUSED_DTYPES and _triton_installed()
+
+
+def fused_geglu_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`fused_geglu` can run on these inputs: supported, same dtype, no gradients needed."""
+    if weight.dtype != x.dtype or not fused_geglu_supported(x.device, x.dtype):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    if x.shape[-1] % 8 or weight.shape[0] % 2:  # rows must be 16-byte aligned for the kernel's loads
+        return False
+    if x.numel() >= 1 << 31 or x.numel() // x.shape[-1] * weight.shape[0] >= 1 << 31:  # the kernel's int32 offsets
+        return False
+    return True
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def geglu_kernel(
+        x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
+    ):
+        # Grouped tile order: GROUP row blocks share each column block of the weight while it is in L2.
+        pid = tl.program_id(0)
+        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group = pid // (GROUP * blocks_n)
+        first_m = group * GROUP
+        group_rows = min(blocks_m - first_m, GROUP)
+        block_m = first_m + (pid % (GROUP * blocks_n)) % group_rows
+        block_n = (pid % (GROUP * blocks_n)) // group_rows
+
+        rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ks = tl.arange(0, BLOCK_K)
+        # Rows and columns past the edge wrap around (their results are never stored), so the loads need no mask.
+        x_ptrs = x_ptr + (rows % M)[:, None] * stride_xm + ks[None, :]
+        gate_ptrs = w_ptr + (cols % N)[None, :] * stride_wn + ks[:, None]  # [BLOCK_K, BLOCK_N] of weight[:N].T
+        up_ptrs = gate_ptrs + N * stride_wn  # the up half starts N rows further
+        gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            if EVEN_K:
+                x, w_gate, w_up = tl.load(x_ptrs), tl.load(gate_ptrs), tl.load(up_ptrs)
+            else:
+                k_ok = ks < K - k
+                x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+                w_gate = tl.load(gate_ptrs, mask=k_ok[:, None], other=0.0)
+                w_up = tl.load(up_ptrs, mask=k_ok[:, None], other=0.0)
+            gate = tl.dot(x, w_gate, gate)
+            up = tl.dot(x, w_up, up)
+            x_ptrs += BLOCK_K
+            gate_ptrs += BLOCK_K
+            up_ptrs += BLOCK_K
+        out = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476)) * up
+        y_ptrs = y_ptr + rows[:, None] * stride_ym + cols[None, :]
+        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+    return geglu_kernel
+
+
+def launch_fused_geglu(x: torch.Tensor, weight: torch.Tensor, tiles: tuple[int, int, int, int, int] = DEFAULT_TILES) -> torch.Tensor:
+    """Run the kernel with explicit tiles ``(BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)``."""
+    block_m, block_n, block_k, stages, warps = tiles
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    weight = weight.contiguous()
+    total, width = rows.shape
+    inner = weight.shape[0] // 2
+    out = torch.empty(total, inner, device=x.device, dtype=x.dtype)
+    if total == 0:
+        return out.view(*x.shape[:-1], inner)
+    grid = (-(-total // block_m) * -(-inner // block_n),)
+    _kernel()[grid](
+        rows, weight, out, total, inner, width, rows.stride(0), weight.stride(0), out.stride(0),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=GROUP_M, EVEN_K=width % block_k == 0, num_stages=stages, num_warps=warps,
+    )
+    return out.view(*x.shape[:-1], inner)
+
+
+@torch.library.custom_op("jina_rag::fused_geglu", mutates_args=())
+def fused_geglu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``gelu(x @ weight[:I].T) * (x @ weight[I:].T)`` for ``weight`` of ``[2I, H]``, in one kernel."""
+    return launch_fused_geglu(x, weight)
+
+
+@fused_geglu.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
