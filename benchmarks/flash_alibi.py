@@ -8,8 +8,8 @@ FlexAttention, then milliseconds and attention TFLOP/s (4 * L^2 * head_dim * hea
 at 8 x 8192, 32 x 2048 and 128 x 512 tokens. With ``--sweep``, bf16 only: the ``score_mod``
 against one that converts each score's integer distance to a float, and the Hopper kernel's tile
 settings (tile_m x tile_n, P from registers, intra-warpgroup overlap) at 8 x 8192 and 128 x 512;
-also a score_mod on slope-scaled positions, one with a single slope and none (what the bias and
-the slope cost); ``--score-mods`` leaves the tile settings out. Run on the GPU machine with flash-attn-4 installed:
+also the second version's score_mod (positions as floats by their bits) and none at all (what the
+bias costs); ``--score-mods`` leaves the tile settings out. Run on the GPU machine with flash-attn-4 installed:
 
     PYTHONPATH=. python3 benchmarks/flash_alibi.py [--sweep [--score-mods]]
 """
@@ -40,6 +40,10 @@ def packed(lengths: list[int], dtype: torch.dtype, seed: int = 0):
     return q, k, v, sequence_ids.cuda(), cu_seqlens
 
 
+# Bits of the float 2^23: OR-ing an integer 0 <= n < 2^23 into them gives the float 2^23 + n.
+FLOAT_TWO_POW_23_BITS = 0x4B000000
+
+
 def integer_distance_score_mod(num_heads: int):
     """The first version of the library's ``score_mod``: ``|i - j|`` converted from an integer per score."""
     import cutlass
@@ -55,38 +59,21 @@ def integer_distance_score_mod(num_heads: int):
     return symmetric_alibi
 
 
-def scaled_positions_score_mod(num_heads: int):
-    """``score - |slope * i - slope * j|``: positions scaled once per row and column, so a score needs a
-    subtraction and one fused multiply-add with FA4's scaling instead of a subtraction and two."""
+def float_bits_score_mod(num_heads: int):
+    """The second version: both positions become the floats ``2^23 + n`` by their bits, one exact
+    subtraction gives ``|i - j|``, then the slope multiplies it (a subtraction and two multiplies a score)."""
     import cutlass
     import cutlass.cute as cute
     from cutlass._mlir.dialects import math as mlir_math
 
     @cute.jit
     def symmetric_alibi(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
-        slope = head_slopes(h_idx, tSrS_ssa, num_heads)
-        diff = q_idx.to(cutlass.Float32) * slope - kv_idx.to(cutlass.Float32) * slope
-        return tSrS_ssa - cute.TensorSSA(mlir_math.absf(diff), diff.shape, diff.dtype)
-
-    return symmetric_alibi
-
-
-def constant_slope_score_mod(num_heads: int):
-    """The library's ``score_mod`` with one slope for every head (wrong for ALiBi): what the slope costs."""
-    import cutlass
-    import cutlass.cute as cute
-    from cutlass._mlir.dialects import math as mlir_math
-
-    from jina_rag.flash_alibi import _FLOAT_TWO_POW_23_BITS
-
-    @cute.jit
-    def one_slope(tSrS_ssa, b_idx, h_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
-        magic = cute.full_like(q_idx, _FLOAT_TWO_POW_23_BITS)
+        magic = cute.full_like(q_idx, FLOAT_TWO_POW_23_BITS)
         diff = (q_idx | magic).bitcast(cutlass.Float32) - (kv_idx | magic).bitcast(cutlass.Float32)
         distance = cute.TensorSSA(mlir_math.absf(diff), diff.shape, diff.dtype)
-        return tSrS_ssa - cute.full_like(tSrS_ssa, 0.0625) * distance
+        return tSrS_ssa - head_slopes(h_idx, tSrS_ssa, num_heads) * distance
 
-    return one_slope
+    return symmetric_alibi
 
 
 def sweep() -> None:
@@ -97,8 +84,7 @@ def sweep() -> None:
 
     variants = [("library score_mod, default tiles", _score_mod(HEADS), {}),
                 ("integer-distance score_mod, default tiles", integer_distance_score_mod(HEADS), {}),
-                ("slope-scaled positions score_mod, default tiles", scaled_positions_score_mod(HEADS), {}),
-                ("one slope for all heads (not ALiBi), default tiles", constant_slope_score_mod(HEADS), {}),
+                ("float-bits positions score_mod (before), default tiles", float_bits_score_mod(HEADS), {}),
                 ("no score_mod (plain softmax, not ALiBi), default tiles", None, {})]
     tiles = () if "--score-mods" in sys.argv[1:] else (
         (128, 128, True, True), (192, 128, False, True), (192, 128, True, False),

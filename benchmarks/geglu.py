@@ -32,8 +32,9 @@ from jina_rag.flash_alibi import flash_alibi_available, packed_offsets  # noqa: 
 from jina_rag.fused_geglu import DEFAULT_TILES, fused_geglu, geglu_reference, launch_fused_geglu  # noqa: E402
 from jina_rag.modeling import JinaBertGLUMLP  # noqa: E402
 
-TILES = [DEFAULT_TILES, (128, 128, 64, 3, 8), (128, 128, 32, 5, 8), (128, 64, 64, 4, 4), (128, 64, 64, 5, 4),
-         (128, 64, 64, 4, 8), (64, 128, 64, 4, 4), (256, 64, 64, 3, 8), (64, 64, 64, 5, 4)]
+TILES = [(128, 128, 64, 3, 8), (256, 64, 64, 3, 8)]
+TMA_TILES = [(128, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 5, 8), (128, 128, 128, 3, 8), (128, 64, 64, 4, 4),
+             (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4)]
 ROW = 65536
 
 
@@ -68,18 +69,22 @@ def sweep() -> None:
         rows = {"gated GEMM alone (cuBLAS)": lambda: F.linear(x, weight),
                 "GEMM + compiled GEGLU (unfused)": lambda: unfused(x, weight)}
         for tiles in TILES:
-            rows[f"fused, tiles {tiles}"] = lambda tiles=tiles: launch_fused_geglu(x, weight, tiles)
+            rows[f"fused, pointers, {tiles}"] = lambda tiles=tiles: launch_fused_geglu(x, weight, tiles, tma=False)
+        for tiles in TMA_TILES:
+            for specialize in (False, True):
+                rows[f"fused, TMA{', warp-specialised' if specialize else ''}, {tiles}"] = (
+                    lambda tiles=tiles, specialize=specialize: launch_fused_geglu(x, weight, tiles, warp_specialize=specialize))
         print(f"\n== {name}: {ROW} x {hidden} -> 2 x {inner}, bf16", flush=True)
         baseline = None
         for label, fn in rows.items():
             try:
                 ms = timed(fn)
             except Exception as error:
-                print(f"  {label:42s} failed: {type(error).__name__}: {str(error)[:200]}", flush=True)
+                print(f"  {label:60s} failed: {type(error).__name__}: {str(error)[:200]}", flush=True)
                 continue
             baseline = ms if label.startswith("GEMM +") else baseline
             ratio = f"  {baseline / ms:.2f}x the unfused path" if baseline and not label.startswith("gated") else ""
-            print(f"  {label:42s} {ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{ratio}", flush=True)
+            print(f"  {label:60s} {ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{ratio}", flush=True)
 
 
 def qkv() -> None:
@@ -94,7 +99,7 @@ def qkv() -> None:
     print(f"\n== q, k, v projections: {ROW} x {hidden} -> 3 x {hidden}, bf16", flush=True)
     for label, fn in (("three linears", separate), ("one linear of the concatenated weights", joined)):
         ms = timed(lambda: fn(x))
-        print(f"  {label:42s} {ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
+        print(f"  {label:60s} {ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
 
 
 def model() -> None:

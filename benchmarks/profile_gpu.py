@@ -1,11 +1,12 @@
 """Where the GPU time goes in our packed path, and FlexAttention kernel options for ALiBi.
 
-    python benchmarks/profile_gpu.py [--cases 512,8192,mixed] [--sections profile,sweep]
+    python benchmarks/profile_gpu.py [--cases 512,8192,mixed] [--sections profile,encoder,sweep]
 
 ``profile``: the top CUDA kernels of one compiled packed forward (base shape, bf16, one
 65,536-token row of sequences of one length, or of the mixed-length corpus), the kernels' sum
 against the wall time per forward (the gap is host time the GPU waits for), and attention's
-share. ``sweep``: the ALiBi FlexAttention kernel alone under several kernel options, with its
+share. ``encoder``: the same for the encoder's own loop over four rows (packing, copies, the
+forward, pooling), with the attention it chooses. ``sweep``: the ALiBi FlexAttention kernel alone under several kernel options, with its
 attention-only MFU, and the block mask built by evaluating the mask on every pair of tokens
 (``create_block_mask``) against building it from the tiles' sequence ids (``packed_block_mask``).
 """
@@ -14,16 +15,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHAPES, lognormal_lengths, matmul_peak_tflops, timed  # noqa: E402
+from common import SHAPES, lognormal_lengths, matmul_peak_tflops, random_model_folder, timed  # noqa: E402
 
-from jina_rag import JinaBertConfig, JinaBertModel, alibi_slopes  # noqa: E402
-from jina_rag.batching import pack_batch  # noqa: E402
+from jina_rag import JinaBertConfig, JinaBertModel, JinaEncoder, alibi_slopes  # noqa: E402
+from jina_rag.batching import pack_batch, plan_batches  # noqa: E402
 
 ROW = 65536
 LOG2E = 1.4426950408889634
@@ -67,6 +69,33 @@ def kernel_profile(model, case: str) -> None:
           f"(kernels {total / 1e3 / (wall * 1e3):.0%} of it); attention {attention / total:.0%} of kernels")
     print("| kernel | calls | ms | share |\n|---|---|---|---|")
     for e in sorted(events, key=lambda e: -e.device_time_total)[:14]:
+        print(f"| {e.key[:90]} | {e.count} | {e.device_time_total / 1e3:.2f} | {e.device_time_total / total:.0%} |")
+
+
+def encoder_profile(case: str, rows: int = 4) -> None:
+    """The encoder's own loop (``TorchBackend.embed`` per packed batch, as ``gpu.py``'s (a)) over
+    ``rows`` rows of ``case``: kernels against the wall time, and the top kernels (pooling included)."""
+    folder = random_model_folder("base", Path(tempfile.mkdtemp()) / "base")
+    backend = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16").backend
+    lengths = row_lengths(case) * rows
+    sequences = [[1000 + i % 20000] * n for i, n in enumerate(lengths)]
+    batches = plan_batches(lengths, ROW, packed=True)
+
+    def run():
+        torch.cat([backend.embed([sequences[i] for i in batch]) for batch in batches]).cpu()
+
+    cuda = torch.device("cuda")
+    wall = timed(run, cuda, min_seconds=2.0, max_runs=10)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events)
+    print(f"\n## encoder loop, {case}: {len(batches)} packed batches, {backend.describe()}; {total / 1e3:.1f} ms of kernels, "
+          f"wall {wall * 1e3:.1f} ms per pass (kernels {total / 1e3 / (wall * 1e3):.0%} of it), "
+          f"{sum(lengths) / wall:,.0f} tok/s")
+    print("| kernel | calls | ms | share |\n|---|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.device_time_total)[:16]:
         print(f"| {e.key[:90]} | {e.count} | {e.device_time_total / 1e3:.2f} | {e.device_time_total / total:.0%} |")
 
 
@@ -132,7 +161,7 @@ def attention_sweep(case: str, peak: float, configs) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="512,8192,mixed")
-    parser.add_argument("--sections", default="profile,sweep")
+    parser.add_argument("--sections", default="profile,sweep", help="comma list of profile,encoder,sweep")
     parser.add_argument("--sweep-cases", default="8192,512")
     args = parser.parse_args()
     peak = matmul_peak_tflops(torch.device("cuda"))
@@ -142,6 +171,9 @@ def main() -> None:
         model = JinaBertModel(JinaBertConfig(**SHAPES["base"])).cuda().to(torch.bfloat16).eval()
         for case in args.cases.split(","):
             kernel_profile(model, case)
+    if "encoder" in sections:
+        for case in args.cases.split(","):
+            encoder_profile(case)
     if "sweep" in sections:
         for index, case in enumerate(args.sweep_cases.split(",")):
             attention_sweep(case, peak, SWEEP if index == 0 else [SWEEP[0], SWEEP[2]])

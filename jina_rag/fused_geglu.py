@@ -23,6 +23,8 @@ FUSED_DTYPES = (torch.bfloat16, torch.float16)
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps): the fastest of benchmarks/geglu.py's sweep on an H200.
 DEFAULT_TILES = (128, 128, 64, 4, 8)
 GROUP_M = 8
+# Looked up once at import: torch.compile cannot trace the package lookup inside the forward.
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def geglu_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -33,7 +35,7 @@ def geglu_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def fused_geglu_supported(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the kernel runs for a model on ``device`` in ``dtype``: CUDA, bf16/fp16, Triton installed."""
-    return device.type == "cuda" and dtype in FUSED_DTYPES and _triton_installed()
+    return device.type == "cuda" and dtype in FUSED_DTYPES and TRITON_INSTALLED
 
 
 def fused_geglu_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -42,16 +44,11 @@ def fused_geglu_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
-    if x.shape[-1] % 8 or weight.shape[0] % 2:  # rows must be 16-byte aligned for the kernel's loads
+    if x.shape[-1] % 8 or weight.shape[0] % 16:  # rows of x, the weight and the output: 16-byte aligned for the kernel
         return False
     if x.numel() >= 1 << 31 or x.numel() // x.shape[-1] * weight.shape[0] >= 1 << 31:  # the kernel's int32 offsets
         return False
     return True
-
-
-@functools.cache
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 @functools.cache
@@ -99,15 +96,42 @@ def _kernel():
         y_ptrs = y_ptr + rows[:, None] * stride_ym + cols[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
 
-    return geglu_kernel
+    @triton.jit
+    def geglu_tma_kernel(
+        x_desc, gate_desc, up_desc, y_desc, M, N, K,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+        STAGES: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group = pid // (GROUP * blocks_n)
+        first_m = group * GROUP
+        group_rows = min(blocks_m - first_m, GROUP)
+        block_m = first_m + (pid % (GROUP * blocks_n)) % group_rows
+        block_n = (pid % (GROUP * blocks_n)) // group_rows
+        off_m, off_n = block_m * BLOCK_M, block_n * BLOCK_N
+        gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        # The tensor-memory engine zero-fills reads past the edges and clips the store.
+        for k in tl.range(0, K, BLOCK_K, num_stages=STAGES, warp_specialize=WARP_SPECIALIZE):
+            x = x_desc.load([off_m, k])
+            gate = tl.dot(x, gate_desc.load([off_n, k]).T, gate)
+            up = tl.dot(x, up_desc.load([off_n, k]).T, up)
+        out = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476)) * up
+        y_desc.store([off_m, off_n], out.to(y_desc.dtype))
+
+    return geglu_kernel, geglu_tma_kernel
 
 
-def launch_fused_geglu(x: torch.Tensor, weight: torch.Tensor, tiles: tuple[int, int, int, int, int] = DEFAULT_TILES) -> torch.Tensor:
+def launch_fused_geglu(
+    x: torch.Tensor, weight: torch.Tensor, tiles: tuple[int, int, int, int, int] = DEFAULT_TILES, *,
+    tma: bool = True, warp_specialize: bool = False,
+) -> torch.Tensor:
     """Run the kernel with explicit tiles ``(BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)``."""
     block_m, block_n, block_k, stages, warps = tiles
     rows = x.reshape(-1, x.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    if rows.stride(-1) != 1 or rows.data_ptr() % 16:
+        rows = rows.contiguous() if rows.stride(-1) != 1 else rows.clone()
     weight = weight.contiguous()
     total, width = rows.shape
     inner = weight.shape[0] // 2
@@ -115,10 +139,24 @@ def launch_fused_geglu(x: torch.Tensor, weight: torch.Tensor, tiles: tuple[int, 
     if total == 0:
         return out.view(*x.shape[:-1], inner)
     grid = (-(-total // block_m) * -(-inner // block_n),)
-    _kernel()[grid](
-        rows, weight, out, total, inner, width, rows.stride(0), weight.stride(0), out.stride(0),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=GROUP_M, EVEN_K=width % block_k == 0, num_stages=stages, num_warps=warps,
-    )
+    pointer_kernel, tma_kernel = _kernel()
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        tma_kernel[grid](
+            TensorDescriptor.from_tensor(rows, [block_m, block_k]),
+            TensorDescriptor.from_tensor(weight[:inner], [block_n, block_k]),
+            TensorDescriptor.from_tensor(weight[inner:], [block_n, block_k]),
+            TensorDescriptor.from_tensor(out, [block_m, block_n]),
+            total, inner, width, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=GROUP_M,
+            STAGES=stages, WARP_SPECIALIZE=warp_specialize, num_warps=warps,
+        )
+    else:
+        pointer_kernel[grid](
+            rows, weight, out, total, inner, width, rows.stride(0), weight.stride(0), out.stride(0),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=GROUP_M, EVEN_K=width % block_k == 0,
+            num_stages=stages, num_warps=warps,
+        )
     return out.view(*x.shape[:-1], inner)
 
 
