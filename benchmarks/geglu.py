@@ -32,9 +32,8 @@ from jina_rag.flash_alibi import flash_alibi_available, packed_offsets  # noqa: 
 from jina_rag.fused_geglu import DEFAULT_TILES, fused_geglu, geglu_reference, launch_fused_geglu  # noqa: E402
 from jina_rag.modeling import JinaBertGLUMLP  # noqa: E402
 
-TILES = [(128, 128, 64, 3, 8), (256, 64, 64, 3, 8)]
-TMA_TILES = [(128, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 5, 8), (128, 128, 128, 3, 8), (128, 64, 64, 4, 4),
-             (128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4)]
+TILES = [DEFAULT_TILES, (128, 128, 64, 4, 8), (256, 64, 64, 3, 8), (128, 64, 64, 4, 8)]
+TMA_TILES = [DEFAULT_TILES, (128, 128, 64, 4, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (256, 128, 64, 3, 8)]
 ROW = 65536
 
 
@@ -71,9 +70,7 @@ def sweep() -> None:
         for tiles in TILES:
             rows[f"fused, pointers, {tiles}"] = lambda tiles=tiles: launch_fused_geglu(x, weight, tiles, tma=False)
         for tiles in TMA_TILES:
-            for specialize in (False, True):
-                rows[f"fused, TMA{', warp-specialised' if specialize else ''}, {tiles}"] = (
-                    lambda tiles=tiles, specialize=specialize: launch_fused_geglu(x, weight, tiles, warp_specialize=specialize))
+            rows[f"fused, TMA, {tiles}"] = lambda tiles=tiles: launch_fused_geglu(x, weight, tiles, tma=True)
         print(f"\n== {name}: {ROW} x {hidden} -> 2 x {inner}, bf16", flush=True)
         baseline = None
         for label, fn in rows.items():

@@ -161,22 +161,24 @@ def test_auto_runs_flash_only_for_rows_with_a_long_sequence(base_like):
         assert np.all(cosine >= 0.999), (lengths, cosine)
 
 
+@pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tokens, hidden, inner", [(1000, 768, 3072), (777, 200, 1000), (3, 384, 1536)])
-def test_fused_geglu_matches_fp32_reference(dtype, tokens, hidden, inner):
-    """Rows, columns and the inner dimension off the kernel's tiles included (200 is no multiple of 64)."""
-    from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference
+def test_fused_geglu_matches_fp32_reference(dtype, tokens, hidden, inner, tma):
+    """Both load paths, on rows, columns and inner dimensions off the kernel's tiles (200 is no multiple of 64)."""
+    from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference, launch_fused_geglu
 
     generator = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(tokens, hidden, device="cuda", dtype=dtype, generator=generator)
     weight = torch.randn(2 * inner, hidden, device="cuda", dtype=dtype, generator=generator) / hidden**0.5
     assert fused_geglu_available(x, weight)
     exact = geglu_reference(x.float(), weight.float())
-    fused, unfused = fused_geglu(x, weight), geglu_reference(x, weight)
+    fused, unfused = launch_fused_geglu(x, weight, tma=tma), geglu_reference(x, weight)
     assert fused.shape == (tokens, inner) and fused.dtype == dtype
     fused_error = (fused.float() - exact).abs().max()
     assert fused_error <= (unfused.float() - exact).abs().max() * 1.5  # no worse than the unfused bf16/fp16 path
     assert F.cosine_similarity(fused.double(), exact.double(), dim=-1).min() >= 0.9999
+    torch.testing.assert_close(fused_geglu(x, weight), launch_fused_geglu(x, weight, tma=hidden >= 512), rtol=0, atol=0)
 
 
 def test_fused_geglu_runs_in_the_compiled_forward_and_only_without_gradients(base_like):
