@@ -1,6 +1,6 @@
 """Probe (GPU): the fused GEGLU kernel (``jina_rag.fused_geglu``) against cuBLAS + the compiled elementwise GEGLU.
 
-    PYTHONPATH=. python3 benchmarks/geglu.py [--sections correct,sweep,qkv,model]
+    PYTHONPATH=. python3 benchmarks/geglu.py [--sections correct,sweep,qkv,model] [--lengths 8192,512] [--attention flex,flash]
 
 ``correct``: the kernel against an fp32 reference (bf16, fp16; shapes whose rows, columns and
 inner dimension are not multiples of the tiles), next to the unfused bf16 path's own error.
@@ -99,15 +99,16 @@ def qkv() -> None:
         print(f"  {label:60s} {ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s", flush=True)
 
 
-def model() -> None:
+def model(lengths=(8192, 512), attentions=("flex", "flash")) -> None:
     peak = matmul_peak_tflops(torch.device("cuda"))
     print(f"\n== compiled packed forward, base, random weights, bf16; matmul peak in this run {peak:.0f} TFLOP/s", flush=True)
     torch.manual_seed(0)
     config = JinaBertConfig(**SHAPES["base"])
     net = JinaBertModel(config).cuda().to(torch.bfloat16).eval()
     forward = torch.compile(net.forward_packed, dynamic=False)
-    attentions = ["flex"] + (["flash"] if flash_alibi_available(torch.device("cuda")) else [])
-    for length in (8192, 512):
+    if not flash_alibi_available(torch.device("cuda")):
+        attentions = [a for a in attentions if a != "flash"]
+    for length in lengths:
         count = ROW // length
         ids = torch.randint(1000, 20000, (ROW,), device="cuda")
         sequence_ids = torch.arange(count, device="cuda").repeat_interleave(length)
@@ -137,13 +138,19 @@ def model() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", default="correct,sweep,qkv,model")
-    sections = parser.parse_args().sections.split(",")
+    parser.add_argument("--lengths", default="8192,512", help="model section: sequence lengths")
+    parser.add_argument("--attention", default="flex,flash", help="model section: attention kernels")
+    args = parser.parse_args()
+    sections = args.sections.split(",")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for section in ("correct", "sweep", "qkv", "model"):
         if section in sections:
             print(f"\n# {section}", flush=True)
             try:
-                globals()[section]()
+                if section == "model":
+                    model(tuple(map(int, args.lengths.split(","))), tuple(args.attention.split(",")))
+                else:
+                    globals()[section]()
             except Exception:
                 traceback.print_exc()
 

@@ -166,7 +166,7 @@ def test_auto_runs_flash_only_for_rows_with_a_long_sequence(base_like):
 @pytest.mark.parametrize("tokens, hidden, inner", [(1000, 768, 3072), (777, 200, 1000), (3, 384, 1536)])
 def test_fused_geglu_matches_fp32_reference(dtype, tokens, hidden, inner, tma):
     """Both load paths, on rows, columns and inner dimensions off the kernel's tiles (200 is no multiple of 64)."""
-    from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference, launch_fused_geglu
+    from jina_rag.fused_geglu import TMA_MIN_HIDDEN, fused_geglu, fused_geglu_available, geglu_reference, launch_fused_geglu
 
     generator = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(tokens, hidden, device="cuda", dtype=dtype, generator=generator)
@@ -178,7 +178,7 @@ def test_fused_geglu_matches_fp32_reference(dtype, tokens, hidden, inner, tma):
     fused_error = (fused.float() - exact).abs().max()
     assert fused_error <= (unfused.float() - exact).abs().max() * 1.5  # no worse than the unfused bf16/fp16 path
     assert F.cosine_similarity(fused.double(), exact.double(), dim=-1).min() >= 0.9999
-    torch.testing.assert_close(fused_geglu(x, weight), launch_fused_geglu(x, weight, tma=hidden >= 512), rtol=0, atol=0)
+    torch.testing.assert_close(fused_geglu(x, weight), launch_fused_geglu(x, weight, tma=hidden >= TMA_MIN_HIDDEN), rtol=0, atol=0)
 
 
 def test_fused_geglu_runs_in_the_compiled_forward_and_only_without_gradients(base_like):
