@@ -87,12 +87,12 @@ class TorchBackend:
         if model.attn_implementation == "flash":
             from jina_rag.flash_alibi import require_flash_alibi
 
-            require_flash_alibi(device)
+            require_flash_alibi(device, next(model.parameters()).dtype)
             self.flash_min_tokens = 0
         elif self.packed and model.attn_implementation == "auto" and model.alibi_cutoff is None:
             from jina_rag.flash_alibi import flash_alibi_available
 
-            if flash_alibi_available(device):
+            if flash_alibi_available(device, next(model.parameters()).dtype):  # fp32 stays on FlexAttention
                 self.flash_min_tokens = FLASH_MIN_TOKENS
         # One compiled graph per width bucket fuses LayerNorm, GELU and residual adds. A symbolic
         # width (dynamic=True) would compile once, but inductor fails on the block mask's tile

@@ -21,8 +21,14 @@ import math
 import numpy as np
 import torch
 
-def flash_alibi_available(device: torch.device) -> bool:
-    """Whether FlashAttention-4 (``flash_attn.cute``) can run here: CUDA, compute capability 9.x or 10.x."""
+FLASH_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def flash_alibi_available(device: torch.device, dtype: torch.dtype | None = None) -> bool:
+    """Whether FlashAttention-4 (``flash_attn.cute``) can run here: CUDA, compute capability 9.x or 10.x,
+    and (where ``dtype`` is given) bf16 or fp16, the only types its kernels take."""
+    if dtype is not None and dtype not in FLASH_DTYPES:
+        return False
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
     if torch.cuda.get_device_capability(device)[0] not in (9, 10):
@@ -33,8 +39,10 @@ def flash_alibi_available(device: torch.device) -> bool:
         return False
 
 
-def require_flash_alibi(device: torch.device) -> None:
-    """Raise a RuntimeError that says what to install unless :func:`flash_alibi_available`."""
+def require_flash_alibi(device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """Raise a RuntimeError that says what to install or change unless :func:`flash_alibi_available`."""
+    if dtype is not None and dtype not in FLASH_DTYPES:
+        raise RuntimeError(f"attn_implementation='flash' runs in bf16 or fp16, not {dtype}: pass dtype='bf16' or use 'auto'")
     if not flash_alibi_available(device):
         raise RuntimeError(
             "attn_implementation='flash' needs FlashAttention-4 (pip install flash-attn-4) on a GPU of "

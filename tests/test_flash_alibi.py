@@ -57,3 +57,11 @@ def test_flash_refuses_rows_too_long_for_its_float_positions():
     q = torch.zeros(1 << 23, 1, 1)
     with pytest.raises(ValueError, match="at most 8,388,607 tokens"):
         flash_alibi_attention(q, q, q, torch.tensor([0, 1 << 23], dtype=torch.int32))
+
+
+def test_flash_takes_only_bf16_and_fp16_and_says_so():
+    from jina_rag.flash_alibi import require_flash_alibi
+
+    assert not flash_alibi_available(torch.device("cuda"), torch.float32)
+    with pytest.raises(RuntimeError, match="bf16 or fp16"):
+        require_flash_alibi(torch.device("cuda"), torch.float32)
