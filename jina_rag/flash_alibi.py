@@ -41,13 +41,13 @@ def flash_alibi_available(device: torch.device, dtype: torch.dtype | None = None
 
 def require_flash_alibi(device: torch.device, dtype: torch.dtype | None = None) -> None:
     """Raise a RuntimeError that says what to install or change unless :func:`flash_alibi_available`."""
-    if dtype is not None and dtype not in FLASH_DTYPES:
-        raise RuntimeError(f"attn_implementation='flash' runs in bf16 or fp16, not {dtype}: pass dtype='bf16' or use 'auto'")
     if not flash_alibi_available(device):
         raise RuntimeError(
             "attn_implementation='flash' needs FlashAttention-4 (pip install flash-attn-4) on a GPU of "
             f"compute capability 9.x or 10.x ({device}); use 'auto' for FlexAttention"
         )
+    if dtype is not None and dtype not in FLASH_DTYPES:
+        raise RuntimeError(f"attn_implementation='flash' runs in bf16 or fp16, not {dtype}: pass dtype='bf16' or use 'auto'")
 
 
 def packed_offsets(sequence_ids: np.ndarray) -> np.ndarray:

@@ -210,3 +210,12 @@ def test_fused_geglu_runs_in_the_compiled_forward_and_only_without_gradients(bas
     assert not fused_geglu_available(x, weight)  # training: the weight needs its gradient
     with torch.no_grad():
         assert fused_geglu_available(x, weight)
+
+
+def test_flash_runs_bf16_and_fp16_only_and_auto_keeps_fp32_on_flex(base_like):
+    from jina_rag.flash_alibi import require_flash_alibi
+
+    _flash_or_skip()
+    with pytest.raises(RuntimeError, match="bf16 or fp16"):
+        require_flash_alibi(torch.device("cuda"), torch.float32)
+    assert JinaEncoder.from_pretrained(base_like, device="cuda", dtype="float32").backend.describe()["attention"] == "flex"
