@@ -13,7 +13,6 @@ takes the plain path. Runs as a ``torch.library`` custom op, one opaque node und
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
@@ -48,82 +47,15 @@ def fused_geglu_available(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
-    if x.shape[-1] % 8 or weight.shape[0] % 16:  # rows of x, the weight and the output: 16-byte aligned for the kernel
+    if x.shape[-1] == 0 or x.shape[-1] % 8 or weight.shape[0] % 16:  # 16-byte aligned rows of x, weight and output
         return False
-    if x.numel() >= 1 << 31 or x.numel() // x.shape[-1] * weight.shape[0] >= 1 << 31:  # the kernel's int32 offsets
-        return False
-    return True
+    return x.numel() < 1 << 31 and x.numel() // x.shape[-1] * weight.shape[0] < 1 << 31  # the kernel's int32 offsets
 
 
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
+def _kernels():
+    from jina_rag import fused_geglu_kernels
 
-    @triton.jit
-    def geglu_kernel(
-        x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, EVEN_K: tl.constexpr,
-    ):
-        # Grouped tile order: GROUP row blocks share each column block of the weight while it is in L2.
-        pid = tl.program_id(0)
-        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = pid // (GROUP * blocks_n)
-        first_m = group * GROUP
-        group_rows = min(blocks_m - first_m, GROUP)
-        block_m = first_m + (pid % (GROUP * blocks_n)) % group_rows
-        block_n = (pid % (GROUP * blocks_n)) // group_rows
-
-        rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = block_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        ks = tl.arange(0, BLOCK_K)
-        # Rows and columns past the edge wrap around (their results are never stored), so the loads need no mask.
-        x_ptrs = x_ptr + (rows % M)[:, None] * stride_xm + ks[None, :]
-        gate_ptrs = w_ptr + (cols % N)[None, :] * stride_wn + ks[:, None]  # [BLOCK_K, BLOCK_N] of weight[:N].T
-        up_ptrs = gate_ptrs + N * stride_wn  # the up half starts N rows further
-        gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, K, BLOCK_K):
-            if EVEN_K:
-                x, w_gate, w_up = tl.load(x_ptrs), tl.load(gate_ptrs), tl.load(up_ptrs)
-            else:
-                k_ok = ks < K - k
-                x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
-                w_gate = tl.load(gate_ptrs, mask=k_ok[:, None], other=0.0)
-                w_up = tl.load(up_ptrs, mask=k_ok[:, None], other=0.0)
-            gate = tl.dot(x, w_gate, gate)
-            up = tl.dot(x, w_up, up)
-            x_ptrs += BLOCK_K
-            gate_ptrs += BLOCK_K
-            up_ptrs += BLOCK_K
-        out = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476)) * up
-        y_ptrs = y_ptr + rows[:, None] * stride_ym + cols[None, :]
-        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
-
-    @triton.jit
-    def geglu_tma_kernel(
-        x_desc, gate_desc, up_desc, y_desc, M, N, K,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, STAGES: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-        group = pid // (GROUP * blocks_n)
-        first_m = group * GROUP
-        group_rows = min(blocks_m - first_m, GROUP)
-        block_m = first_m + (pid % (GROUP * blocks_n)) % group_rows
-        block_n = (pid % (GROUP * blocks_n)) // group_rows
-        off_m, off_n = block_m * BLOCK_M, block_n * BLOCK_N
-        gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        # The tensor-memory engine zero-fills reads past the edges and clips the store.
-        for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            x = x_desc.load([off_m, k])
-            gate = tl.dot(x, gate_desc.load([off_n, k]).T, gate)
-            up = tl.dot(x, up_desc.load([off_n, k]).T, up)
-        out = 0.5 * gate * (1.0 + tl.erf(gate * 0.7071067811865476)) * up
-        y_desc.store([off_m, off_n], out.to(y_desc.dtype))
-
-    return geglu_kernel, geglu_tma_kernel
+    return fused_geglu_kernels.geglu_kernel, fused_geglu_kernels.geglu_tma_kernel
 
 
 def launch_fused_geglu(
@@ -146,7 +78,7 @@ def launch_fused_geglu(
     if total == 0:
         return out.view(*x.shape[:-1], inner)
     grid = (-(-total // block_m) * -(-inner // block_n),)
-    pointer_kernel, tma_kernel = _kernel()
+    pointer_kernel, tma_kernel = _kernels()
     if tma is None:
         tma = width >= TMA_MIN_HIDDEN
     if tma:
