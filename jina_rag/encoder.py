@@ -156,7 +156,8 @@ class TorchBackend:
         info = {"backend": "torch", "device": str(self.device), "dtype": str(dtype).removeprefix("torch.")}
         from jina_rag.fused_geglu import fused_geglu_supported
 
-        info["feed_forward"] = "fused GEGLU (Triton)" if fused_geglu_supported(self.device, dtype) else "GEGLU"
+        fused = fused_geglu_supported(self.device, dtype) and self.model.encoder.layer[0].mlp.fused
+        info["feed_forward"] = "fused GEGLU (Triton)" if fused else "GEGLU"
         if self.packed:
             info["alibi_cutoff"] = self.model.alibi_cutoff
             info["attention"] = {None: "flex", 0: "flash"}.get(

@@ -206,3 +206,9 @@ def test_cli_embed_and_info(checkpoint, tmp_path, capsys):
     assert cli_main(["embed", "first text", "--alibi-cutoff", "64", *args]) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[0])
     np.testing.assert_allclose(line["embedding"], vectors[0], atol=1e-6)
+
+
+def test_describe_says_how_the_torch_backend_runs(encoder):
+    info = encoder.backend.describe()
+    assert info["backend"] == "torch" and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["feed_forward"] == "GEGLU"  # the fused kernel runs on CUDA in bf16/fp16 only
