@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jina_rag.fused_geglu import fused_geglu, fused_geglu_available
+from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference
 
 logger = logging.getLogger(__name__)
 
@@ -469,18 +469,14 @@ class JinaBertGLUMLP(nn.Module):
 
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
-        self.intermediate_size = config.intermediate_size
         self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and fused_geglu_available(x, self.gated_layers.weight):
-            hidden = fused_geglu(x, self.gated_layers.weight)
-        else:
-            gate, up = self.gated_layers(x).split(self.intermediate_size, dim=-1)
-            hidden = F.gelu(gate) * up
+        weight = self.gated_layers.weight
+        hidden = fused_geglu(x, weight) if self.fused and fused_geglu_available(x, weight) else geglu_reference(x, weight)
         return self.layernorm(self.dropout(self.wo(hidden)) + x)
 
 
