@@ -69,8 +69,8 @@ def launch_fused_geglu(
     """
     block_m, block_n, block_k, stages, warps = tiles
     rows = x.reshape(-1, x.shape[-1])
-    if rows.stride(-1) != 1 or rows.data_ptr() % 16:
-        rows = rows.contiguous() if rows.stride(-1) != 1 else rows.clone()
+    if rows.stride(-1) != 1 or rows.data_ptr() % 16:  # both kernels read whole rows; TMA needs 16-byte alignment
+        rows = rows.clone(memory_format=torch.contiguous_format)
     weight = weight.contiguous()
     total, width = rows.shape
     inner = weight.shape[0] // 2
