@@ -17,7 +17,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 quack-kernels==0.6.5 \
     apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
 mkdir -p .fa4a .fa4b "$work/cu13"
-grep -qx '/.fa4a/' .git/info/exclude || printf '/.fa4a/\n/.fa4b/\n' >> .git/info/exclude
+grep -qsx '/.fa4a/' .git/info/exclude || printf '/.fa4a/\n/.fa4b/\n' >> .git/info/exclude
 (cd "$work/cu13" && unzip -q ../nvidia_cutlass_dsl_libs_cu13-*.whl)
 ir=nvidia_cutlass_dsl/dsl_packages/cutlass/_mlir/_mlir_libs/_cutlass_ir.cu13.cpython-312-x86_64-linux-gnu.so
 rt=nvidia_cutlass_dsl/cu13/lib/libcute_dsl_runtime.so

@@ -18,7 +18,7 @@
 # Bring the model home with `python -m training.ship_default install FILES_DIR`.
 #
 # Environment: DATA (default data/gpu-default-v3: distill-*.jsonl.xz (all but distill-eval train), teacher/, init-int8/, eval/,
-# long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed), OUT
+# long-spans.json), RUNS (default runs/default-small-v3; an existing run folder is resumed, its teacher vectors kept), OUT
 # (default $RUNS/out), CONFIG (the distill config), INIT (int8: the model in $DATA/init-int8; teacher: built from
 # the teacher, training/teacher_init.py), TEACHER_SECONDS / DISTILL_SECONDS / EVAL_SECONDS /
 # LATE_SECONDS (timeouts; EVAL_SECONDS=0 / LATE_SECONDS=0 leave the evaluations out), DISTILL_OVERRIDES
@@ -64,6 +64,7 @@ fi
 t0=$(date +%s)
 for file in "$DATA"/distill-*.jsonl.xz; do
   split=$(basename "$file" .jsonl.xz); split=${split#distill-}
+  if [ -s "$RUNS/teacher/$split.npz" ]; then echo "== teacher vectors of distill-$split: kept from $RUNS/teacher"; continue; fi
   echo "== teacher vectors of distill-$split"
   timeout -k 10 "${TEACHER_SECONDS:-75}" python3 -m training.teacher embed-spans --data "$file" \
     --model "$DATA/teacher" --out "$RUNS/teacher/$split.npz" --device "$DEVICE" --batch-size 512 --no-progress
