@@ -32,7 +32,8 @@ for weight in ${WEIGHTS:-0.3 1.0}; do
     bash "$here/default-small-v3.sh"
   lead=$(grep -m1 '^- late chunking − naive chunking:' "$OUT/qw-$weight/late_chunking.md" | awk '{print $7}')
   echo "=== query weight $weight: late chunking − naive chunking ${lead:-(no result)}"
-  if [ -n "$lead" ] && { [ -z "$best" ] || awk -v a="$lead" -v b="$best_lead" 'BEGIN { exit !(a > b) }'; }; then
+  lead=${lead:--9}  # a run without a result keeps its export only while no run has one
+  if [ -z "$best" ] || awk -v a="$lead" -v b="$best_lead" 'BEGIN { exit !(a > b) }'; then
     [ -n "$best" ] && find "$OUT/qw-$best" -type f ! -name late_chunking.md -delete
     best=$weight best_lead=$lead
   else
