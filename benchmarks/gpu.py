@@ -131,7 +131,9 @@ def measure(label: str, run, tokens: int, total_flops: float, peak_tflops: float
     """One method on one case; printed at once, so a run cut short by a timeout still reports what it measured."""
     started = time.perf_counter()
     peak = peak_memory_during(run, torch.device("cuda"))
-    seconds = timed(run, torch.device("cuda"), min_seconds=1.0, max_runs=5)
+    # At least two seconds of passes: a 512-token case is one 75 ms pass, so the earlier cap of
+    # five passes timed it over 0.4 s.
+    seconds = timed(run, torch.device("cuda"), min_seconds=2.0, max_runs=50)
     rate = tokens / seconds
     result = {"tok_s": rate, "mfu": total_flops / seconds / (peak_tflops * 1e12), "peak_gb": peak / 1e9}
     print(f"{label}: {rate:,.0f} tok/s, MFU {result['mfu']:.0%}, peak {result['peak_gb']:.2f} GB "

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_peak_tflops  # noqa: E402
 
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM  # noqa: E402
 from training.mlm import masked_positions, mlm_metrics  # noqa: E402
@@ -37,19 +39,6 @@ VARIANTS = {
     "blockwise+compile": ("blockwise", True, True),
 }
 MASK_ID, FIRST_WORD_ID = 103, 1000
-
-
-def matmul_peak_tflops(size: int = 8192, iterations: int = 50) -> float:
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * size**3 * iterations / (time.perf_counter() - start) / 1e12
 
 
 def random_mlm_batch(batch_size: int, seq_len: int, vocab: int, mask_prob: float = 0.3) -> dict[str, torch.Tensor]:
@@ -142,7 +131,7 @@ def main() -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = True
     config = JinaBertConfig(**BASE)
-    peak = matmul_peak_tflops()
+    peak = matmul_peak_tflops(torch.device("cuda"))
     flops_per_token = 3 * config.flops_per_token(args.seq_len)
     print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {transformers.__version__}")
     print(f"bf16 matmul peak (8192^3, measured): {peak:.0f} TFLOP/s")
