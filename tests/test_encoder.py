@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jina_rag import JinaEncoder, ModelNotFoundError, TextTooLongError, load_model, save_pretrained
-from jina_rag.batching import plan_batches
+from jina_rag.batching import pack_batch, plan_batches
 from jina_rag.cli import main as cli_main
 from jina_rag.encoder import tokenize, window_spans
 
@@ -44,6 +44,18 @@ def test_token_budget_batches_cover_everything_and_respect_budget():
     with pytest.raises(ValueError, match="batch_tokens"):
         plan_batches(lengths, 0)
 
+
+
+def test_packed_row_lays_sequences_back_to_back_with_filler_ids_per_block():
+    sequences = [[5, 6, 7], [8], [9, 10]]
+    input_ids, sequence_ids = pack_batch(sequences, 300, pad_id=0)
+    assert input_ids.dtype == sequence_ids.dtype == np.int64
+    assert input_ids[:6].tolist() == [5, 6, 7, 8, 9, 10] and not input_ids[6:].any()
+    assert sequence_ids[:6].tolist() == [0, 0, 0, 1, 2, 2]
+    # Filler ids start after the last sequence's and change every 128 tokens of the row.
+    assert sequence_ids[6:].tolist() == [3 + t // 128 for t in range(6, 300)]
+    with pytest.raises(ValueError, match="do not fit"):
+        pack_batch(sequences, 5, pad_id=0)
 
 def test_order_preserved_across_batches_with_mixed_lengths(encoder):
     texts = [text_of(n, seed=n) for n in (3, 90, 7, 40, 1, 100, 12)]
