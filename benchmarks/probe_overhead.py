@@ -1,4 +1,11 @@
-"""Temporary probe: where the encoder loop loses time against the bare compiled forward (512 tokens)."""
+"""Where the encoder loop loses time against the bare compiled forward: 512-token sequences, base shape.
+
+    python benchmarks/probe_overhead.py LABEL [ROWS] [WINDOWS]
+
+LABEL names the run in its output; ``cudagraph`` compiles the packed forward with CUDA graphs
+(``mode="reduce-overhead"``). ROWS (2) packed rows of 65,536 tokens a call; WINDOWS (8) further
+2-second timings of the loop, to see throughput drift as the card heats.
+"""
 
 from __future__ import annotations
 
