@@ -35,7 +35,7 @@ folder = random_model_folder("base", Path(tempfile.mkdtemp()) / "base")
 encoder = JinaEncoder.from_pretrained(folder, device="cuda", dtype="bf16")
 backend = encoder.backend
 config = backend.config
-if mode == "cudagraph":
+if sys.argv[1:2] == ["cudagraph"]:
     backend._compiled_forward = torch.compile(backend.model.forward_packed, dynamic=False, mode="reduce-overhead")
 n = 512
 sequences = [[1000 + (i * 7 + j) % 20000 for j in range(n)] for i in range(ROWS * 65536 // n)]
