@@ -45,7 +45,6 @@ def test_token_budget_batches_cover_everything_and_respect_budget():
         plan_batches(lengths, 0)
 
 
-
 def test_packed_row_lays_sequences_back_to_back_with_filler_ids_per_block():
     sequences = [[5, 6, 7], [8], [9, 10]]
     input_ids, sequence_ids = pack_batch(sequences, 300, pad_id=0)
@@ -56,6 +55,7 @@ def test_packed_row_lays_sequences_back_to_back_with_filler_ids_per_block():
     assert sequence_ids[6:].tolist() == [3 + t // 128 for t in range(6, 300)]
     with pytest.raises(ValueError, match="do not fit"):
         pack_batch(sequences, 5, pad_id=0)
+
 
 def test_order_preserved_across_batches_with_mixed_lengths(encoder):
     texts = [text_of(n, seed=n) for n in (3, 90, 7, 40, 1, 100, 12)]
