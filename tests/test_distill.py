@@ -182,13 +182,13 @@ def test_contrastive_term_is_infonce_against_the_batchs_targets(distill_data, tm
     row = batch.rows[0]
     step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
     with torch.no_grad():
-        cosine, entropy, queries = stage._losses(step, row, batch.targets, batch.query_targets)
+        cosine, entropy, queries, choices = stage._losses(step, row, batch.targets, batch.query_targets)
         vectors = torch.nn.functional.normalize(stage.pooled(step, row), dim=-1)
     logits = (vectors @ batch.targets.T / 0.05).double()
     expected = logits.logsumexp(-1) - logits[torch.arange(len(row.labels)), row.labels]
     assert torch.allclose(entropy.double(), expected, atol=1e-4)
     assert torch.allclose(cosine, (vectors * batch.targets[row.labels]).sum(-1), atol=1e-6)
-    assert queries.numel() == 0  # rows without queries
+    assert queries.numel() == 0 and choices.numel() == 0  # rows without queries
 
 
 QUERIES = ["where is the database kept", "what is a git branch", "how does the scheduler choose", "what maps keys to values"]
@@ -235,7 +235,7 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
     answering = []
     for row in batch.rows:
         with torch.no_grad():
-            _, _, queries = stage._losses(step, row, batch.targets, batch.query_targets)
+            _, _, queries, _ = stage._losses(step, row, batch.targets, batch.query_targets)
             vectors = torch.nn.functional.normalize(stage.pooled(step, row), dim=-1)
         assert (row.kinds[row.answering] == PASSAGE).all()
         logits = (vectors[row.answering] @ batch.targets[batch.query_targets].T / 0.05).double()
@@ -246,6 +246,38 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
     passages = [r.text[slice(*r.spans[span])] for r in stage.rows for span, _ in r.queries]
     teacher = torch.from_numpy(TeacherEncoder(default_teacher_dir(), "cpu").encode(passages))
     assert (torch.stack(answering) @ teacher.T).max(dim=1).values.min() > 0.999
+
+
+def test_passage_choice_term_finds_the_answering_passage_among_the_rows_passages(query_data, tmp_path):
+    config = distill_config(query_data, tmp_path / "run", max_length=512, row_tokens=1024, passage_choice_weight=1.0)
+    config["data"] = {"train": [str(query_data / "train.jsonl")]}
+    config["train"].update(steps=16, eval_every=None)
+    trainer, _ = build_and_fit(config)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["choice_infonce"] < records[0]["choice_infonce"]
+    stage = trainer.stage
+    stage.model.eval()
+    batch = stage.batch_of(stage.rows, stage.targets)
+    step = StepContext(stage.model, torch.device("cpu"), torch.no_grad, 1.0)
+    pairs = 0
+    for row in batch.rows:
+        with torch.no_grad():
+            *_, choices = stage._losses(step, row, batch.targets, batch.query_targets)
+            vectors = torch.nn.functional.normalize(stage.pooled(step, row), dim=-1)
+        candidates = torch.nonzero(row.kinds == PASSAGE).squeeze(1)
+        anchors = batch.targets[batch.query_targets[row.answers]]
+        for pair, (passage, anchor) in enumerate(zip(row.answering, anchors)):
+            # Rivals: every passage read in context in the row but the others answering the same query.
+            others = row.answering[(row.answers == row.answers[pair]) & (row.answering != passage)]
+            rivals = candidates[~torch.isin(candidates, others)]
+            logits = (vectors[rivals] @ anchor / 0.05).double()
+            hand = logits.logsumexp(0) - logits[rivals == passage][0]
+            assert abs(float(choices[pair]) - float(hand)) < 1e-4
+            assert len(rivals) == len(candidates) - len(others)
+        pairs += len(row.answering)
+    assert pairs == 5
+    # The heading with two passages: each of them is left out of the other's rivals.
+    assert sum(int(row.shared.sum()) for row in batch.rows) == 2
 
 
 def test_heading_query_rows_pair_the_sections_passages_with_their_removed_heading():

@@ -128,6 +128,10 @@ class DistillConfig:
     # of the query a passage answers (rows' "queries") among the batch's queries, from the passage's
     # vector read in its document: late-chunked passages learn to point at the queries they answer.
     query_weight: float = 0.0
+    # Adds passage_choice_weight x the cross-entropy, at the same temperature, of picking from the
+    # teacher's vector of a query the passage that answers it among all passages read in context in
+    # its packed row: late chunking's own retrieval task, the document's other passages as negatives.
+    passage_choice_weight: float = 0.0
 
 
 @dataclass
@@ -166,8 +170,11 @@ class RunConfig:
             distill = self.distill
             if not distill.teacher_targets:
                 raise ConfigError("distill.teacher_targets: list the teacher's .npz files (python -m training.teacher embed-spans)")
-            if distill.contrastive_weight < 0 or distill.query_weight < 0 or distill.temperature <= 0:
-                raise ConfigError("distill.contrastive_weight and distill.query_weight must be >= 0 and distill.temperature positive")
+            if min(distill.contrastive_weight, distill.query_weight, distill.passage_choice_weight) < 0 or distill.temperature <= 0:
+                raise ConfigError(
+                    "distill.contrastive_weight, distill.query_weight and distill.passage_choice_weight must be >= 0 "
+                    "and distill.temperature positive"
+                )
             if distill.max_length < 8 or distill.row_tokens < distill.max_length:
                 raise ConfigError(
                     f"distill.max_length ({distill.max_length}) must be at least 8 and at most distill.row_tokens ({distill.row_tokens})"

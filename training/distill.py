@@ -17,7 +17,12 @@ The student reads each row whole and is trained so that
 The loss is the mean of ``1 - cos`` over all these vectors, plus, with ``distill.contrastive_weight``,
 that weight times the mean cross-entropy of finding each vector's own target among all the batch's
 distinct teacher vectors at ``distill.temperature`` (InfoNCE against the teacher: the cosine term
-alone brings vectors near their targets, this one ranks them above the other passages' targets). Sequences are packed back to back into
+alone brings vectors near their targets, this one ranks them above the other passages' targets).
+Rows with ``queries`` add two retrieval terms for the passages that answer them, read in their
+document: ``distill.query_weight`` finds the query's teacher vector among the batch's queries, and
+``distill.passage_choice_weight`` finds the passage from the query's teacher vector among every
+passage read in context in its packed row, its document's neighbours included (the task late
+chunking is scored on: one section of a page among the page's others). Sequences are packed back to back into
 rows of ``distill.row_tokens`` tokens (no padding) and each row is back-propagated on its own (the
 terms of different vectors do not interact), so memory holds one row's activations.
 """
@@ -101,6 +106,9 @@ class PackedRow:
     kinds: torch.Tensor  # [vectors]: PASSAGE, ROW, ALONE or QUERY
     answering: torch.Tensor  # [pairs]: vectors of passages (in context) that answer a query
     answers: torch.Tensor  # [pairs]: that query's teacher vector, a row of the batch's ``query_targets``
+    passages: torch.Tensor  # [candidates]: vectors of the row's passages read in context
+    chosen: torch.Tensor  # [pairs]: where each answering passage is among ``passages``
+    shared: torch.Tensor  # [pairs, candidates]: the other passages that answer the pair's query
 
     def to(self, device: torch.device) -> PackedRow:
         return PackedRow(*(getattr(self, name).to(device, non_blocking=True) for name in self.__dataclass_fields__))
@@ -195,7 +203,7 @@ class DistillStage(Stage):
             pool += [(int(token_spans[k, 0]) + offset, int(token_spans[k, 1]) + offset, passages[k], PASSAGE) for k in passages]
             pools.append(pool)
             answered.append([])
-            if self.settings.query_weight:
+            if self.settings.query_weight or self.settings.passage_choice_weight:
                 in_pool = {k: 1 + n for n, k in enumerate(passages)}
                 for number, (span, query) in enumerate(row.queries):
                     if span not in in_pool:
@@ -228,11 +236,18 @@ class DistillStage(Stage):
                     labels.append(label)
                     kinds.append(kind)
                 start += len(sequences[i])
+            passages = np.flatnonzero(np.array(kinds) == PASSAGE)
+            chosen = np.searchsorted(passages, answering).astype(np.int64)
+            shared = np.zeros((len(answering), len(passages)), dtype=bool)
+            for pair, query in enumerate(answers):
+                shared[pair, chosen[np.array(answers) == query]] = True
+                shared[pair, chosen[pair]] = False
             packed.append(PackedRow(
                 torch.from_numpy(input_ids), torch.from_numpy(sequence_ids),
                 torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(segments)),
                 torch.tensor(counts, dtype=torch.float32), torch.tensor(labels), torch.tensor(kinds),
                 torch.tensor(answering, dtype=torch.long), torch.tensor(answers, dtype=torch.long),
+                torch.from_numpy(passages), torch.from_numpy(chosen), torch.from_numpy(shared),
             ))
         kinds = np.array([kind for pool in pools for *_, kind in pool])
         return DistillBatch(
@@ -251,11 +266,12 @@ class DistillStage(Stage):
 
     def _losses(
         self, step: StepContext, row: PackedRow, targets: torch.Tensor, query_targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per vector of a packed row: its cosine to its target, and (with ``contrastive_weight``)
         the cross-entropy of finding its target among all the batch's targets; per passage that
-        answers a query (with ``query_weight``): the cross-entropy of finding that query's teacher
-        vector among the batch's queries'."""
+        answers a query: the cross-entropy of finding that query's teacher vector among the batch's
+        queries' (``query_weight``), and of finding the passage from the query's teacher vector among
+        the row's passages read in context, the others that answer it left out (``passage_choice_weight``)."""
         vectors = F.normalize(self.pooled(step, row), dim=-1)
         cosine = (vectors * targets[row.labels]).sum(-1)
         temperature = self.settings.temperature
@@ -264,31 +280,40 @@ class DistillStage(Stage):
         answering = vectors[row.answering]
         queries = F.cross_entropy(answering @ targets[query_targets].T / temperature, row.answers, reduction="none") \
             if len(row.answering) else answering.new_zeros(0)
-        return cosine, entropy, queries
+        choices = answering.new_zeros(0)
+        if self.settings.passage_choice_weight and len(row.answering):
+            logits = targets[query_targets[row.answers]] @ vectors[row.passages].T / temperature
+            logits = logits.masked_fill(row.shared, float("-inf"))
+            choices = logits.logsumexp(-1) - logits.gather(1, row.chosen[:, None]).squeeze(1)
+        return cosine, entropy, queries, choices
 
     def forward_backward(self, step: StepContext, batch: DistillBatch) -> dict[str, torch.Tensor]:
         loss = torch.zeros((), device=step.device)
         contrastive = torch.zeros((), device=step.device)
         by_kind = torch.zeros(len(KIND_NAMES), device=step.device)
         query_term = torch.zeros((), device=step.device)
+        choice_term = torch.zeros((), device=step.device)
         targets = batch.targets.to(step.device, non_blocking=True)
         query_targets = batch.query_targets.to(step.device, non_blocking=True)
         pairs = max(1, sum(len(packed.answering) for packed in batch.rows))
         for packed in batch.rows:
             packed = packed.to(step.device)
-            cosine, entropy, queries = self._losses(step, packed, targets, query_targets)
+            cosine, entropy, queries, choices = self._losses(step, packed, targets, query_targets)
             row_loss = ((1.0 - cosine).sum() + self.settings.contrastive_weight * entropy.sum()) / batch.vectors
-            row_loss = row_loss + self.settings.query_weight * queries.sum() / pairs
+            row_loss = row_loss + (self.settings.query_weight * queries.sum() + self.settings.passage_choice_weight * choices.sum()) / pairs
             (row_loss * step.loss_scale).backward()
             loss += row_loss.detach()
             contrastive += entropy.detach().sum() / batch.vectors
             query_term += queries.detach().sum() / pairs
+            choice_term += choices.detach().sum() / pairs
             by_kind.index_add_(0, packed.kinds, cosine.detach())
         metrics = {"loss": loss, **kind_means(by_kind, batch.kind_counts, "cos"), "tokens": torch.tensor(batch.tokens)}
         if self.settings.contrastive_weight:
             metrics["contrastive"] = contrastive
         if len(batch.query_targets):
             metrics["query_infonce"] = query_term
+            if self.settings.passage_choice_weight:
+                metrics["choice_infonce"] = choice_term
         return metrics
 
     def evaluate(self, step: StepContext) -> dict[str, float]:
