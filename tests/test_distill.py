@@ -207,6 +207,14 @@ def query_data(tmp_path_factory) -> Path:
     return folder
 
 
+def fit_on_queries(folder: Path, out: Path, **distill):
+    """16 steps on the rows with queries; the trainer and its metric records."""
+    config = distill_config(folder, out, max_length=512, row_tokens=1024, **distill)
+    config["data"] = {"train": [str(folder / "train.jsonl")]}
+    config["train"].update(steps=16, eval_every=None)
+    trainer, _ = build_and_fit(config)
+    return trainer, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
 def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(query_data, tmp_path):
     from training.distill import QUERY
     from training.teacher import TeacherEncoder
@@ -218,11 +226,7 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
     expected = TeacherEncoder(default_teacher_dir(), "cpu").encode([QUERIES[1]])[0]
     assert float(stored[6] @ expected / np.linalg.norm(stored[6])) > 0.999
 
-    config = distill_config(query_data, tmp_path / "run", max_length=512, row_tokens=1024, query_weight=1.0)
-    config["data"] = {"train": [str(query_data / "train.jsonl")]}
-    config["train"].update(steps=16, eval_every=None)
-    trainer, _ = build_and_fit(config)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trainer, records = fit_on_queries(query_data, tmp_path / "run", query_weight=1.0)
     assert records[-1]["query_infonce"] < records[0]["query_infonce"]
     assert "cos_query" in records[-1]
     stage = trainer.stage
@@ -249,11 +253,7 @@ def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(
 
 
 def test_passage_choice_term_finds_the_answering_passage_among_the_rows_passages(query_data, tmp_path):
-    config = distill_config(query_data, tmp_path / "run", max_length=512, row_tokens=1024, passage_choice_weight=1.0)
-    config["data"] = {"train": [str(query_data / "train.jsonl")]}
-    config["train"].update(steps=16, eval_every=None)
-    trainer, _ = build_and_fit(config)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trainer, records = fit_on_queries(query_data, tmp_path / "run", passage_choice_weight=1.0)
     assert records[-1]["choice_infonce"] < records[0]["choice_infonce"]
     stage = trainer.stage
     stage.model.eval()
