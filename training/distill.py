@@ -238,10 +238,10 @@ class DistillStage(Stage):
                 start += len(sequences[i])
             passages = np.flatnonzero(np.array(kinds) == PASSAGE)
             chosen = np.searchsorted(passages, answering).astype(np.int64)
+            pair, other = np.nonzero(np.equal.outer(answers, answers))  # pairs answering one query
             shared = np.zeros((len(answering), len(passages)), dtype=bool)
-            for pair, query in enumerate(answers):
-                shared[pair, chosen[np.array(answers) == query]] = True
-                shared[pair, chosen[pair]] = False
+            shared[pair, chosen[other]] = True
+            shared[np.arange(len(answering)), chosen] = False
             packed.append(PackedRow(
                 torch.from_numpy(input_ids), torch.from_numpy(sequence_ids),
                 torch.from_numpy(np.concatenate(positions)), torch.from_numpy(np.concatenate(segments)),
