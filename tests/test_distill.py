@@ -215,6 +215,7 @@ def fit_on_queries(folder: Path, out: Path, **distill):
     trainer, _ = build_and_fit(config)
     return trainer, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
+
 def test_query_term_is_infonce_of_answering_passages_against_the_batchs_queries(query_data, tmp_path):
     from training.distill import QUERY
     from training.teacher import TeacherEncoder
