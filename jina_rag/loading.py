@@ -196,18 +196,74 @@ def load_model(
     return model.to(device=device, dtype=dtype).eval()
 
 
-def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None):
-    """The fast tokenizer saved beside the model (``tokenizer.json`` or ``vocab.txt``)."""
-    from transformers import AutoTokenizer
+# tokenizer_config.json keys passed on to the tokenizer; anything else (``auto_map``,
+# ``tokenizer_class``) is ignored, so a folder cannot name code to import.
+TOKENIZER_SETTINGS = (
+    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+    "model_max_length", "clean_up_tokenization_spaces",
+)
+BERT_SPECIAL_TOKENS = {
+    "unk_token": "[UNK]", "sep_token": "[SEP]", "cls_token": "[CLS]", "pad_token": "[PAD]", "mask_token": "[MASK]",
+}
 
-    folder = resolve_model(name_or_path)
+
+def load_tokenizer(name_or_path: str | os.PathLike[str] | None = None):
+    """The fast tokenizer saved beside the model (``tokenizer.json``, else a BERT ``vocab.txt``).
+
+    Built from the files' data alone, never through transformers' Auto classes, so no
+    ``auto_map`` or custom tokenizer class in the folder can make Python code run.
+    """
+    return tokenizer_from_folder(resolve_model(name_or_path))
+
+
+def tokenizer_from_folder(folder: Path) -> Any:
+    """:func:`load_tokenizer` for a folder that needs no model files (a tokenizer folder alone)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    config = _tokenizer_config(folder)
+    settings = {key: _token_content(config[key]) for key in TOKENIZER_SETTINGS if key in config}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-    except (OSError, ValueError) as error:
+        if (folder / "tokenizer.json").is_file():
+            backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        elif (folder / "vocab.txt").is_file():
+            settings = {**BERT_SPECIAL_TOKENS, **settings}
+            backend = _wordpiece_from_vocab(folder / "vocab.txt", bool(config.get("do_lower_case", True)), settings)
+        else:
+            raise ModelNotFoundError(
+                f"{folder} holds no tokenizer files: expected tokenizer.json (or a BERT vocab.txt) beside config.json"
+            )
+    except ModelNotFoundError:
+        raise
+    except Exception as error:  # the Rust tokenizers library raises plain Exception for bad files
         raise ModelNotFoundError(f"{folder} holds no usable tokenizer files: {error}") from error
-    if not tokenizer.is_fast:
-        raise ModelNotFoundError(f"{folder}: a fast tokenizer (tokenizer.json) is required")
-    return tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **settings)
+
+
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    file = folder / "tokenizer_config.json"
+    if not file.is_file():
+        return {}
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelNotFoundError(f"{file} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"{file} must hold a JSON object")
+    return config
+
+
+def _token_content(value: Any) -> Any:
+    """Special tokens are saved as plain strings or as ``{"content": ...}`` objects."""
+    return value["content"] if isinstance(value, dict) and "content" in value else value
+
+
+def _wordpiece_from_vocab(vocab_file: Path, lowercase: bool, special: dict[str, Any]) -> Any:
+    """A BERT WordPiece tokenizer (the published English models' kind) from ``vocab.txt``."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    tokens = {key: special[key] for key in BERT_SPECIAL_TOKENS}
+    return BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase, **tokens)._tokenizer
 
 
 def save_pretrained(

@@ -95,11 +95,11 @@ def untruncated_backend(tokenizer: Any) -> Any:
 
 def load_tokenizer_folder(folder: str | Path) -> Any:
     """The tokenizer a folder describes (tokenizer.json / tokenizer_config.json), else its vocab.txt."""
-    from transformers import AutoTokenizer
+    from jina_rag.loading import tokenizer_from_folder
 
     folder = Path(folder)
-    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    if (folder / "tokenizer.json").is_file():
+        tokenizer = tokenizer_from_folder(folder)
         tokenizer.model_max_length = 8192
         return tokenizer
     if (folder / "vocab.txt").is_file():
