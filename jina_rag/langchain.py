@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field
 
 from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
-from jina_rag.index.core import FilterValue
+from jina_rag.index.store import FilterValue
 
 
 class JinaEmbeddings(EncoderOptions, Embeddings):

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
-from jina_rag.index.core import FilterValue
+from jina_rag.index.store import FilterValue
 
 # Added to each node's metadata; kept out of what the LLM and embedders read.
 HIT_KEYS = ["doc_id", "passage"]

@@ -485,16 +485,16 @@ def test_modes_and_collections_must_agree(store, encoder):
     docs = articles()
     with store.open(encoder) as index:  # no mode, new collection: whole documents
         index.index(docs)
-        with pytest.raises(ValueError, match="whole-document vectors only: index it with mode 'late-chunks'"):
+        with pytest.raises(ValueError, match="layout 'document': search mode 'late-chunks' needs passage vectors \\(index with mode 'late-chunks'"):
             index.search("galaxies", mode="late-chunks")
         late = DocumentIndex(index.store, encoder, mode="late-chunks")
-        with pytest.raises(CollectionMismatchError, match="indexed with mode 'document'.*not changed"):
+        with pytest.raises(CollectionMismatchError, match="holds the 'document' layout \\(indexed with mode 'document'\\).*not changed"):
             late.index(docs)
         assert index.count() == len(docs) and index.search(docs[0].text, limit=1)[0].passage is None
     other = StoreSpec(store.kind, store.location, f"{store.collection}-other")
     with other.open(encoder, mode="both") as index:
         index.index(docs)
-        with pytest.raises(CollectionMismatchError, match=r"indexed with passages \(mode 'late-chunks' or 'both'\)"):
+        with pytest.raises(CollectionMismatchError, match=r"holds the 'passages' layout \(indexed with mode 'late-chunks' or 'both'\)"):
             DocumentIndex(index.store, encoder, mode="document").index(docs)
         # Without a mode, an index follows its collection: passages are searched and kept up to date.
         following = DocumentIndex(index.store, encoder)

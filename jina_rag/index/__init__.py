@@ -1,23 +1,17 @@
 """Document indexing into Qdrant and Chroma: one point per document (whole-document vector, and
-late-chunked passage vectors in modes ``late-chunks`` and ``both``), idempotent, resumable.
+late-chunked passage vectors in modes ``late-chunks`` and ``both``, plus BM25 in ``hybrid``),
+idempotent, resumable.
 
 Store modules (``jina_rag.index.qdrant``, ``jina_rag.index.chroma``) import their client library,
 so they load only when a store of that kind is opened.
 """
 
 from jina_rag.index.core import (
-    INDEX_MODES,
     STORES,
-    CollectionMismatchError,
     DocumentIndex,
-    DocumentStore,
     IndexingError,
-    IndexMode,
     IndexPlan,
     IndexReport,
-    Passage,
-    Point,
-    SearchHit,
     WrittenBatch,
     filter_conditions,
     open_store,
@@ -31,6 +25,18 @@ from jina_rag.index.documents import (
     read_records_file,
     validate_documents,
 )
+from jina_rag.index.store import (
+    INDEX_MODES,
+    CollectionMismatchError,
+    DocumentStore,
+    Fusion,
+    IndexMode,
+    Layout,
+    Passage,
+    Point,
+    SearchHit,
+    SearchQuery,
+)
 
 __all__ = [
     "INDEX_MODES",
@@ -40,13 +46,16 @@ __all__ = [
     "Document",
     "DocumentIndex",
     "DocumentStore",
+    "Fusion",
     "IndexMode",
     "IndexPlan",
     "IndexReport",
     "IndexingError",
+    "Layout",
     "Passage",
     "Point",
     "SearchHit",
+    "SearchQuery",
     "WrittenBatch",
     "documents_from_records",
     "filter_conditions",

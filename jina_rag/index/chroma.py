@@ -23,21 +23,29 @@ try:
 except ImportError as error:  # an optional extra
     raise ImportError("Chroma support needs chromadb: pip install 'jina-rag[chroma]'") from error
 
-from jina_rag.index.core import (
+from jina_rag.index.documents import RESERVED_METADATA_KEYS, point_id
+from jina_rag.index.store import (
     CollectionMismatchError,
     FilterValue,
     IndexMode,
+    Layout,
     Point,
     SearchHit,
+    SearchQuery,
     best_passage,
+    check_layout,
     check_search_mode,
 )
-from jina_rag.index.documents import RESERVED_METADATA_KEYS, point_id
 
 METADATA_TYPES = (str, int, float, bool)
 LAYOUT_KEY = "jina_rag_layout"
 # Passage record ids live in a namespace of their own, so they never equal a document's point id.
 PASSAGE_NAMESPACE = uuid.UUID("b3d1a0c4-7e52-5f19-8a6d-2c4e9f1b7a30")
+HYBRID_UNSUPPORTED = (
+    "Chroma cannot hold jina-rag's hybrid layout (one record with dense, passage and BM25 sparse vectors "
+    "searched by fusion in the store): index into Qdrant (a local folder runs Qdrant Edge in-process), or "
+    "use mode 'late-chunks' or 'both' with Chroma"
+)
 # Search asks for this many records per wanted document, more if passages crowd out documents.
 RECORDS_PER_DOCUMENT = 4
 
@@ -55,7 +63,7 @@ class ChromaStore:
         self.collection = collection
         self.description = description or f"chroma collection {collection!r}"
         self._handle: Any = None
-        self._passages: bool | None = None  # the collection's layout, once known
+        self._layout: Layout | None = None  # the collection's layout, once known
 
     @classmethod
     def from_location(cls, location: str, collection: str, *, api_key: str | None = None) -> ChromaStore:
@@ -74,21 +82,17 @@ class ChromaStore:
             client = chromadb.PersistentClient(path=location)
         return cls(client, collection, description=f"chroma collection {collection!r} at {location}")
 
-    def ensure_collection(self, dim: int, *, passages: bool = False) -> None:
+    def ensure_collection(self, dim: int, *, layout: Layout = "document") -> None:
+        if layout == "hybrid":
+            raise ValueError(HYBRID_UNSUPPORTED)
         try:
             handle = self.client.get_collection(self.collection, embedding_function=None)
         except NotFoundError:
             handle = self.client.create_collection(
                 self.collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None,
-                metadata={LAYOUT_KEY: "passages"} if passages else None,
+                metadata={LAYOUT_KEY: "passages"} if layout == "passages" else None,
             )
-        if _holds_passages(handle) != passages:
-            raise CollectionMismatchError(
-                f"{self.description} was indexed with "
-                + ("mode 'document' (one vector per document); modes 'late-chunks' and 'both' need passage records."
-                   if passages else "passages (mode 'late-chunks' or 'both'); index it in one of those modes.")
-                + " Use another collection or delete this one; it was not changed."
-            )
+        check_layout(_layout_of(handle), layout, self.description)
         config = handle.configuration_json
         space = (config.get("hnsw") or config.get("spann") or {}).get("space", "l2")
         stored = handle.get(limit=1, include=["embeddings"])["embeddings"]
@@ -100,7 +104,7 @@ class ChromaStore:
                 f"this one; it was not changed."
             )
         self._handle = handle
-        self._passages = passages
+        self._layout = layout
 
     def _collection(self) -> Any:
         if self._handle is None:
@@ -110,13 +114,13 @@ class ChromaStore:
                 raise ValueError(f"{self.description} does not exist: index documents into it first") from None
         return self._handle
 
-    def holds_passages(self) -> bool | None:
-        if self._passages is None:
+    def layout(self) -> Layout | None:
+        if self._layout is None:
             try:
-                self._passages = _holds_passages(self._collection())
+                self._layout = _layout_of(self._collection())
             except ValueError:  # no such collection yet
                 return None
-        return self._passages
+        return self._layout
 
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         found = self._collection().get(ids=[point_id(doc_id) for doc_id in doc_ids], include=["metadatas"])
@@ -165,9 +169,11 @@ class ChromaStore:
             self._collection().delete(where={"doc_id": {"$in": list(doc_ids)}})
 
     def search(
-        self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
+        self, query: SearchQuery, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
     ) -> list[SearchHit]:
-        check_search_mode(mode, self._passage_layout(), self.description)
+        self._collection()  # a clear error if it does not exist
+        check_search_mode(mode, self.layout(), self.description)
+        vector = query.vector
         clauses = [{key: {"$in": values}} for key, values in conditions.items()]
         if not self._passage_layout():
             found = self._collection().query(
@@ -226,15 +232,15 @@ class ChromaStore:
     def _passage_layout(self) -> bool:
         """Whether the existing collection holds passage records."""
         self._collection()  # a clear error if it does not exist
-        return bool(self.holds_passages())
+        return self.layout() == "passages"
 
     def close(self) -> None:
         self._handle = None
         self.client.close()
 
 
-def _holds_passages(collection: Any) -> bool:
-    return (collection.metadata or {}).get(LAYOUT_KEY) == "passages"
+def _layout_of(collection: Any) -> Layout:
+    return "passages" if (collection.metadata or {}).get(LAYOUT_KEY) == "passages" else "document"
 
 
 def _all_of(clauses: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -9,9 +9,11 @@ objects, so another way of making points (encoding spread over workers, say) rep
 
 Modes: ``document`` stores one whole-document vector per document; ``late-chunks`` and ``both``
 also store late-chunked passage vectors (:mod:`jina_rag.late_chunking`) with their character
-spans. They differ only in search: ``late-chunks`` scores a document by its best passage, ``both``
-by the better of that and its whole-document vector. Hits of passage collections name the
-passage that matches best.
+spans; ``hybrid`` adds a BM25 sparse vector (:mod:`jina_rag.sparse`). They differ in search:
+``late-chunks`` scores a document by its best passage, ``both`` by the better of that and its
+whole-document vector, ``hybrid`` by fusing the three rankings in the store (:class:`Fusion`).
+Hits of passage collections name the passage that matches best. Layouts and the store contract:
+:mod:`jina_rag.index.store`.
 """
 
 from __future__ import annotations
@@ -23,28 +25,34 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, TextTooLongError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
+from jina_rag.index.store import (
+    DEFAULT_MODE_OF_LAYOUT,
+    LAYOUT_OF_MODE,
+    DocumentStore,
+    FilterValue,
+    Fusion,
+    IndexMode,
+    Layout,
+    Point,
+    SearchHit,
+    SearchQuery,
+    check_mode,
+)
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS, SEPARATORS, Splitter, TextSplitter, encode_late_chunks
+from jina_rag.sparse import BM25SparseEncoder
 
 logger = logging.getLogger(__name__)
 
 StoreKind = Literal["qdrant", "chroma"]
 STORES: tuple[StoreKind, ...] = ("qdrant", "chroma")
-FilterValue = str | int | bool
-IndexMode = Literal["document", "late-chunks", "both"]
-INDEX_MODES: tuple[IndexMode, ...] = ("document", "late-chunks", "both")
 # Stored hashes are looked up in chunks of this many ids (one round trip each).
 LOOKUP_BATCH = 256
-
-
-class CollectionMismatchError(ValueError):
-    """An existing collection holds vectors of another dimension or distance; it is left untouched."""
 
 
 class IndexingError(RuntimeError):
@@ -54,42 +62,6 @@ class IndexingError(RuntimeError):
         super().__init__(message)
         self.failed_ids = failed_ids
         self.report = report
-
-
-@dataclass(frozen=True)
-class Point:
-    """One document as a store keeps it: its whole-document vector and, in passage modes, its passages."""
-
-    id: str
-    doc_id: str
-    vector: np.ndarray
-    text: str
-    metadata: Mapping[str, Any]
-    content_hash: str
-    passage_spans: tuple[tuple[int, int], ...] = ()
-    passage_vectors: np.ndarray | None = None  # [passages, dim]; None: a whole-document collection
-
-
-@dataclass(frozen=True)
-class Passage:
-    """The passage of a hit that matches the query best: ``text == document_text[start:end]``."""
-
-    index: int
-    start: int
-    end: int
-    text: str
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """A search result: the document's id, cosine similarity, text, metadata and best passage (passage collections)."""
-
-    id: str
-    score: float
-    text: str
-    metadata: dict[str, Any]
-    passage: Passage | None = None
 
 
 @dataclass(frozen=True)
@@ -130,41 +102,6 @@ class IndexReport:
         )
 
 
-class DocumentStore(Protocol):
-    """What the indexer needs from a vector store. Vectors are compared by cosine similarity."""
-
-    description: str
-
-    def ensure_collection(self, dim: int, *, passages: bool = False) -> None:
-        """Create the collection, or check an existing one (raise :class:`CollectionMismatchError`).
-
-        ``passages``: the collection holds passage vectors beside the whole-document ones.
-        """
-
-    def holds_passages(self) -> bool | None:
-        """Whether the collection holds passage vectors; ``None`` if it does not exist yet."""
-
-    def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
-        """Stored content hashes of those documents that have a point with id ``point_id(doc_id)``."""
-
-    def upsert(self, points: Sequence[Point]) -> None:
-        """Write points, replacing everything stored for their documents; return only once the store has them."""
-
-    def delete(self, doc_ids: Sequence[str]) -> None:
-        """Remove every point of these documents."""
-
-    def search(
-        self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
-    ) -> list[SearchHit]:
-        """Nearest documents whose metadata matches every condition (key → any of the values), scored as ``mode`` says."""
-
-    def count(self) -> int:
-        """Documents in the collection."""
-
-    def close(self) -> None:
-        """Release the client (local stores hold a lock on their folder)."""
-
-
 def filter_conditions(filter: Mapping[str, FilterValue | Sequence[FilterValue]] | None) -> dict[str, list[FilterValue]]:
     """Normalise ``{"key": value | [values]}`` (all keys must match; a list means any of) for stores."""
     conditions: dict[str, list[FilterValue]] = {}
@@ -174,30 +111,6 @@ def filter_conditions(filter: Mapping[str, FilterValue | Sequence[FilterValue]] 
             raise TypeError(f"filter {key!r}: use a string, integer or boolean, or a non-empty list of them; got {value!r}")
         conditions[key] = values
     return conditions
-
-
-def best_passage(query: np.ndarray, vectors: np.ndarray, spans: Sequence[Sequence[int]], text: str) -> Passage:
-    """Re-score a document's passages against the query: stores rank documents but do not say which passage matched."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    scores = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)).clip(min=1e-12)
-    best = int(scores.argmax())
-    start, end = (int(bound) for bound in spans[best])
-    return Passage(best, start, end, text[start:end], float(scores[best]))
-
-
-def check_mode(mode: str) -> None:
-    if mode not in INDEX_MODES:
-        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(INDEX_MODES)}")
-
-
-def check_search_mode(mode: str, passages: bool, description: str) -> None:
-    """Refuse a search mode the collection cannot answer, saying how to index for it."""
-    check_mode(mode)
-    if mode != "document" and not passages:
-        raise ValueError(
-            f"{description} holds whole-document vectors only: index it with mode 'late-chunks' or 'both' "
-            f"to search passages, or search it with mode 'document'"
-        )
 
 
 def chunking_key(splitter: Splitter | None, chunk_tokens: int) -> str:
@@ -269,13 +182,14 @@ class DocumentIndex:
 
     ``mode`` is ``document`` (one whole-document vector per document), ``late-chunks`` or ``both``
     (passage vectors too, from ``splitter`` or LangChain's recursive splitter with passages of about
-    ``chunk_tokens`` tokens; see :func:`~jina_rag.late_chunking.encode_late_chunks`). It also sets
-    how :meth:`search` scores documents by default. ``None`` follows the collection: ``late-chunks``
-    if it holds passages, else ``document`` (also for a new collection).
+    ``chunk_tokens`` tokens; see :func:`~jina_rag.late_chunking.encode_late_chunks`) or ``hybrid``
+    (passages and a BM25 sparse vector from ``bm25``, searched with ``fusion``). It also sets how
+    :meth:`search` scores documents by default. ``None`` follows the collection (``hybrid``,
+    ``late-chunks`` or ``document`` by its layout), and is ``document`` for a new collection.
 
     Re-running on the same corpus is cheap and safe: point ids derive from document ids, and a
     document whose stored content hash matches is skipped without being encoded. In passage modes
-    the hash also covers the splitter's settings.
+    the hash also covers the splitter's settings, in hybrid mode the BM25 settings.
     """
 
     def __init__(
@@ -287,6 +201,8 @@ class DocumentIndex:
         mode: IndexMode | None = None,
         splitter: Splitter | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        bm25: BM25SparseEncoder | None = None,
+        fusion: Fusion | None = None,
     ) -> None:
         if mode is not None:
             check_mode(mode)
@@ -298,6 +214,15 @@ class DocumentIndex:
         self.mode = mode
         self.splitter = splitter
         self.chunk_tokens = chunk_tokens
+        self._bm25 = bm25
+        self.fusion = fusion or Fusion()
+
+    @property
+    def bm25(self) -> BM25SparseEncoder:
+        """The BM25 sparse encoder of hybrid mode (made on first use)."""
+        if self._bm25 is None:
+            self._bm25 = BM25SparseEncoder()
+        return self._bm25
 
     @classmethod
     def open(
@@ -313,15 +238,27 @@ class DocumentIndex:
         mode: IndexMode | None = None,
         splitter: Splitter | None = None,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        bm25: BM25SparseEncoder | None = None,
+        fusion: Fusion | None = None,
     ) -> DocumentIndex:
         """Open (not yet create) a collection in a store named by kind and location; see :func:`open_store`."""
         encoder = encoder or JinaEncoder.from_pretrained()
         store = open_store(kind, location, collection, api_key=api_key, index_fields=index_fields)
-        return cls(store, encoder, batch_tokens=batch_tokens, mode=mode, splitter=splitter, chunk_tokens=chunk_tokens)
+        return cls(
+            store, encoder, batch_tokens=batch_tokens, mode=mode, splitter=splitter, chunk_tokens=chunk_tokens,
+            bm25=bm25, fusion=fusion,
+        )
 
     def resolved_mode(self) -> IndexMode:
-        """The mode in use: the one given, else the collection's (``late-chunks`` if it holds passages)."""
-        return self.mode or ("late-chunks" if self.store.holds_passages() else "document")
+        """The mode in use: the one given, else the collection's (by its layout; ``document`` for a new one)."""
+        if self.mode is not None:
+            return self.mode
+        layout = self.store.layout()
+        return DEFAULT_MODE_OF_LAYOUT[layout] if layout is not None else "document"
+
+    def layout(self) -> Layout:
+        """The layout this index writes: the one its mode needs."""
+        return LAYOUT_OF_MODE[self.resolved_mode()]
 
     def __enter__(self) -> DocumentIndex:
         return self
@@ -342,9 +279,9 @@ class DocumentIndex:
         if batch_docs < 1:
             raise ValueError(f"batch_docs must be >= 1, got {batch_docs}")
         docs = validate_documents(documents_from_records(documents))
-        passages = self.resolved_mode() != "document"
-        self.store.ensure_collection(self.encoder.dim, passages=passages)
-        hashes = {doc.id: self._content_hash(doc, passages) for doc in docs}
+        layout = self.layout()
+        self.store.ensure_collection(self.encoder.dim, layout=layout)
+        hashes = {doc.id: self._content_hash(doc, layout) for doc in docs}
         stored: dict[str, str] = {}
         for start in range(0, len(docs), LOOKUP_BATCH):
             stored.update(self.store.existing_hashes([doc.id for doc in docs[start : start + LOOKUP_BATCH]]))
@@ -362,9 +299,10 @@ class DocumentIndex:
 
     def encode_points(self, docs: Sequence[Document], hashes: Mapping[str, str]) -> list[Point]:
         """One point per document: its whole text as one vector (long ones through the encoder's
-        windows) and, in passage modes, its late-chunked passage vectors and spans."""
+        windows) and, by layout, its late-chunked passage vectors and spans and its BM25 vector."""
         texts = [doc.text for doc in docs]
-        if self.resolved_mode() == "document":
+        layout = self.layout()
+        if layout == "document":
             vectors = self.encoder.encode(texts, batch_tokens=self.batch_tokens, show_progress=False)
             return [
                 Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
@@ -374,12 +312,13 @@ class DocumentIndex:
             self.encoder, texts, splitter=self.splitter, chunk_tokens=self.chunk_tokens,
             batch_tokens=self.batch_tokens, show_progress=False,
         )
+        sparse = self.bm25.embed_documents(texts) if layout == "hybrid" else [None] * len(docs)
         return [
             Point(
                 point_id(doc.id), doc.id, chunks.document_vector, doc.text, doc.metadata, hashes[doc.id],
-                passage_spans=chunks.spans, passage_vectors=chunks.vectors,
+                passage_spans=chunks.spans, passage_vectors=chunks.vectors, sparse=bm25,
             )
-            for doc, chunks in zip(docs, chunked)
+            for doc, chunks, bm25 in zip(docs, chunked, sparse)
         ]
 
     def index(
@@ -430,10 +369,12 @@ class DocumentIndex:
         logger.info("%s", report.summary())
         return report
 
-    def _content_hash(self, doc: Document, passages: bool) -> str:
-        if not passages:
+    def _content_hash(self, doc: Document, layout: Layout) -> str:
+        if layout == "document":
             return doc.content_hash()
         key = f"{doc.content_hash()}\n{chunking_key(self.splitter, self.chunk_tokens)}"
+        if layout == "hybrid":
+            key += f"\n{self.bm25.settings}"
         return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
     def _check_lengths(self, docs: list[Document], tokens: list[int]) -> None:
@@ -459,13 +400,15 @@ class DocumentIndex:
         limit: int = 5,
         filter: Mapping[str, FilterValue | Sequence[FilterValue]] | None = None,
         mode: IndexMode | None = None,
+        fusion: Fusion | None = None,
     ) -> list[SearchHit]:
         """Documents most similar to ``query`` whose metadata matches ``filter``, best first.
 
         ``mode`` (default: :meth:`resolved_mode`) scores a document by its whole-document vector
-        (``document``), its best passage (``late-chunks``) or the better of the two (``both``);
-        the last two need a collection indexed with passages. Hits of such a collection carry
-        the best-matching passage.
+        (``document``), its best passage (``late-chunks``), the better of the two (``both``) or
+        the fusion of those and BM25 (``hybrid``, weighted by ``fusion``, default the index's);
+        all but the first need a collection indexed with passages, ``hybrid`` one indexed in
+        hybrid mode. Hits of such a collection carry the best-matching passage.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -473,7 +416,8 @@ class DocumentIndex:
         check_mode(mode)
         conditions = filter_conditions(filter)
         vector = self.encoder.encode(query, batch_tokens=self.batch_tokens, show_progress=False)
-        return self.store.search(vector, limit, conditions, mode)
+        sparse = self.bm25.embed_query(query) if mode == "hybrid" else None
+        return self.store.search(SearchQuery(vector, sparse, fusion or self.fusion), limit, conditions, mode)
 
     def delete(self, doc_ids: Iterable[str]) -> None:
         """Remove documents from the store."""

@@ -1,11 +1,13 @@
-"""Qdrant behind :class:`~jina_rag.index.core.DocumentStore`: ``:memory:``, a local folder or a server.
+"""Qdrant behind :class:`~jina_rag.index.store.DocumentStore` through qdrant-client: a server or ``:memory:``.
 
-The payload follows LangChain's layout (``page_content``, ``metadata``) so ``langchain-qdrant``'s
+(A local folder is Qdrant Edge's job: :mod:`jina_rag.index.qdrant_edge`.) The payload follows
+LangChain's layout (``page_content``, ``metadata``) so ``langchain-qdrant``'s
 ``QdrantVectorStore`` reads an indexed collection as it is; ``doc_id`` and ``content_hash`` sit
-beside them. A whole-document collection has one unnamed vector per point; a passage collection
-has two named vectors, ``document`` (dense) and ``passages`` (a multivector compared by MAX_SIM,
-so a query scores a document by its best passage), and the passages' character spans in the
-payload (``passages``).
+beside them. A ``document`` collection has one unnamed vector per point; ``passages`` has two
+named vectors, ``document`` (dense) and ``passages`` (a multivector compared by MAX_SIM), and the
+passages' character spans in the payload (``passages``); ``hybrid`` adds the sparse vector
+``bm25`` with Qdrant's IDF modifier. Hybrid search is one Query API call: a prefetch per
+representation, fused by RRF (or DBSF) in Qdrant.
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ try:
 except ImportError as error:  # an optional extra
     raise ImportError("Qdrant support needs qdrant-client: pip install 'jina-rag[qdrant]'") from error
 
-from jina_rag.index.core import (
+from jina_rag.index.documents import point_id
+from jina_rag.index.store import (
+    DOCUMENT_VECTOR,
+    PASSAGE_VECTORS,
+    SPARSE_VECTOR,
     CollectionMismatchError,
     FilterValue,
+    Fusion,
     IndexMode,
+    Layout,
     Point,
     SearchHit,
+    SearchQuery,
     best_passage,
+    check_layout,
     check_search_mode,
+    layout_of_vectors,
+    representation_queries,
 )
-from jina_rag.index.documents import point_id
-
-DOCUMENT_VECTOR = "document"
-PASSAGE_VECTORS = "passages"
 
 
 class QdrantStore:
@@ -50,13 +58,13 @@ class QdrantStore:
         self.local = options.get("location") == ":memory:" or options.get("path") is not None
         where = options.get("path") or options.get("location") or options.get("url") or options.get("host")
         self.description = f"qdrant collection {collection!r} at {where}"
-        self._passages: bool | None = None  # the collection's layout, once known
+        self._layout: Layout | None = None  # the collection's layout, once known
 
     @classmethod
     def from_location(
         cls, location: str, collection: str, *, api_key: str | None = None, index_fields: Sequence[str] = ()
     ) -> QdrantStore:
-        """``:memory:``, a folder path, or an ``http(s)://`` server URL (with an optional API key)."""
+        """``:memory:``, an ``http(s)://`` server URL (with an optional API key), or a folder (qdrant-client's local mode)."""
         if location.startswith(("http://", "https://")):
             client = QdrantClient(url=location, api_key=api_key)
         elif api_key:
@@ -74,58 +82,60 @@ class QdrantStore:
         except ResponseHandlingException as error:
             raise ConnectionError(f"cannot reach the Qdrant server for {self.description} ({error}): is it running?") from error
 
-    def ensure_collection(self, dim: int, *, passages: bool = False) -> None:
+    def ensure_collection(self, dim: int, *, layout: Layout = "document") -> None:
         dense = models.VectorParams(size=dim, distance=models.Distance.COSINE)
         if not self._exists():
-            if passages:
-                multivector = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
-                vectors_config = {
-                    DOCUMENT_VECTOR: dense,
-                    PASSAGE_VECTORS: models.VectorParams(size=dim, distance=models.Distance.COSINE, multivector_config=multivector),
-                }
-                self.client.create_collection(self.collection, vectors_config=vectors_config)
-            else:
+            if layout == "document":
                 self.client.create_collection(self.collection, vectors_config=dense)
+            else:
+                multivector = models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM)
+                passages = models.VectorParams(size=dim, distance=models.Distance.COSINE, multivector_config=multivector)
+                sparse = {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)} if layout == "hybrid" else None
+                self.client.create_collection(
+                    self.collection, vectors_config={DOCUMENT_VECTOR: dense, PASSAGE_VECTORS: passages},
+                    sparse_vectors_config=sparse,
+                )
         else:
-            self._check_layout(dim, passages)
-        self._passages = passages
+            self._check_collection(dim, layout)
+        self._layout = layout
         if not self.local:
             for name in ("doc_id", *(f"metadata.{field}" for field in self.index_fields)):
                 self.client.create_payload_index(self.collection, name, field_schema=models.PayloadSchemaType.KEYWORD)
 
-    def _check_layout(self, dim: int, passages: bool) -> None:
-        vectors = self.client.get_collection(self.collection).config.params.vectors
-        unchanged = "Use another collection or delete this one; it was not changed."
-        if isinstance(vectors, dict) and not self._holds_passages(vectors):
+    def _check_collection(self, dim: int, layout: Layout) -> None:
+        params = self.client.get_collection(self.collection).config.params
+        existing = self._layout_of(params)
+        if existing is None:
             raise CollectionMismatchError(
-                f"{self.description} uses named vectors ({', '.join(vectors)}) that jina-rag does not write. {unchanged}"
+                f"{self.description} has vectors ({', '.join(params.vectors) if isinstance(params.vectors, dict) else 'unnamed'}"
+                f"; sparse: {', '.join(params.sparse_vectors or {}) or 'none'}) in a layout jina-rag does not write. "
+                f"Use another collection or delete this one; it was not changed."
             )
-        if self._holds_passages(vectors) != passages:
-            raise CollectionMismatchError(
-                f"{self.description} was indexed with "
-                + ("mode 'document' (one vector per document); modes 'late-chunks' and 'both' need passage vectors."
-                   if passages else "passages (mode 'late-chunks' or 'both'); index it in one of those modes.")
-                + f" {unchanged}"
-            )
-        stored = vectors[DOCUMENT_VECTOR] if passages else vectors
+        check_layout(existing, layout, self.description)
+        stored = params.vectors if layout == "document" else params.vectors[DOCUMENT_VECTOR]
         if stored.size != dim or stored.distance != models.Distance.COSINE:
             raise CollectionMismatchError(
                 f"{self.description} holds {stored.size}-dimensional vectors with {stored.distance.value} "
-                f"distance; this encoder makes {dim}-dimensional vectors compared by cosine. {unchanged}"
+                f"distance; this encoder makes {dim}-dimensional vectors compared by cosine. Use another collection "
+                f"or delete this one; it was not changed."
             )
 
     @staticmethod
-    def _holds_passages(vectors: object) -> bool:
-        """Whether a collection's vector config is the passage layout jina-rag writes."""
-        if not isinstance(vectors, dict) or set(vectors) != {DOCUMENT_VECTOR, PASSAGE_VECTORS}:
-            return False
-        multivector = vectors[PASSAGE_VECTORS].multivector_config
-        return multivector is not None and multivector.comparator == models.MultiVectorComparator.MAX_SIM
+    def _layout_of(params: models.CollectionParams) -> Layout | None:
+        """The layout of a collection's vector config, ``None`` if jina-rag did not write it."""
+        vectors, sparse = params.vectors, params.sparse_vectors or {}
+        if not isinstance(vectors, dict):
+            return layout_of_vectors(True, False, bool(sparse))
+        multivector = vectors.get(PASSAGE_VECTORS) and vectors[PASSAGE_VECTORS].multivector_config
+        passages = bool(multivector) and multivector.comparator == models.MultiVectorComparator.MAX_SIM
+        if set(vectors) != {DOCUMENT_VECTOR, PASSAGE_VECTORS} or set(sparse) - {SPARSE_VECTOR}:
+            return None
+        return layout_of_vectors(True, passages, SPARSE_VECTOR in sparse)
 
-    def holds_passages(self) -> bool | None:
-        if self._passages is None and self._exists():
-            self._passages = self._holds_passages(self.client.get_collection(self.collection).config.params.vectors)
-        return self._passages
+    def layout(self) -> Layout | None:
+        if self._layout is None and self._exists():
+            self._layout = self._layout_of(self.client.get_collection(self.collection).config.params)
+        return self._layout
 
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         records = self.client.retrieve(
@@ -150,6 +160,8 @@ class QdrantStore:
         if point.passage_vectors is None:
             return models.PointStruct(id=point.id, vector=point.vector.tolist(), payload=payload)
         vectors = {DOCUMENT_VECTOR: point.vector.tolist(), PASSAGE_VECTORS: point.passage_vectors.tolist()}
+        if point.sparse is not None:
+            vectors[SPARSE_VECTOR] = models.SparseVector(indices=point.sparse.indices.tolist(), values=point.sparse.values.tolist())
         payload["passages"] = [list(span) for span in point.passage_spans]
         return models.PointStruct(id=point.id, vector=vectors, payload=payload)
 
@@ -160,12 +172,12 @@ class QdrantStore:
         self.client.delete(self.collection, points_selector=models.FilterSelector(filter=selector), wait=True)
 
     def search(
-        self, vector: np.ndarray, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
+        self, query: SearchQuery, limit: int, conditions: dict[str, list[FilterValue]], mode: IndexMode = "document"
     ) -> list[SearchHit]:
-        passages = self.holds_passages()
-        if passages is None:
+        layout = self.layout()
+        if layout is None:
             self._require_collection()  # raises: the collection does not exist
-        check_search_mode(mode, passages, self.description)
+        check_search_mode(mode, layout, self.description)
         must = [
             models.FieldCondition(
                 key=f"metadata.{key}",
@@ -174,14 +186,29 @@ class QdrantStore:
             for key, values in conditions.items()
         ]
         query_filter = models.Filter(must=must) if must else None
-        if not passages:
+        if layout == "document":
             hits = self.client.query_points(
-                self.collection, query=vector.tolist(), limit=limit, query_filter=query_filter, with_payload=True,
+                self.collection, query=query.vector.tolist(), limit=limit, query_filter=query_filter, with_payload=True,
             ).points
             return [
                 SearchHit(hit.payload["doc_id"], float(hit.score), hit.payload["page_content"], hit.payload["metadata"])
                 for hit in hits
             ]
+        if mode == "hybrid":
+            ranked = self._fused(query, limit, query_filter)
+        else:
+            ranked = self._best_of_dense(query.vector, limit, query_filter, mode)
+        return [
+            SearchHit(
+                hit.payload["doc_id"], float(hit.score), hit.payload["page_content"], hit.payload["metadata"],
+                best_passage(query.vector, hit.vector[PASSAGE_VECTORS], hit.payload["passages"], hit.payload["page_content"]),
+            )
+            for hit in ranked
+        ]
+
+    def _best_of_dense(
+        self, vector: np.ndarray, limit: int, query_filter: models.Filter | None, mode: IndexMode
+    ) -> list[models.ScoredPoint]:
         requests = []
         if mode in ("document", "both"):
             requests.append(models.QueryRequest(
@@ -201,14 +228,20 @@ class QdrantStore:
             for hit in response.points:
                 if hit.id not in best or hit.score > best[hit.id].score:
                     best[hit.id] = hit
-        ranked = sorted(best.values(), key=lambda hit: -hit.score)[:limit]
-        return [
-            SearchHit(
-                hit.payload["doc_id"], float(hit.score), hit.payload["page_content"], hit.payload["metadata"],
-                best_passage(vector, hit.vector[PASSAGE_VECTORS], hit.payload["passages"], hit.payload["page_content"]),
-            )
-            for hit in ranked
-        ]
+        return sorted(best.values(), key=lambda hit: -hit.score)[:limit]
+
+    def _fused(self, query: SearchQuery, limit: int, query_filter: models.Filter | None) -> list[models.ScoredPoint]:
+        prefetch = []
+        for name, _, value in representation_queries(query):
+            if name == SPARSE_VECTOR:
+                value = models.SparseVector(indices=value.indices.tolist(), values=value.values.tolist())
+            else:
+                value = value.tolist()
+            prefetch.append(models.Prefetch(query=value, using=name, limit=max(limit, query.fusion.candidates), filter=query_filter))
+        return self.client.query_points(
+            self.collection, prefetch=prefetch, query=_fusion_query(query.fusion), limit=limit,
+            query_filter=query_filter, with_payload=True, with_vectors=[PASSAGE_VECTORS],
+        ).points
 
     def count(self) -> int:
         self._require_collection()
@@ -220,3 +253,9 @@ class QdrantStore:
     def _require_collection(self) -> None:
         if not self._exists():
             raise ValueError(f"{self.description} does not exist: index documents into it first")
+
+
+def _fusion_query(fusion: Fusion) -> models.Query:
+    if fusion.method == "dbsf":
+        return models.FusionQuery(fusion=models.Fusion.DBSF)
+    return models.RrfQuery(rrf=models.Rrf(k=fusion.k, weights=[weight for _, weight in fusion.used()]))

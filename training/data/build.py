@@ -157,8 +157,12 @@ def build(out: Path, *, install: bool = True, jobs: int | None = None, packages:
         "positive_tokens": length_stats(tokens.count([p["positive"] for p in pairs])),
     }
 
-    for name, make in (("long", long_retrieval_set), ("short", short_retrieval_set)):
-        corpus, queries, qrels = make(evaluation, tokens, random.Random(SEED))
+    # dev-long: the long set's construction on training packages, for choosing settings (fusion
+    # weights, BM25 length) without looking at the evaluation sets.
+    sets = (("long", long_retrieval_set, evaluation), ("short", short_retrieval_set, evaluation),
+            ("dev-long", long_retrieval_set, train))
+    for name, make, split in sets:
+        corpus, queries, qrels = make(split, tokens, random.Random(SEED))
         write_beir(out / name, corpus, queries, qrels)
         from jina_rag.eval import corpus_text
 
