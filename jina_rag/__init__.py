@@ -23,8 +23,10 @@ __version__ = "0.1.0"
 # Adapters, the ONNX tools and the Ray engine import optional extras, so they load on first use.
 _ADAPTERS = {
     "JinaEmbeddings": "jina_rag.langchain",
+    "JinaBM25SparseEmbeddings": "jina_rag.langchain_sparse",
     "JinaRetriever": "jina_rag.langchain",
     "JinaEmbedding": "jina_rag.llama_index",
+    "JinaBM25SparseFunctions": "jina_rag.llama_index",
     "JinaNodeRetriever": "jina_rag.llama_index",
     "JinaEmbeddingFunction": "jina_rag.chroma",
     "OnnxBackend": "jina_rag.onnx_backend",
@@ -57,6 +59,8 @@ __all__ = [
     "JinaBertConfig",
     "JinaBertForMaskedLM",
     "JinaBertModel",
+    "JinaBM25SparseEmbeddings",
+    "JinaBM25SparseFunctions",
     "JinaEmbedding",
     "JinaEmbeddingFunction",
     "JinaEmbeddings",

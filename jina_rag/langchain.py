@@ -1,5 +1,7 @@
 """LangChain adapters: :class:`JinaEmbeddings` (``Embeddings`` over :class:`~jina_rag.encoder.JinaEncoder`) and
-:class:`JinaRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`)."""
+:class:`JinaRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`).
+
+BM25 sparse embeddings for langchain-qdrant's hybrid search are in :mod:`jina_rag.langchain_sparse`."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
-"""LlamaIndex adapters: :class:`JinaEmbedding` (a ``BaseEmbedding`` over :class:`JinaEncoder`) and
-:class:`JinaNodeRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`)."""
+"""LlamaIndex adapters: :class:`JinaEmbedding` (a ``BaseEmbedding`` over :class:`JinaEncoder`),
+:class:`JinaNodeRetriever` (a ``BaseRetriever`` over a :class:`~jina_rag.index.DocumentIndex`) and
+:class:`JinaBM25SparseFunctions` (BM25 for the Qdrant vector store's hybrid search)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from llama_index.core.embeddings import BaseEmbedding
@@ -19,6 +20,13 @@ from pydantic import Field
 from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.store import FilterValue
+from jina_rag.sparse import BM25SparseEncoder, SparseVector
+
+if TYPE_CHECKING:
+    from qdrant_client import models
+
+# What the Qdrant vector store's sparse_doc_fn and sparse_query_fn return: indices and values per text.
+BatchSparseEncoding = tuple[list[list[int]], list[list[float]]]
 
 # Added to each node's metadata; kept out of what the LLM and embedders read.
 HIT_KEYS = ["doc_id", "passage"]
@@ -105,3 +113,45 @@ class JinaNodeRetriever(BaseRetriever):
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return await asyncio.to_thread(self._retrieve, query_bundle)
+
+
+class JinaBM25SparseFunctions:
+    """BM25 for llama-index-vector-stores-qdrant: ``QdrantVectorStore(..., **bm25.store_kwargs)``.
+
+    The vectors leave out the IDF, so the collection's sparse vector needs Qdrant's ``IDF``
+    modifier, which the store sets only for FastEmbed models it knows: give it ``sparse_config``
+    (``store_kwargs`` does, along with ``enable_hybrid``, ``sparse_doc_fn`` and ``sparse_query_fn``).
+    Words and weights are those of ``bm25`` (default: :class:`~jina_rag.sparse.BM25SparseEncoder`'s
+    settings), as in :class:`~jina_rag.index.DocumentIndex`'s hybrid mode.
+    """
+
+    def __init__(self, bm25: BM25SparseEncoder | None = None) -> None:
+        self.bm25 = bm25 or BM25SparseEncoder()
+
+    def doc_fn(self, texts: list[str]) -> BatchSparseEncoding:
+        """The store's ``sparse_doc_fn``: BM25 term weights without the IDF, per text."""
+        return _as_batch(self.bm25.embed_documents(texts))
+
+    def query_fn(self, texts: list[str]) -> BatchSparseEncoding:
+        """The store's ``sparse_query_fn``: weight 1 per query word (Qdrant multiplies in the IDF)."""
+        return _as_batch([self.bm25.embed_query(text) for text in texts])
+
+    @property
+    def sparse_config(self) -> models.SparseVectorParams:
+        """The store's ``sparse_config`` for a new collection: Qdrant applies the IDF."""
+        # qdrant-client comes with the Qdrant vector store, not with this adapter.
+        from qdrant_client import models
+
+        return models.SparseVectorParams(modifier=models.Modifier.IDF)
+
+    @property
+    def store_kwargs(self) -> dict[str, Any]:
+        """Everything ``QdrantVectorStore`` needs for BM25 hybrid search."""
+        return {
+            "enable_hybrid": True, "sparse_doc_fn": self.doc_fn, "sparse_query_fn": self.query_fn,
+            "sparse_config": self.sparse_config,
+        }
+
+
+def _as_batch(vectors: list[SparseVector]) -> BatchSparseEncoding:
+    return [vector.indices.tolist() for vector in vectors], [vector.values.tolist() for vector in vectors]
