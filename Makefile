@@ -15,7 +15,7 @@ install-dev: torch
 	$(PIP) -e ".[all,dev]"
 
 demo: install
-	$(PYTHON) examples/quickstart.py
+	$(PYTHON) examples/long_documents.py
 
 test: install-dev
 	$(PYTHON) -m pytest -q

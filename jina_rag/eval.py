@@ -10,6 +10,7 @@ chunks whose best score stands for the document (how RAG pipelines use short-con
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import json
 import logging
@@ -379,6 +380,67 @@ class Retriever(Protocol):
     name: str
 
     def search(self, data: RetrievalSet, k: int, show_progress: bool = False) -> Run: ...
+
+
+@dataclass
+class IndexRetriever:
+    """A :class:`~jina_rag.index.DocumentIndex` searched in one mode (and fusion): the user path.
+
+    The index must already hold the set's documents under their ids.
+    """
+
+    name: str
+    index: Any  # DocumentIndex
+    mode: str
+    fusion: Any = None  # Fusion; None: the index's
+
+    def search(self, data: RetrievalSet, k: int, show_progress: bool = False) -> Run:
+        return {q: [hit.id for hit in self.index.search(text, limit=k, mode=self.mode, fusion=self.fusion)]
+                for q, text in zip(data.query_ids, data.query_texts)}
+
+
+def hybrid_retrievers(index: Any) -> list[IndexRetriever]:
+    """Every way to search a hybrid index: BM25 alone, the dense modes, hybrid and its ablations."""
+    from jina_rag.index.store import DOCUMENT_VECTOR, PASSAGE_VECTORS, SPARSE_VECTOR
+
+    fusion = index.fusion
+    weights = dict(fusion.weights)
+
+    def only(*names: str) -> Any:
+        return dataclasses.replace(fusion, weights={name: weights.get(name, 1.0) or 1.0 for name in names})
+
+    return [
+        IndexRetriever("BM25 (Qdrant sparse, IDF in the store)", index, "hybrid", only(SPARSE_VECTOR)),
+        IndexRetriever("dense whole document", index, "document"),
+        IndexRetriever("late chunks", index, "late-chunks"),
+        IndexRetriever("late chunks or whole (mode both)", index, "both"),
+        IndexRetriever("hybrid without BM25", index, "hybrid", only(DOCUMENT_VECTOR, PASSAGE_VECTORS)),
+        IndexRetriever("hybrid without late chunks", index, "hybrid", only(DOCUMENT_VECTOR, SPARSE_VECTOR)),
+        IndexRetriever("hybrid without the whole-document vector", index, "hybrid", only(PASSAGE_VECTORS, SPARSE_VECTOR)),
+        IndexRetriever("hybrid", index, "hybrid"),
+    ]
+
+
+@dataclass
+class PassageRetriever:
+    """Naive chunking: late chunking's passages (the same splitter), each encoded alone; a document
+    scores as its best passage (exact search)."""
+
+    name: str
+    encoder: Any  # JinaEncoder
+    chunk_tokens: int
+
+    def search(self, data: RetrievalSet, k: int, show_progress: bool = False) -> Run:
+        from jina_rag.late_chunking import default_splitter, split_spans
+
+        counts = self.encoder.count_tokens(data.doc_texts)
+        spans = [split_spans(text, default_splitter(n, len(text), self.chunk_tokens)) for text, n in zip(data.doc_texts, counts)]
+        passages = [text[start:end] for text, doc_spans in zip(data.doc_texts, spans) for start, end in doc_spans]
+        vectors = self.encoder.encode(passages, show_progress=show_progress)
+        queries = self.encoder.encode(data.query_texts, show_progress=False)
+        starts = np.cumsum([0, *[len(doc_spans) for doc_spans in spans[:-1]]])
+        scores = np.maximum.reduceat(queries @ vectors.T, starts, axis=1)
+        return {q: [data.doc_ids[i] for i in row] for q, row in zip(data.query_ids, top_k(scores, k))}
 
 
 @dataclass
