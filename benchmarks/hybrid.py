@@ -79,18 +79,6 @@ def store_run(index: DocumentIndex, data: RetrievalSet, fusion: Fusion) -> dict[
     return IndexRetriever("", index, "hybrid", fusion).search(data, K)
 
 
-def sparse_only_run(data: RetrievalSet, bm25: BM25SparseEncoder) -> dict[str, list[str]]:
-    """BM25 alone in a sparse-only Qdrant collection (IDF modifier): for choosing ``avg_len`` without re-encoding."""
-    from qdrant_client import QdrantClient, models
-
-    client = QdrantClient(location=":memory:")
-    client.create_collection("bm25", vectors_config={}, sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)})
-    as_qdrant = lambda v: models.SparseVector(indices=v.indices.tolist(), values=v.values.tolist())  # noqa: E731
-    client.upsert("bm25", [models.PointStruct(id=i, vector={SPARSE_VECTOR: as_qdrant(v)}) for i, v in enumerate(bm25.embed_documents(data.doc_texts))])
-    return {q: [data.doc_ids[hit.id] for hit in client.query_points("bm25", query=as_qdrant(bm25.embed_query(text)), using=SPARSE_VECTOR, limit=K).points]
-            for q, text in zip(data.query_ids, data.query_texts)}
-
-
 def per_query_ndcg(run: dict[str, list[str]], data: RetrievalSet) -> np.ndarray:
     return np.array([ndcg_at_k(run.get(q, []), data.qrels[q], 10) for q in data.query_ids])
 
@@ -143,28 +131,30 @@ def report(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, b
     return figures
 
 
-def tune(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, work: Path) -> None:
+def tune(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, work: Path) -> dict:
     """Choose BM25's avg_len, then the fusion, on a training-package set (never an evaluation set)."""
     print(f"### Tuning on {data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} queries\n")
     print("| candidate | nDCG@10 |\n|---|---:|")
-    scores = {avg_len: per_query_ndcg(sparse_only_run(data, BM25SparseEncoder(avg_len=avg_len)), data).mean()
-              for avg_len in args.avg_lens}
-    for avg_len, score in scores.items():
-        print(f"| BM25 alone, avg_len {avg_len:g} | {score:.4f} |", flush=True)
-    best_len = max(scores, key=scores.get)
-    bm25 = BM25SparseEncoder(avg_len=best_len)
-    index, _, _ = build_index(data, encoder, work / f"len-{best_len:g}", "hybrid", bm25)
-    candidates = [parts(document=d, passages=p, bm25=b, k=k) for k in (2, 10, 60) for b in (1.0, 2.0)
+    bm25_alone, indexes = {}, {}
+    for avg_len in args.avg_lens:  # BM25's vectors change with avg_len: one index each
+        indexes[avg_len], _, _ = build_index(data, encoder, work / f"len-{avg_len:g}", "hybrid", BM25SparseEncoder(avg_len=avg_len))
+        bm25_alone[avg_len] = per_query_ndcg(store_run(indexes[avg_len], data, parts(bm25=1.0)), data).mean()
+        print(f"| BM25 alone, avg_len {avg_len:g} | {bm25_alone[avg_len]:.4f} |", flush=True)
+    avg_len = max(bm25_alone, key=bm25_alone.get)
+    candidates = [parts(document=d, passages=p, bm25=b, k=k) for k in (2, 10, 60) for b in (1.0, 2.0, 3.0)
                   for d in (0.0, 0.5, 1.0) for p in (0.5, 1.0)]
     candidates.append(parts(document=1.0, passages=1.0, bm25=1.0, method="dbsf"))
     results = []
-    with index:
-        for fusion in candidates:
-            score = per_query_ndcg(store_run(index, data, fusion), data).mean()
-            results.append((score, fusion))
-            print(f"| {fusion.method} k={fusion.k} weights {dict(fusion.weights)} (avg_len {best_len:g}) | {score:.4f} |", flush=True)
+    for fusion in candidates:
+        score = per_query_ndcg(store_run(indexes[avg_len], data, fusion), data).mean()
+        results.append((score, fusion))
+        print(f"| {fusion.method} k={fusion.k} weights {dict(fusion.weights)} (avg_len {avg_len:g}) | {score:.4f} |", flush=True)
+    for index in indexes.values():
+        index.close()
     score, fusion = max(results, key=lambda result: result[0])
-    print(f"\nbest: avg_len {best_len:g}; {fusion.method} k={fusion.k} weights {dict(fusion.weights)}: nDCG@10 {score:.4f}")
+    best = {"avg_len": avg_len, "fusion": {"method": fusion.method, "k": fusion.k, "weights": dict(fusion.weights)}, "ndcg@10": score}
+    print(f"\nbest: {json.dumps(best)}")
+    return best
 
 
 def main() -> None:
@@ -179,6 +169,9 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="a reproducible sample of N queries per set")
     parser.add_argument("--tune", action="store_true", help="choose avg_len and the fusion on this (training) set")
     parser.add_argument("--avg-lens", type=lambda s: [float(v) for v in s.split(",")], default=[256.0, 1000.0, 3000.0])
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="BM25 avg_len and fusion from this JSON (what --tune --out wrote) instead of the defaults")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: the encoder's for the device)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the indexes (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -189,7 +182,8 @@ def main() -> None:
     elif args.no_minilm:
         args.minilm = None
 
-    encoder = JinaEncoder.from_pretrained(args.model, device=args.device)
+    dtype = getattr(__import__("torch"), args.dtype) if args.dtype else None
+    encoder = JinaEncoder.from_pretrained(args.model, device=args.device, dtype=dtype)
     work = args.work or Path(tempfile.mkdtemp(prefix="jina-rag-hybrid-"))
     sets = [load_beir(folder) for folder in args.data]
     if args.max_queries:
@@ -197,10 +191,14 @@ def main() -> None:
     print(f"model {encoder.info()['model']}; {device_name(encoder.device)}, {os.cpu_count()} CPUs; "
           f"torch threads {__import__('torch').get_num_threads()}; store: {work} (Qdrant Edge folder)")
     if args.tune:
-        for data in sets:
-            tune(data, args, encoder, work)
+        best = [tune(data, args, encoder, work) for data in sets]
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(best[0], indent=1) + "\n", encoding="utf-8")
         return
-    bm25, fusion = BM25SparseEncoder(), Fusion()
+    settings = json.loads(args.settings.read_text()) if args.settings else {}
+    bm25 = BM25SparseEncoder(**({"avg_len": settings["avg_len"]} if settings else {}))
+    fusion = Fusion(**settings["fusion"]) if settings else Fusion()
     print(f"BM25 {bm25.settings}; fusion {fusion}")
     figures = [report(data, args, encoder, bm25, fusion, work) for data in sets]
     if args.out:
