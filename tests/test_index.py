@@ -1,4 +1,5 @@
-"""Whole-document indexing on real stores: Qdrant (:memory:, a folder, $QDRANT_URL) and Chroma (embedded, a server).
+"""Whole-document indexing on real stores: Qdrant (:memory:, Qdrant Edge in a folder, qdrant-client's local
+folder, $QDRANT_URL) and Chroma (embedded, a server).
 
 The model has random weights, so retrieval is asserted only for exact-duplicate queries.
 """
@@ -10,7 +11,8 @@ import logging
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,8 @@ from jina_rag.index import (
     read_documents,
     read_records_file,
 )
+from jina_rag.index.qdrant import QdrantStore
+from jina_rag.index.qdrant_edge import EdgeStore
 
 from conftest import ChromaServer, free_port
 
@@ -51,12 +55,15 @@ class StoreSpec:
     location: str
     collection: str
     api_key: str | None = None
+    qdrant_client_folder: bool = False  # a folder in qdrant-client's local mode, which open_store leaves to Edge
 
     def open(self, encoder, **options) -> DocumentIndex:
+        if self.qdrant_client_folder:
+            return DocumentIndex(QdrantStore.from_location(self.location, self.collection), encoder, **options)
         return DocumentIndex(open_store(self.kind, self.location, self.collection, api_key=self.api_key), encoder, **options)
 
 
-STORE_KINDS = ["qdrant-memory", "qdrant-path", "chroma-embedded", "chroma-server"]
+STORE_KINDS = ["qdrant-memory", "qdrant-edge", "qdrant-client-path", "chroma-embedded", "chroma-server"]
 if os.environ.get("QDRANT_URL"):
     STORE_KINDS.append("qdrant-server")
 
@@ -68,8 +75,10 @@ def store(request, tmp_path):
     if kind == "qdrant-memory":
         # :memory: lives in one client, so reopening gives an empty store; tests reuse the index instead.
         yield StoreSpec("qdrant", ":memory:", collection)
-    elif kind == "qdrant-path":
+    elif kind == "qdrant-edge":
         yield StoreSpec("qdrant", str(tmp_path / "qdrant"), collection)
+    elif kind == "qdrant-client-path":
+        yield StoreSpec("qdrant", str(tmp_path / "qdrant"), collection, qdrant_client_folder=True)
     elif kind == "qdrant-server":
         yield StoreSpec("qdrant", os.environ["QDRANT_URL"], collection, os.environ.get("QDRANT_API_KEY"))
         from qdrant_client import QdrantClient
@@ -232,12 +241,22 @@ def test_a_long_document_is_one_point_with_the_encoders_windowed_vector(store, e
 def test_an_existing_collection_of_another_dimension_or_distance_is_refused_untouched(store, encoder):
     other = f"{store.collection}-other"
     with store.open(encoder) as index:
-        client = index.store.client
-        if store.kind == "qdrant":
+        if isinstance(index.store, EdgeStore):
+            import qdrant_edge as edge
+
+            def shard(collection: str, size: int, distance):
+                config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=size, distance=distance))
+                return edge.EdgeShard.create(str(Path(store.location) / collection), config)
+
+            wrong_size = shard(store.collection, 32, edge.Distance.Cosine)
+            wrong_size.update(edge.UpdateOperation.upsert_points([edge.Point(1, [0.1] * 32, {})]))
+            wrong_size.close()
+            shard(other, encoder.dim, edge.Distance.Euclid).close()
+            other_index = DocumentIndex(EdgeStore(store.location, other), encoder)
+        elif store.kind == "qdrant":
             from qdrant_client import models
 
-            from jina_rag.index.qdrant import QdrantStore
-
+            client = index.store.client
             client.create_collection(store.collection, vectors_config=models.VectorParams(size=32, distance=models.Distance.COSINE))
             client.upsert(store.collection, [models.PointStruct(id=1, vector=[0.1] * 32)])
             client.create_collection(other, vectors_config=models.VectorParams(size=encoder.dim, distance=models.Distance.EUCLID))
@@ -245,6 +264,7 @@ def test_an_existing_collection_of_another_dimension_or_distance_is_refused_unto
         else:
             from jina_rag.index.chroma import ChromaStore
 
+            client = index.store.client
             client.create_collection(store.collection, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
             client.get_collection(store.collection).add(ids=["x"], embeddings=[[0.1] * 32])
             client.create_collection(other, configuration={"hnsw": {"space": "l2"}}, embedding_function=None)
@@ -472,6 +492,9 @@ def test_late_chunk_reindexing_skips_unchanged_and_replaces_all_passages_of_chan
         if store.kind == "chroma":
             records = index.store.client.get_collection(store.collection).get(where={"doc_id": "baking.md"})
             assert len(records["ids"]) == 2  # the document record and its one passage
+        elif isinstance(index.store, EdgeStore):
+            point = index.store.shard.retrieve([point_id("baking.md")], with_payload=True, with_vector=True)[0]
+            assert point.payload["passages"] == [[0, 11]] and len(point.vector["passages"]) == 1
         else:
             point = index.store.client.retrieve(store.collection, [point_id("baking.md")], with_vectors=True)[0]
             assert point.payload["passages"] == [[0, 11]] and len(point.vector["passages"]) == 1
@@ -491,7 +514,7 @@ def test_modes_and_collections_must_agree(store, encoder):
         with pytest.raises(CollectionMismatchError, match="holds the 'document' layout \\(indexed with mode 'document'\\).*not changed"):
             late.index(docs)
         assert index.count() == len(docs) and index.search(docs[0].text, limit=1)[0].passage is None
-    other = StoreSpec(store.kind, store.location, f"{store.collection}-other")
+    other = replace(store, collection=f"{store.collection}-other")
     with other.open(encoder, mode="both") as index:
         index.index(docs)
         with pytest.raises(CollectionMismatchError, match=r"holds the 'passages' layout \(indexed with mode 'late-chunks' or 'both'\)"):

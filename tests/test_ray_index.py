@@ -195,12 +195,12 @@ def test_one_worker_writes_a_local_folder_store_like_the_single_process_path(tmp
     assert sorted(report.indexed) == sorted(d.id for d in documents) and not report.failed and report.workers == 1
     with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder) as single:
         single.index(documents, batch_docs=2, show_progress=False)
-        reference = single.store.client.retrieve("docs", [point_id(d.id) for d in documents], with_vectors=True)
-    # The job returned once its worker let go of the folder: this process may open it now.
+        reference = single.store.shard.retrieve([point_id(d.id) for d in documents], with_payload=True, with_vector=True)
+    # The job returned once its worker let go of the folder (a Qdrant Edge collection): this process may open it now.
     distributed = open_store("qdrant", str(tmp_path / "ray-qdrant"), "docs")
     try:
-        written = {point.id: point for point in distributed.client.retrieve("docs", [p.id for p in reference], with_vectors=True)}
-        assert distributed.client.count("docs").count == len(documents)
+        written = {point.id: point for point in distributed.shard.retrieve([p.id for p in reference], with_payload=True, with_vector=True)}
+        assert distributed.count() == len(documents)
     finally:
         distributed.close()
     for point in reference:

@@ -2,8 +2,9 @@
 late-chunked passage vectors in modes ``late-chunks`` and ``both``, plus BM25 in ``hybrid``),
 idempotent, resumable.
 
-Store modules (``jina_rag.index.qdrant``, ``jina_rag.index.chroma``) import their client library,
-so they load only when a store of that kind is opened.
+Store modules (``jina_rag.index.qdrant`` for servers and ``:memory:``, ``jina_rag.index.qdrant_edge``
+for Qdrant Edge in a local folder, ``jina_rag.index.chroma``) import their client library, so
+they load only when a store of that kind is opened.
 """
 
 from jina_rag.index.core import (

@@ -138,11 +138,21 @@ def open_store(
     api_key: str | None = None,
     index_fields: Sequence[str] = (),
 ) -> DocumentStore:
-    """A store from a location: Qdrant ``:memory:``, a folder or an ``http(s)://`` URL; Chroma a folder or URL."""
-    if kind == "qdrant":
-        from jina_rag.index.qdrant import QdrantStore
+    """A store from a location: Qdrant ``:memory:``, a folder or an ``http(s)://`` URL; Chroma a folder or URL.
 
-        return QdrantStore.from_location(location, collection, api_key=api_key, index_fields=index_fields)
+    A Qdrant folder is Qdrant Edge's (:class:`~jina_rag.index.qdrant_edge.EdgeStore`, a collection
+    per subfolder); ``:memory:`` and servers go through qdrant-client.
+    """
+    if kind == "qdrant":
+        if location == ":memory:" or location.startswith(("http://", "https://")):
+            from jina_rag.index.qdrant import QdrantStore
+
+            return QdrantStore.from_location(location, collection, api_key=api_key, index_fields=index_fields)
+        if api_key:
+            raise ValueError("an API key only applies to a Qdrant server: give an http(s):// URL as location")
+        from jina_rag.index.qdrant_edge import EdgeStore
+
+        return EdgeStore(location, collection, index_fields=index_fields)
     if kind == "chroma":
         from jina_rag.index.chroma import ChromaStore
 

@@ -1,13 +1,11 @@
 """Qdrant behind :class:`~jina_rag.index.store.DocumentStore` through qdrant-client: a server or ``:memory:``.
 
-(A local folder is Qdrant Edge's job: :mod:`jina_rag.index.qdrant_edge`.) The payload follows
-LangChain's layout (``page_content``, ``metadata``) so ``langchain-qdrant``'s
-``QdrantVectorStore`` reads an indexed collection as it is; ``doc_id`` and ``content_hash`` sit
-beside them. A ``document`` collection has one unnamed vector per point; ``passages`` has two
-named vectors, ``document`` (dense) and ``passages`` (a multivector compared by MAX_SIM), and the
-passages' character spans in the payload (``passages``); ``hybrid`` adds the sparse vector
-``bm25`` with Qdrant's IDF modifier. Hybrid search is one Query API call: a prefetch per
-representation, fused by RRF (or DBSF) in Qdrant.
+(A local folder is Qdrant Edge's job: :mod:`jina_rag.index.qdrant_edge`; :meth:`QdrantStore.from_location`
+still opens one in qdrant-client's local mode for code that asks for it.) Points follow
+:mod:`jina_rag.index.qdrant_layout`: LangChain's payload layout, so ``langchain-qdrant``'s
+``QdrantVectorStore`` reads an indexed collection as it is, and the vectors of the collection's
+layout. Hybrid search is one Query API call: a prefetch per representation, fused by RRF (or
+DBSF) in Qdrant.
 """
 
 from __future__ import annotations
@@ -23,11 +21,11 @@ except ImportError as error:  # an optional extra
     raise ImportError("Qdrant support needs qdrant-client: pip install 'jina-rag[qdrant]'") from error
 
 from jina_rag.index.documents import point_id
+from jina_rag.index.qdrant_layout import best_of, payload_of, search_hit, unknown_layout, vectors_of, wrong_vectors
 from jina_rag.index.store import (
     DOCUMENT_VECTOR,
     PASSAGE_VECTORS,
     SPARSE_VECTOR,
-    CollectionMismatchError,
     FilterValue,
     Fusion,
     IndexMode,
@@ -35,7 +33,6 @@ from jina_rag.index.store import (
     Point,
     SearchHit,
     SearchQuery,
-    best_passage,
     check_layout,
     check_search_mode,
     layout_of_vectors,
@@ -106,19 +103,13 @@ class QdrantStore:
         params = self.client.get_collection(self.collection).config.params
         existing = self._layout_of(params)
         if existing is None:
-            raise CollectionMismatchError(
-                f"{self.description} has vectors ({', '.join(params.vectors) if isinstance(params.vectors, dict) else 'unnamed'}"
-                f"; sparse: {', '.join(params.sparse_vectors or {}) or 'none'}) in a layout jina-rag does not write. "
-                f"Use another collection or delete this one; it was not changed."
+            raise unknown_layout(
+                self.description, params.vectors if isinstance(params.vectors, dict) else [""], params.sparse_vectors or {}
             )
         check_layout(existing, layout, self.description)
         stored = params.vectors if layout == "document" else params.vectors[DOCUMENT_VECTOR]
         if stored.size != dim or stored.distance != models.Distance.COSINE:
-            raise CollectionMismatchError(
-                f"{self.description} holds {stored.size}-dimensional vectors with {stored.distance.value} "
-                f"distance; this encoder makes {dim}-dimensional vectors compared by cosine. Use another collection "
-                f"or delete this one; it was not changed."
-            )
+            raise wrong_vectors(self.description, stored.size, stored.distance.value, dim)
 
     @staticmethod
     def _layout_of(params: models.CollectionParams) -> Layout | None:
@@ -151,19 +142,8 @@ class QdrantStore:
 
     @staticmethod
     def _point(point: Point) -> models.PointStruct:
-        payload = {
-            "page_content": point.text,
-            "metadata": dict(point.metadata),
-            "doc_id": point.doc_id,
-            "content_hash": point.content_hash,
-        }
-        if point.passage_vectors is None:
-            return models.PointStruct(id=point.id, vector=point.vector.tolist(), payload=payload)
-        vectors = {DOCUMENT_VECTOR: point.vector.tolist(), PASSAGE_VECTORS: point.passage_vectors.tolist()}
-        if point.sparse is not None:
-            vectors[SPARSE_VECTOR] = models.SparseVector(indices=point.sparse.indices.tolist(), values=point.sparse.values.tolist())
-        payload["passages"] = [list(span) for span in point.passage_spans]
-        return models.PointStruct(id=point.id, vector=vectors, payload=payload)
+        vectors = vectors_of(point, lambda indices, values: models.SparseVector(indices=indices, values=values))
+        return models.PointStruct(id=point.id, vector=vectors, payload=payload_of(point))
 
     def delete(self, doc_ids: Sequence[str]) -> None:
         if not doc_ids:
@@ -190,21 +170,12 @@ class QdrantStore:
             hits = self.client.query_points(
                 self.collection, query=query.vector.tolist(), limit=limit, query_filter=query_filter, with_payload=True,
             ).points
-            return [
-                SearchHit(hit.payload["doc_id"], float(hit.score), hit.payload["page_content"], hit.payload["metadata"])
-                for hit in hits
-            ]
+            return [search_hit(hit.payload, hit.score) for hit in hits]
         if mode == "hybrid":
             ranked = self._fused(query, limit, query_filter)
         else:
             ranked = self._best_of_dense(query.vector, limit, query_filter, mode)
-        return [
-            SearchHit(
-                hit.payload["doc_id"], float(hit.score), hit.payload["page_content"], hit.payload["metadata"],
-                best_passage(query.vector, hit.vector[PASSAGE_VECTORS], hit.payload["passages"], hit.payload["page_content"]),
-            )
-            for hit in ranked
-        ]
+        return [search_hit(hit.payload, hit.score, query.vector, hit.vector[PASSAGE_VECTORS]) for hit in ranked]
 
     def _best_of_dense(
         self, vector: np.ndarray, limit: int, query_filter: models.Filter | None, mode: IndexMode
@@ -221,14 +192,7 @@ class QdrantStore:
                 query=[vector.tolist()], using=PASSAGE_VECTORS, limit=limit, filter=query_filter,
                 with_payload=True, with_vector=[PASSAGE_VECTORS],
             ))
-        # ``both`` scores a document by the better of its two similarities; the top documents by that
-        # maximum are all among the top of one list or the other, so merging two top-k lists is exact.
-        best: dict[str, models.ScoredPoint] = {}
-        for response in self.client.query_batch_points(self.collection, requests):
-            for hit in response.points:
-                if hit.id not in best or hit.score > best[hit.id].score:
-                    best[hit.id] = hit
-        return sorted(best.values(), key=lambda hit: -hit.score)[:limit]
+        return best_of((response.points for response in self.client.query_batch_points(self.collection, requests)), limit)
 
     def _fused(self, query: SearchQuery, limit: int, query_filter: models.Filter | None) -> list[models.ScoredPoint]:
         prefetch = []
