@@ -131,26 +131,37 @@ def report(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, b
     return figures
 
 
+def sparse_only_run(data: RetrievalSet, bm25: BM25SparseEncoder) -> dict[str, list[str]]:
+    """BM25 alone in a sparse-only Qdrant collection (IDF modifier): avg_len is chosen without re-encoding."""
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(location=":memory:")
+    client.create_collection("bm25", vectors_config={}, sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)})
+    as_qdrant = lambda v: models.SparseVector(indices=v.indices.tolist(), values=v.values.tolist())  # noqa: E731
+    client.upsert("bm25", [models.PointStruct(id=i, vector={SPARSE_VECTOR: as_qdrant(v)}) for i, v in enumerate(bm25.embed_documents(data.doc_texts))])
+    return {q: [data.doc_ids[hit.id] for hit in client.query_points("bm25", query=as_qdrant(bm25.embed_query(text)), using=SPARSE_VECTOR, limit=K).points]
+            for q, text in zip(data.query_ids, data.query_texts)}
+
+
 def tune(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, work: Path) -> dict:
     """Choose BM25's avg_len, then the fusion, on a training-package set (never an evaluation set)."""
     print(f"### Tuning on {data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} queries\n")
     print("| candidate | nDCG@10 |\n|---|---:|")
-    bm25_alone, indexes = {}, {}
-    for avg_len in args.avg_lens:  # BM25's vectors change with avg_len: one index each
-        indexes[avg_len], _, _ = build_index(data, encoder, work / f"len-{avg_len:g}", "hybrid", BM25SparseEncoder(avg_len=avg_len))
-        bm25_alone[avg_len] = per_query_ndcg(store_run(indexes[avg_len], data, parts(bm25=1.0)), data).mean()
-        print(f"| BM25 alone, avg_len {avg_len:g} | {bm25_alone[avg_len]:.4f} |", flush=True)
+    bm25_alone = {avg_len: per_query_ndcg(sparse_only_run(data, BM25SparseEncoder(avg_len=avg_len)), data).mean()
+                  for avg_len in args.avg_lens}
+    for avg_len, score in bm25_alone.items():
+        print(f"| BM25 alone, avg_len {avg_len:g} | {score:.4f} |", flush=True)
     avg_len = max(bm25_alone, key=bm25_alone.get)
+    index, _, _ = build_index(data, encoder, work / "tune", "hybrid", BM25SparseEncoder(avg_len=avg_len))
     candidates = [parts(document=d, passages=p, bm25=b, k=k) for k in (2, 10, 60) for b in (1.0, 2.0, 3.0)
                   for d in (0.0, 0.5, 1.0) for p in (0.5, 1.0)]
     candidates.append(parts(document=1.0, passages=1.0, bm25=1.0, method="dbsf"))
     results = []
-    for fusion in candidates:
-        score = per_query_ndcg(store_run(indexes[avg_len], data, fusion), data).mean()
-        results.append((score, fusion))
-        print(f"| {fusion.method} k={fusion.k} weights {dict(fusion.weights)} (avg_len {avg_len:g}) | {score:.4f} |", flush=True)
-    for index in indexes.values():
-        index.close()
+    with index:
+        for fusion in candidates:
+            score = per_query_ndcg(store_run(index, data, fusion), data).mean()
+            results.append((score, fusion))
+            print(f"| {fusion.method} k={fusion.k} weights {dict(fusion.weights)} (avg_len {avg_len:g}) | {score:.4f} |", flush=True)
     score, fusion = max(results, key=lambda result: result[0])
     best = {"avg_len": avg_len, "fusion": {"method": fusion.method, "k": fusion.k, "weights": dict(fusion.weights)}, "ndcg@10": score}
     print(f"\nbest: {json.dumps(best)}")
@@ -167,6 +178,8 @@ def main() -> None:
     parser.add_argument("--no-minilm", action="store_true")
     parser.add_argument("--rate-docs", type=int, default=40, help="documents indexed twice to compare hybrid with dense-only (0: skip)")
     parser.add_argument("--max-queries", type=int, default=None, help="a reproducible sample of N queries per set")
+    parser.add_argument("--max-docs", type=int, default=None,
+                        help="keep N documents: every judged one, then random others (reproducibly)")
     parser.add_argument("--tune", action="store_true", help="choose avg_len and the fusion on this (training) set")
     parser.add_argument("--avg-lens", type=lambda s: [float(v) for v in s.split(",")], default=[256.0, 1000.0, 3000.0])
     parser.add_argument("--settings", type=Path, default=None,
@@ -186,8 +199,10 @@ def main() -> None:
     encoder = JinaEncoder.from_pretrained(args.model, device=args.device, dtype=dtype)
     work = args.work or Path(tempfile.mkdtemp(prefix="jina-rag-hybrid-"))
     sets = [load_beir(folder) for folder in args.data]
-    if args.max_queries:
-        sets = [data.subset(args.max_queries) for data in sets]
+    if args.max_queries or args.max_docs:
+        from default_model import shrink
+
+        sets = [shrink(data, args.max_docs, args.max_queries) for data in sets]
     print(f"model {encoder.info()['model']}; {device_name(encoder.device)}, {os.cpu_count()} CPUs; "
           f"torch threads {__import__('torch').get_num_threads()}; store: {work} (Qdrant Edge folder)")
     if args.tune:

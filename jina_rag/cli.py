@@ -169,6 +169,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise ValueError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
     suffixes = {s if s.startswith(".") else f".{s}" for s in args.suffix} if args.suffix else None
     if args.engine == "ray":
+        if args.mode not in (None, "document"):
+            raise ValueError(f"--engine ray writes whole-document vectors only: drop --mode {args.mode} or use the local engine")
         return _index_with_ray(args, suffixes)
     if args.address or args.workers or args.cpus_per_worker:
         raise ValueError("--address, --workers and --cpus-per-worker apply to --engine ray")
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--mode", choices=INDEX_MODES, default=None,
         help="document: one vector per document; late-chunks / both: passage vectors too, from one pass over the "
-        "document (default: the collection's, document for a new one)",
+        "document; hybrid: passages and a BM25 sparse vector (default: the collection's, document for a new one)",
     )
     index.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
     engine = index.add_argument_group("engine")
@@ -329,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--preview", type=int, default=200, help="characters of text to show (default: 200)")
     search.add_argument(
         "--mode", choices=INDEX_MODES, default=None,
-        help="score documents by their whole vector (document), best passage (late-chunks) or the better of both "
-        "(default: late-chunks if the collection holds passages, else document)",
+        help="score documents by their whole vector (document), best passage (late-chunks), the better of both, or "
+        "the fusion of those and BM25 (hybrid) (default: the collection's: hybrid, late-chunks or document)",
     )
     add_store_arguments(search)
     add_model_arguments(search)

@@ -41,10 +41,13 @@ METADATA_TYPES = (str, int, float, bool)
 LAYOUT_KEY = "jina_rag_layout"
 # Passage record ids live in a namespace of their own, so they never equal a document's point id.
 PASSAGE_NAMESPACE = uuid.UUID("b3d1a0c4-7e52-5f19-8a6d-2c4e9f1b7a30")
+# chromadb 1.5's hybrid search (Collection.search with sparse vectors and Rrf) is for distributed and
+# hosted Chroma only: its local implementation, which embedded Chroma and `chroma run` use, raises
+# NotImplementedError("Search is not implemented for Local Chroma").
 HYBRID_UNSUPPORTED = (
-    "Chroma cannot hold jina-rag's hybrid layout (one record with dense, passage and BM25 sparse vectors "
-    "searched by fusion in the store): index into Qdrant (a local folder runs Qdrant Edge in-process), or "
-    "use mode 'late-chunks' or 'both' with Chroma"
+    "mode 'hybrid' needs sparse (BM25) search fused with dense search inside the store, which Chroma runs only "
+    "distributed or hosted (embedded Chroma and `chroma run` raise NotImplementedError for it): index into Qdrant "
+    "(a local folder runs Qdrant Edge in-process, no server), or use mode 'late-chunks' or 'both' with Chroma"
 )
 # Search asks for this many records per wanted document, more if passages crowd out documents.
 RECORDS_PER_DOCUMENT = 4

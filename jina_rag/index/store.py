@@ -67,9 +67,10 @@ class Point:
 class Fusion:
     """How hybrid search merges the representations' rankings, inside the store.
 
-    ``method`` ``rrf`` (reciprocal rank fusion, constant ``k``, per-representation ``weights``;
-    a weight of 0 leaves that representation out) or ``dbsf`` (distribution-based score fusion,
-    unweighted). Each representation contributes its top ``candidates`` documents.
+    ``method`` ``rrf`` (Qdrant's reciprocal rank fusion: a document at rank ``r`` (from 1) of a
+    representation of weight ``w`` gains ``1 / (r / w + k - 1)``; a weight of 0 or none leaves the
+    representation out) or ``dbsf`` (distribution-based score fusion, unweighted: the weights only
+    choose the representations). Each representation contributes its top ``candidates`` documents.
     """
 
     method: Literal["rrf", "dbsf"] = "rrf"
