@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from jina_rag.encoder import JinaEncoder, TextTooLongError
+from jina_rag.encoder import JinaEncoder, NonFiniteVectorError, TextTooLongError
 from jina_rag.eval import RetrievalSet, load_beir, load_narrativeqa
 from jina_rag.index import (
     CollectionMismatchError,
@@ -73,6 +73,7 @@ __all__ = [
     "load_narrativeqa",
     "load_tokenizer",
     "ModelNotFoundError",
+    "NonFiniteVectorError",
     "OnnxBackend",
     "OnnxExport",
     "OnnxExportError",

@@ -44,6 +44,29 @@ class TextTooLongError(ValueError):
     """A text exceeds ``max_length`` tokens under the ``error`` long-text policy."""
 
 
+class NonFiniteVectorError(ValueError):
+    """The model gave NaN or Inf for a text; ``index`` is the text's position in the input."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def check_finite(finite: np.ndarray, what: str = "texts", first_index: int = 0) -> None:
+    """Raise :class:`NonFiniteVectorError` naming the first item whose ``finite`` flag is False.
+
+    Never handing out NaN or Inf keeps them out of stores, where they break search silently.
+    """
+    bad = np.flatnonzero(~finite)
+    if len(bad):
+        index = first_index + int(bad[0])
+        raise NonFiniteVectorError(
+            f"{what}[{index}] gave a vector holding NaN or Inf ({len(bad)} of {len(finite)} did): the model's "
+            f"outputs overflow (in float16: use dtype='bfloat16' or 'float32') or its weights are damaged",
+            index,
+        )
+
+
 class Backend(Protocol):
     """Runs the model: token id sequences in, mean-pooled fp32 vectors out (a device tensor or array)."""
 
@@ -500,6 +523,7 @@ class JinaEncoder:
         vectors /= np.bincount(owners, weights=weights, minlength=len(items))[:, None].astype(np.float32)
         if normalize:
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        check_finite(np.isfinite(vectors).all(axis=1))
         return vectors
 
     def info(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jina_rag.batching import plan_batches
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, TOKENIZE_CHUNK_TEXTS, JinaEncoder, _check_texts, window_spans
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, TOKENIZE_CHUNK_TEXTS, JinaEncoder, _check_texts, check_finite, window_spans
 
 
 Span = tuple[int, int]
@@ -246,6 +246,8 @@ def _encode_chunk(
             plan.text, tuple(plan.spans), vectors.astype(np.float32), document_vector.astype(np.float32),
             tuple(map(tuple, plan.token_spans.tolist())), tuple(plan.windows), tuple(plan.passage_windows.tolist()),
         ))
+    finite = [np.isfinite(r.document_vector).all() and np.isfinite(r.vectors).all() for r in results]
+    check_finite(np.array(finite, dtype=bool), "documents", first_index)
     return results
 
 
@@ -293,9 +295,15 @@ def _segment_means(
         hidden, starts = backend.token_states([sequences[i] for i in batch])
         rows = [(starts[slot] + start, starts[slot] + stop) for slot, i in enumerate(batch) for start, stop in segments[i]]
         bounds = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        # A NaN or Inf token state stays in its own spans: in the prefix sums it would spoil every later
+        # sequence of the batch, and the error would name an innocent document.
+        finite = torch.isfinite(hidden).all(dim=1)
+        hidden = torch.where(finite[:, None], hidden, 0)
+        non_finite = torch.nn.functional.pad((~finite).cumsum(0), (1, 0))
         # Float64 prefix sums keep span means exact to float32 precision over 8192 tokens.
         sums = torch.nn.functional.pad(hidden.to(torch.float64).cumsum(0), (0, 0, 1, 0))
         pooled = (sums[bounds[:, 1]] - sums[bounds[:, 0]]) / (bounds[:, 1:] - bounds[:, :1])
+        pooled[non_finite[bounds[:, 1]] > non_finite[bounds[:, 0]]] = float("nan")
         pooled = pooled.float().cpu().numpy()
         cursor = 0
         for i in batch:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, TextTooLongError
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, NonFiniteVectorError, TextTooLongError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
 from jina_rag.index.store import (
     DEFAULT_MODE_OF_LAYOUT,
@@ -361,12 +361,17 @@ class DocumentIndex:
             tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
         ):
             for number, batch in enumerate(plan.batches):
-                points = self.encode_points(batch, plan.hashes)
+                try:
+                    points = self.encode_points(batch, plan.hashes)
+                except NonFiniteVectorError as error:
+                    # The store would refuse NaN or keep it and break search: the batch is not written.
+                    self._stop(report, plan, number, started)
+                    message = self._failure_message(report, error, batch[error.index].id)
+                    raise IndexingError(message, report.failed, report) from error
                 try:
                     upsert_with_retries(self.store, points, retries, retry_delay)
                 except Exception as error:
-                    report.failed = [doc.id for later in plan.batches[number:] for doc in later]
-                    report.seconds = time.perf_counter() - started
+                    self._stop(report, plan, number, started)
                     raise IndexingError(self._failure_message(report, error), report.failed, report) from error
                 written = WrittenBatch(number, tuple(doc.id for doc in batch), sum(plan.tokens[doc.id] for doc in batch))
                 report.indexed.extend(written.doc_ids)
@@ -395,12 +400,29 @@ class DocumentIndex:
                 raise TextTooLongError(too_long_message(doc.id, count, self.encoder.max_length))
 
     @staticmethod
-    def _failure_message(report: IndexReport, error: Exception) -> str:
+    def _stop(report: IndexReport, plan: IndexPlan, number: int, started: float) -> None:
+        """Mark batch ``number`` and every later one failed: the run stops there."""
+        report.failed = [doc.id for later in plan.batches[number:] for doc in later]
+        report.seconds = time.perf_counter() - started
+
+    @staticmethod
+    def _failure_message(report: IndexReport, error: Exception, doc_id: str | None = None) -> str:
+        """Why the run stopped, and what to do: a rerun helps when the store failed, not when the input or model did."""
         shown = ", ".join(report.failed[:10]) + (", ..." if len(report.failed) > 10 else "")
+        landed = f"{len(report.indexed)} were written this run"
+        if isinstance(error, NonFiniteVectorError):
+            return (
+                f"document {doc_id!r} got a vector holding NaN or Inf, so its batch was not written; "
+                f"{len(report.failed)} documents did not land in {report.collection} ({shown}); {landed}. The model's "
+                f"outputs overflow (in float16: use bfloat16 or float32) or its weights are damaged: fix the model, "
+                f"then index again."
+            )
+        what = f"{len(report.failed)} documents did not land in {report.collection} ({shown}): {type(error).__name__}: {error}"
+        if isinstance(error, (TypeError, ValueError)):  # refused at once, as upsert_with_retries does not retry them
+            return f"{what}. {landed}. The store refused the data: fix it, then index again."
         return (
-            f"{len(report.failed)} documents did not land in {report.collection} ({shown}): "
-            f"{type(error).__name__}: {error}. {len(report.indexed)} were written this run. Run the same "
-            f"indexing again once the store is reachable: stored, unchanged documents are skipped."
+            f"{what}. {landed}. Run the same indexing again once the store is reachable: stored, unchanged "
+            f"documents are skipped."
         )
 
     def search(
