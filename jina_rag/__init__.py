@@ -3,6 +3,7 @@
 from typing import Any
 
 from jina_rag.encoder import JinaEncoder, NonFiniteVectorError, TextTooLongError
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.eval import RetrievalSet, load_beir, load_narrativeqa
 from jina_rag.index import (
     CollectionMismatchError,
@@ -56,6 +57,7 @@ __all__ = [
     "index_with_ray",
     "IndexingError",
     "IndexReport",
+    "InvalidInputError",
     "JinaBertConfig",
     "JinaBertForMaskedLM",
     "JinaBertModel",
@@ -66,6 +68,7 @@ __all__ = [
     "JinaEmbeddings",
     "JinaEncoder",
     "JinaNodeRetriever",
+    "JinaRagError",
     "JinaRetriever",
     "LateChunks",
     "load_beir",

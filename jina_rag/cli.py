@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
+from jina_rag.errors import JinaRagError
 from jina_rag.index import INDEX_MODES, STORES, DocumentIndex, IndexingError, read_documents, read_records_file
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import MODEL_ENV_VAR
@@ -356,9 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
-        print(f"jina-rag {args.command}: error: {error}", file=sys.stderr)
+    except (JinaRagError, ValueError, TypeError, OSError) as error:
+        # One line saying what to do; the traceback is for -v.
+        logger.info("the error below, in full:", exc_info=error)
+        print(f"jina-rag {args.command}: error: {first_line(error)}", file=sys.stderr)
         return 2
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message on one line (third-party messages may span many)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from jina_rag.batching import pack_batch, pad_batch, plan_batches
-from jina_rag.loading import load_model, load_tokenizer, resolve_model
+from jina_rag.errors import InvalidInputError, JinaRagError, check_unicode
+from jina_rag.loading import check_device, load_model, load_tokenizer, resolve_model
 from jina_rag.modeling import segment_mean
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,11 @@ _DTYPES = {
 }
 
 
-class TextTooLongError(ValueError):
+class TextTooLongError(ValueError, JinaRagError):
     """A text exceeds ``max_length`` tokens under the ``error`` long-text policy."""
 
 
-class NonFiniteVectorError(ValueError):
+class NonFiniteVectorError(ValueError, JinaRagError):
     """The model gave NaN or Inf for a text; ``index`` is the text's position in the input."""
 
     def __init__(self, message: str, index: int) -> None:
@@ -199,7 +200,7 @@ def packed_width(tokens: int, granularity: int = 1024) -> int:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return check_device(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -550,7 +551,8 @@ def _check_texts(texts: list[Any]) -> None:
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: pass strings only")
         if not text.strip():
-            raise ValueError(f"texts[{index}] is empty or whitespace only: remove it or give it text")
+            raise InvalidInputError(f"texts[{index}] is empty or whitespace only: remove it or give it text")
+        check_unicode(text, f"texts[{index}]")
 
 
 def _to_numpy(parts: list[torch.Tensor | np.ndarray]) -> np.ndarray:

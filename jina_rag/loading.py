@@ -10,11 +10,14 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
 
 logger = logging.getLogger(__name__)
@@ -46,12 +49,12 @@ TIED_HEAD_KEYS = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bia
 ModelT = TypeVar("ModelT", JinaBertModel, JinaBertForMaskedLM)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(FileNotFoundError, JinaRagError):
     """The model is neither a local folder nor reachable on the hub (or in its cache)."""
 
 
-class CheckpointError(ValueError):
-    """The weights do not fit the JinaBERT architecture (a missing key, a wrong shape)."""
+class CheckpointError(ValueError, JinaRagError):
+    """The weights are unreadable, refused, or do not fit the JinaBERT architecture (a missing key, a wrong shape)."""
 
 
 def default_model_name() -> str:
@@ -118,11 +121,61 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         if not file.is_file():
             continue
         if name.endswith(".safetensors"):
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            return load_file(file)
-        return torch.load(file, map_location="cpu", weights_only=True)
+            try:
+                return load_file(file)
+            except SafetensorError as error:
+                raise CheckpointError(
+                    f"{file} is not a readable safetensors file ({error}): it is truncated or damaged; copy or "
+                    f"download the model again"
+                ) from error
+        return _load_pickled_weights(file)
     raise ModelNotFoundError(f"{folder} holds no weights: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _load_pickled_weights(file: Path) -> dict[str, torch.Tensor]:
+    """``pytorch_model.bin`` through ``torch.load(weights_only=True)``, its refusals as one line each."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message is 10-20 lines; the line worth keeping names what the pickle asked to import.
+        wanted = re.search(r"unsupported GLOBAL (\S+)", str(error))
+        if wanted:
+            raise CheckpointError(
+                f"{file} was refused: it asks to import {wanted.group(1)}, which plain weights never need (so it "
+                f"was not loaded and nothing in it ran); use a model.safetensors from a trusted source"
+            ) from None
+        raise CheckpointError(
+            f"{file} is not a plain PyTorch weights file (damaged, or pickled objects other than tensors): copy "
+            f"or download the model again, preferably as model.safetensors"
+        ) from None
+    except (RuntimeError, EOFError) as error:  # a truncated or damaged zip archive
+        raise CheckpointError(
+            f"{file} is not a readable PyTorch weights file ({str(error).split('.')[0]}): it is truncated or "
+            f"damaged; copy or download the model again"
+        ) from None
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, refused with one line when torch cannot use it (instead of its error deep inside loading)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InvalidInputError(f"unknown device {device!r} ({error}): use cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU or driver was found"
+        raise InvalidInputError(
+            f"device {str(device)!r} is not available: {why}; use device='cpu', or leave the device out to use "
+            f"CUDA when it is there"
+        )
+    if device.index is not None and device.index >= count:
+        raise InvalidInputError(f"device {str(device)!r} is not available: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def _encoder_key(key: str) -> str | None:
@@ -200,6 +253,7 @@ def load_model(
     **model_kwargs: Any,
 ) -> ModelT:
     """Load a JinaBERT model (encoder or MLM) from a folder or hub id, in eval mode."""
+    device = check_device(device)
     folder = resolve_model(name_or_path)
     try:
         config = JinaBertConfig.from_json_file(folder / "config.json")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from jina_rag.errors import JinaRagError
 from jina_rag.loading import CheckpointError, load_model, load_tokenizer, resolve_model
 from jina_rag.modeling import JinaBertConfig, JinaBertModel, mean_pool
 from jina_rag.onnx_backend import INPUT_NAMES, METADATA_PREFIX, ONNX_FILE, OUTPUT_NAMES
@@ -41,7 +42,7 @@ QUANTIZATIONS = ("int8",)
 Exporter = Literal["auto", "dynamo", "torchscript"]
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(RuntimeError, JinaRagError):
     """The export, optimisation or quantisation failed, or its result does not match PyTorch."""
 
 

@@ -5,9 +5,9 @@ Real checkpoint files, real processes and real stores (Qdrant Edge and Chroma, e
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,7 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jina_rag import CheckpointError, DocumentIndex, IndexingError, JinaEncoder, NonFiniteVectorError, load_model
+from jina_rag import (
+    CheckpointError,
+    DocumentIndex,
+    IndexingError,
+    InvalidInputError,
+    JinaEncoder,
+    JinaRagError,
+    NonFiniteVectorError,
+    load_model,
+)
+from jina_rag.cli import main as cli_main
 from jina_rag.index import open_store
 from jina_rag.late_chunking import encode_late_chunks
 
@@ -108,3 +118,132 @@ def test_cli_embed_of_a_non_finite_vector_exits_non_zero_with_one_line(overflowi
         "(in float16: use dtype='bfloat16' or 'float32') or its weights are damaged"
     ]
     assert not output.exists()
+
+
+# -- one error family, one line each ----------------------------------------------------------------
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: what a hostile pytorch_model.bin holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def truncate_safetensors(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def pickle_code(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    torch.save({"embeddings.word_embeddings.weight": _RunsCode(folder / "RAN")}, folder / "pytorch_model.bin")
+
+
+def poison_weights(folder: Path) -> None:
+    state = load_file(folder / "model.safetensors")
+    state["embeddings.LayerNorm.weight"][0] = float("nan")
+    save_file(state, folder / "model.safetensors")
+
+
+DAMAGED_MODELS = {
+    "truncated safetensors": (truncate_safetensors, r"model.safetensors is not a readable safetensors file .*truncated or damaged"),
+    "pickle asking for code": (pickle_code, r"pytorch_model.bin was refused: it asks to import posix.system"),
+    "NaN weights": (poison_weights, r"weight 'embeddings.LayerNorm.weight' holds 1 NaN or Inf values"),
+}
+
+
+def one_error_line(err: str, command: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"jina-rag {command}: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_MODELS))
+def test_damaged_checkpoints_are_one_line_checkpoint_errors(damage, tmp_path, capsys):
+    damage_folder, message = DAMAGED_MODELS[damage]
+    folder = write_published_checkpoint(tmp_path / "model")
+    damage_folder(folder)
+    with pytest.raises(CheckpointError, match=message) as caught:
+        JinaEncoder.from_pretrained(folder, device="cpu")
+    assert isinstance(caught.value, JinaRagError) and "\n" not in str(caught.value)
+    assert cli_main(["info", "--model", str(folder), "--device", "cpu"]) == 2
+    assert re.search(message, one_error_line(capsys.readouterr().err, "info"))
+    assert not (folder / "RAN").exists()
+
+
+def test_the_traceback_is_shown_with_verbose_only(tmp_path):
+    folder = write_published_checkpoint(tmp_path / "model")
+    truncate_safetensors(folder)
+    quiet = run_cli("info", "--model", str(folder), "--device", "cpu")
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    one_error_line(quiet.stderr, "info")
+    verbose = run_cli("-v", "info", "--model", str(folder), "--device", "cpu")
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr and "SafetensorError" in verbose.stderr
+    assert verbose.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(checkpoint, capsys):
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(InvalidInputError, match=rf"device '{device}' is not available: .*use device='cpu'"):
+            JinaEncoder.from_pretrained(checkpoint, device=device)
+        with pytest.raises(InvalidInputError, match="is not available"):
+            load_model(checkpoint, device=device)
+    with pytest.raises(InvalidInputError, match="unknown device 'gpu'"):
+        JinaEncoder(checkpoint, device="gpu")
+    assert cli_main(["embed", "text", "--model", str(checkpoint), "--device", "cuda"]) == 2
+    assert "device 'cuda' is not available" in one_error_line(capsys.readouterr().err, "embed")
+
+
+def test_a_lone_surrogate_is_refused_naming_the_text(encoder, tmp_path):
+    with pytest.raises(InvalidInputError, match=r"texts\[1\] holds a lone surrogate \('\\ud800' at character 4\)"):
+        encoder.encode(["fine", "bad \ud800 text"])
+    with pytest.raises(InvalidInputError, match=r"texts\[0\] holds a lone surrogate"):
+        encoder.count_tokens("\udcff")
+    location = tmp_path / "qdrant"
+    with DocumentIndex(open_store("qdrant", str(location), "surrogates"), encoder) as index:
+        with pytest.raises(InvalidInputError, match=r"document 'b' holds a lone surrogate"):
+            index.index([("a", "fine"), ("b", "bad \ud800")])
+    assert not location.exists() or not any(location.iterdir())  # refused before the collection was made
+
+
+def test_cli_refuses_an_argument_that_is_not_utf8_in_one_line(checkpoint):
+    # The OS hands Python undecodable argument bytes as lone surrogates (surrogateescape).
+    result = subprocess.run(
+        [jina_rag_cli(), "embed", b"caf\xe9", "--model", str(checkpoint), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "texts[0] holds a lone surrogate ('\\udce9' at character 3)" in one_error_line(result.stderr, "embed")
+
+
+def test_a_chroma_location_that_is_a_file_is_refused_untouched(tmp_path, checkpoint, capsys):
+    file = tmp_path / "notes.txt"
+    file.write_text("not a database")
+    with pytest.raises(InvalidInputError, match=r"chroma location .*notes.txt is a file, not a folder"):
+        open_store("chroma", str(file), "docs")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("A document.")
+    args = ["index", str(tmp_path / "docs"), "--store", "chroma", "--location", str(file), "--collection", "docs",
+            "--model", str(checkpoint), "--device", "cpu", "--no-progress"]
+    assert cli_main(args) == 2
+    assert "is a file, not a folder" in one_error_line(capsys.readouterr().err, "index")
+    assert file.read_text() == "not a database"
+
+
+def test_every_error_is_a_jina_rag_error_and_keeps_its_builtin_base():
+    from jina_rag import ModelNotFoundError, OnnxExportError, TextTooLongError
+
+    for error, builtin in [
+        (ModelNotFoundError, FileNotFoundError), (CheckpointError, ValueError), (TextTooLongError, ValueError),
+        (NonFiniteVectorError, ValueError), (InvalidInputError, ValueError), (IndexingError, RuntimeError),
+        (OnnxExportError, RuntimeError),
+    ]:
+        assert issubclass(error, JinaRagError) and issubclass(error, builtin), error

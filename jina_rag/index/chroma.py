@@ -10,6 +10,7 @@ document's metadata, so filters apply); search groups passage records back into 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ try:
 except ImportError as error:  # an optional extra
     raise ImportError("Chroma support needs chromadb: pip install 'jina-rag[chroma]'") from error
 
+from jina_rag.errors import InvalidInputError
 from jina_rag.index.documents import RESERVED_METADATA_KEYS, point_id
 from jina_rag.index.store import (
     CollectionMismatchError,
@@ -82,6 +84,11 @@ class ChromaStore:
         else:
             if api_key:
                 raise ValueError("an API key only applies to a Chroma server: give an http(s):// URL as location")
+            if Path(location).exists() and not Path(location).is_dir():
+                raise InvalidInputError(
+                    f"chroma location {location} is a file, not a folder: give a folder (made when missing) or "
+                    f"an http(s)://host:port URL"
+                )
             client = chromadb.PersistentClient(path=location)
         return cls(client, collection, description=f"chroma collection {collection!r} at {location}")
 

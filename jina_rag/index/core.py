@@ -30,6 +30,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, NonFiniteVectorError, TextTooLongError
+from jina_rag.errors import JinaRagError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
 from jina_rag.index.store import (
     DEFAULT_MODE_OF_LAYOUT,
@@ -55,7 +56,7 @@ STORES: tuple[StoreKind, ...] = ("qdrant", "chroma")
 LOOKUP_BATCH = 256
 
 
-class IndexingError(RuntimeError):
+class IndexingError(RuntimeError, JinaRagError):
     """Some documents did not land in the store; ``failed_ids`` names them, ``report`` tells what did."""
 
     def __init__(self, message: str, failed_ids: list[str], report: IndexReport) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jina_rag.errors import check_unicode
+
 logger = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".mdx", ".rst", ".org", ".adoc", ".asciidoc", ".tex"})
@@ -176,6 +178,7 @@ def validate_documents(documents: Iterable[Document]) -> list[Document]:
             raise TypeError(f"{where}: text is a {type(document.text).__name__}, not str")
         if not document.text.strip():
             raise ValueError(f"{where} is empty or whitespace only: remove it or give it text")
+        check_unicode(document.text, where)
         reserved = RESERVED_METADATA_KEYS.intersection(document.metadata)
         if reserved:
             raise ValueError(f"{where}: metadata key(s) {', '.join(sorted(reserved))} are reserved for the index; rename them")
