@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -456,3 +457,42 @@ def test_an_indexing_store_builds_the_hnsw_index_on_close_and_a_reader_does_not(
     assert hits[0].id == "d1234" and hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[0].text == "text 1234"
     assert reader.search(SearchQuery(vectors[7]), 3, {"n": [7, 8]})[0].id == "d7"
     reader.close()
+
+
+BUILD_AND_REPORT = """
+import sys
+import numpy as np
+from jina_rag.index.documents import point_id
+from jina_rag.index.qdrant_edge import EdgeStore
+from jina_rag.index.store import Point
+vectors = np.random.default_rng(0).standard_normal((3000, 1024)).astype(np.float32)
+store = EdgeStore(sys.argv[1], "big")
+store.ensure_collection(1024)
+for start in range(0, 3000, 500):
+    store.upsert([Point(point_id(f"d{i}"), f"d{i}", vectors[i], f"text {i}", {}, f"h{i}") for i in range(start, start + 500)])
+print("closing", flush=True)
+store.close()  # builds the HNSW index
+print("closed", flush=True)
+"""
+
+
+def test_killed_while_building_the_hnsw_index_then_reopened_loses_nothing_and_builds_it_again(tmp_path):
+    folder = tmp_path / "edge"
+    child = run_python(BUILD_AND_REPORT, str(folder), stdout=subprocess.PIPE)
+    assert child.stdout.readline().strip() == "closing"
+    # Kill once the optimizer is at work (it starts a segment for new writes beside the plain one), or a second in.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and len(list((folder / "big" / "segments").iterdir())) < 2:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=60) == -signal.SIGKILL, "the build finished before the kill"
+    store = EdgeStore(folder, "big")
+    assert store.count() == 3000 and store.shard.info().indexed_vectors_count in (0, 3000)  # all or nothing
+    records = store.shard.retrieve([point_id("d7"), point_id("d2999")], with_payload=True, with_vector=False)
+    assert sorted(r.payload["page_content"] for r in records) == ["text 2999", "text 7"]
+    store.ensure_collection(1024)
+    store.close()
+    reopened = EdgeStore(folder, "big")
+    info = reopened.shard.info()
+    reopened.close()
+    assert (info.points_count, info.indexed_vectors_count) == (3000, 3000)

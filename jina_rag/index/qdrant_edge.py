@@ -264,7 +264,7 @@ class EdgeStore:
         try:
             if self._optimize_on_close:
                 started = time.perf_counter()
-                logger.info("optimizing %s: Qdrant Edge builds the HNSW index on request", self.description)
+                logger.debug("optimizing %s: Qdrant Edge builds the HNSW index on request", self.description)
                 if self._shard.optimize():
                     logger.info("built the HNSW index of %s in %.1f s", self.description, time.perf_counter() - started)
             self._shard.flush()
