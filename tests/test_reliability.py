@@ -5,9 +5,11 @@ Real checkpoint files, real processes and real stores (Qdrant Edge and Chroma, e
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -247,3 +249,52 @@ def test_every_error_is_a_jina_rag_error_and_keeps_its_builtin_base():
         (OnnxExportError, RuntimeError),
     ]:
         assert issubclass(error, JinaRagError) and issubclass(error, builtin), error
+
+
+# -- nothing blocks: named pipes in folders ----------------------------------------------------------
+
+
+@pytest.fixture
+def folder_with_a_pipe(tmp_path) -> Path:
+    """A folder holding a document, a named pipe and a broken link, both with a text suffix."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("A document about tides.")
+    os.mkfifo(folder / "pipe.txt")  # no writer: opening it for reading blocks forever
+    (folder / "gone.md").symlink_to(tmp_path / "missing.md")
+    return folder
+
+
+def test_reading_a_folder_skips_a_named_pipe_and_a_broken_link_with_warnings(folder_with_a_pipe):
+    # In a child process, so a reader that blocks fails the test instead of hanging it.
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from jina_rag.index import read_documents\n"
+        "print([doc.id for doc in read_documents(sys.argv[1])])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(folder_with_a_pipe)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['a.md']"
+    assert "pipe.txt: not a regular file (a named pipe, socket or device)" in result.stderr
+    assert "gone.md: a broken symbolic link" in result.stderr
+
+
+def test_a_named_pipe_or_broken_link_named_explicitly_is_a_clear_error(folder_with_a_pipe):
+    from jina_rag.index import read_documents
+
+    with pytest.raises(ValueError, match=r"pipe.txt is not a regular file \(a named pipe"):
+        list(read_documents(folder_with_a_pipe / "pipe.txt"))
+    with pytest.raises(ValueError, match=r"gone.md is a broken symbolic link \(to .*missing.md\)"):
+        list(read_documents(folder_with_a_pipe / "gone.md"))
+
+
+def test_cli_index_of_a_folder_with_a_named_pipe_finishes(folder_with_a_pipe, checkpoint, tmp_path):
+    result = run_cli(
+        "index", str(folder_with_a_pipe), "--store", "qdrant", "--location", str(tmp_path / "qdrant"),
+        "--collection", "docs", "--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress",
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 indexed, 0 unchanged" in result.stdout
+    assert "skipped" in result.stderr and "pipe.txt" in result.stderr

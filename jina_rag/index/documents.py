@@ -53,7 +53,8 @@ def read_documents(
 
     A folder is walked recursively (hidden entries skipped) and is its own root; a file's root is
     its folder. ``root`` makes every id relative to one folder instead. In folders, files of other
-    types are skipped (and counted in the log); a file named explicitly must be a supported type.
+    types are skipped (and counted in the log), and so are named pipes, sockets, devices and broken
+    links (each logged); a file named explicitly must be a regular file of a supported type.
     """
     for file, base in document_files(paths, root=root, suffixes=suffixes):
         yield read_document_file(file, base)
@@ -85,6 +86,8 @@ def document_files(
                     f"{' '.join(sorted(suffixes))}. Convert it to text first, or pass it as a record."
                 )
             files, base = [path], path.parent
+        elif path.exists() or path.is_symlink():
+            raise ValueError(f"{path} is {_not_regular(path)}: give text files or folders")
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
         for file in files:
@@ -99,11 +102,20 @@ def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[s
             if name.startswith("."):
                 continue
             file = Path(directory) / name
-            if file.suffix.lower() in suffixes:
-                files.append(file)
-            else:
+            if file.suffix.lower() not in suffixes:
                 skipped[file.suffix.lower()] += 1
+            elif not file.is_file():  # reading a named pipe would block forever
+                logger.warning("skipped %s: %s", file, _not_regular(file))
+            else:
+                files.append(file)
     return files, skipped
+
+
+def _not_regular(path: Path) -> str:
+    """What a path that exists but is no regular file is, for messages."""
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {os.readlink(path)})"
+    return "not a regular file (a named pipe, socket or device)"
 
 
 def read_document_file(file: str | os.PathLike[str], root: str | os.PathLike[str]) -> Document:
