@@ -33,6 +33,7 @@ from jina_rag.index.qdrant import QdrantStore  # noqa: E402
 from jina_rag.index.qdrant_edge import (  # noqa: E402
     CONFIG_FILE,
     CollectionLockedError,
+    CollectionUnreadableError,
     EdgeStore,
     is_qdrant_client_folder,
     migrate_local_folder,
@@ -253,6 +254,26 @@ def test_a_missing_collection_is_a_clear_error_and_nothing_is_created(tmp_path, 
     assert not folder.exists() and not (tmp_path / "escape").exists()
     with pytest.raises(ValueError, match="API key only applies to a Qdrant server"):
         open_store("qdrant", str(folder), "kb", api_key="secret")
+
+
+def test_a_damaged_collection_is_a_clear_error_and_a_closed_store_stays_closed(tmp_path, encoder):
+    folder = tmp_path / "edge"
+    with DocumentIndex(open_store("qdrant", str(folder), "kb"), encoder) as index:
+        index.index(articles())
+    store = EdgeStore(folder, "kb")
+    store.close()
+    with pytest.raises(ValueError, match="was closed"):
+        store.count()
+    (folder / "kb" / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CollectionUnreadableError, match=r"Qdrant Edge cannot open qdrant edge collection 'kb'"):
+        open_store("qdrant", str(folder), "kb")
+    import fcntl
+
+    with open(folder / "kb" / "jina-rag.lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the failed open let go of its lock
+    (folder / "kb" / CONFIG_FILE).unlink()
+    with pytest.raises(ValueError, match="does not exist"):
+        open_store("qdrant", str(folder), "kb").count()
 
 
 def test_several_collections_share_a_folder(tmp_path, encoder):

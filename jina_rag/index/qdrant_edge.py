@@ -43,6 +43,7 @@ try:
 except ImportError as error:  # an optional extra
     raise ImportError("Qdrant Edge support needs qdrant-edge-py: pip install 'jina-rag[qdrant]'") from error
 
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.index.documents import point_id
 from jina_rag.index.qdrant_layout import best_of, payload_of, search_hit, unknown_layout, vectors_of, wrong_vectors
 from jina_rag.index.store import (
@@ -73,12 +74,16 @@ FLUSH_SECONDS = 5.0
 MIGRATE_BATCH = 256
 
 
-class CollectionLockedError(OSError, RuntimeError):
+class CollectionLockedError(OSError, RuntimeError, JinaRagError):
     """Another process (or another store in this one) has the collection open.
 
     An ``OSError`` (the resource is busy) and a ``RuntimeError``, as qdrant-client's locked
     local folder raises, so callers waiting for a folder to be released keep working.
     """
+
+
+class CollectionUnreadableError(OSError, JinaRagError):
+    """Qdrant Edge cannot open a collection's files (damaged, or written by another version)."""
 
 
 class EdgeStore:
@@ -143,9 +148,9 @@ class EdgeStore:
                 self._shard = edge.EdgeShard.load(str(self.path))
             else:
                 self._shard = edge.EdgeShard.create(str(self.path), config)
-        except Exception as error:
+        except Exception as error:  # Edge raises bare Exceptions
             lock.close()
-            raise RuntimeError(f"Qdrant Edge cannot open {self.description}: {error}") from error
+            raise CollectionUnreadableError(f"Qdrant Edge cannot open {self.description}: {error}") from error
         self._lock = lock
 
     def ensure_collection(self, dim: int, *, layout: Layout = "document") -> None:
@@ -284,7 +289,7 @@ class EdgeStore:
 def check_collection_name(name: str) -> None:
     """Refuse a collection name that is not one plain folder name, so nothing lands outside the folder."""
     if not name or name in (".", "..") or any(char in name for char in "/\\\0") or name != name.strip():
-        raise ValueError(
+        raise InvalidInputError(
             f"collection name {name!r} must be one folder name: not empty, not '.' or '..', without '/', '\\\\', "
             f"NUL or surrounding spaces"
         )
@@ -299,7 +304,7 @@ def is_qdrant_client_folder(folder: str | os.PathLike[str]) -> bool:
 def refuse_qdrant_client_folder(folder: Path) -> None:
     """Refuse to read a qdrant-client local folder as Qdrant Edge collections, saying how to migrate."""
     if is_qdrant_client_folder(folder):
-        raise ValueError(
+        raise InvalidInputError(
             f"{folder} is a qdrant-client local-mode folder (meta.json, collection/), written by an earlier jina-rag; "
             f"local Qdrant collections are now Qdrant Edge shards. Copy its collections to a new folder with "
             f"`python -c \"from jina_rag.index.qdrant_edge import migrate_local_folder; "
@@ -320,7 +325,7 @@ def migrate_local_folder(source: str | os.PathLike[str], target: str | os.PathLi
     from jina_rag.index.qdrant import QdrantStore
 
     if not is_qdrant_client_folder(source):
-        raise ValueError(f"{source} is not a qdrant-client local-mode folder (no meta.json and collection/)")
+        raise InvalidInputError(f"{source} is not a qdrant-client local-mode folder (no meta.json and collection/)")
     client = QdrantClient(path=str(source))
     copied: dict[str, int] = {}
     try:
