@@ -84,7 +84,11 @@ class _EmbeddingGraph(nn.Module):
 def _example_inputs(length: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     # Batch 2 with a padded row: size-1 axes would be specialised away by the exporter.
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1000, min(vocab_size, 20000), (2, length), generator=generator)
+    # From id 1000 on, BERT's vocabulary holds words ([unused] and special tokens sit below); a small
+    # vocabulary gives any id but padding's 0.
+    high = min(vocab_size, 20000)
+    low = 1000 if high > 1000 else min(1, high - 1)
+    input_ids = torch.randint(low, high, (2, length), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, length // 2 :] = 0
     return input_ids, attention_mask

@@ -19,7 +19,7 @@ from jina_rag.cli import main as cli_main
 from jina_rag.onnx_backend import CPU, CUDA, OnnxBackend, resolve_providers
 from jina_rag.onnx_export import export_onnx
 
-from conftest import VOCAB_DIR, bert_tokenizer
+from conftest import VOCAB_DIR, bert_tokenizer, write_published_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CUDA_AVAILABLE = CUDA in onnxruntime.get_available_providers()
@@ -255,3 +255,20 @@ def test_int8_keeps_geglu_projections_in_fp32_where_int8_drifts(checkpoint, int8
     assert result.fp32_matmuls == model.config.num_hidden_layers and int8_export.fp32_matmuls == 0
     assert "MatMulInteger" in result.operators
     assert cosines(reference, session(result.folder).run(["sentence_embedding"], feeds)[0]).min() >= 0.99
+
+
+def test_cli_exports_a_model_whose_vocabulary_is_under_1000_tokens(tmp_path, capsys):
+    # A valid small model: 64 WordPiece tokens (letters and specials), embeddings of 64 rows.
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), ".", ","]
+    folder = write_published_checkpoint(tmp_path / "small-vocab", vocab_size=len(vocabulary))
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    out = tmp_path / "onnx"
+    assert cli_main(["export-onnx", str(folder), str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert "min cosine" in capsys.readouterr().out
+    texts = ["tides follow the moon.", "a quiet sea, at dawn"]
+    torch_encoder = JinaEncoder.from_pretrained(folder, device="cpu", max_length=128)
+    onnx_encoder = JinaEncoder.from_pretrained(out, backend="onnx", max_length=128)
+    assert max(max(ids) for ids in torch_encoder.tokenizer(texts)["input_ids"]) < len(vocabulary)
+    np.testing.assert_allclose(onnx_encoder.encode(texts), torch_encoder.encode(texts), atol=1e-5)
