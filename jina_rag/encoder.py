@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from jina_rag.batching import pack_batch, pad_batch, plan_batches
 from jina_rag.errors import InvalidInputError, JinaRagError, check_unicode
-from jina_rag.loading import check_device, load_model, load_tokenizer, resolve_model
+from jina_rag.loading import WEIGHT_FILES, check_device, load_model, load_tokenizer, model_fingerprint, resolve_model
 from jina_rag.modeling import segment_mean
 
 logger = logging.getLogger(__name__)
@@ -388,6 +388,15 @@ class JinaEncoder:
     def backend(self) -> Backend:
         self.load()
         return self._loaded[1]
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's identity (:func:`~jina_rag.loading.model_fingerprint` of the files this backend reads);
+        stored content hashes include it, so another model re-embeds documents."""
+        from jina_rag.onnx_backend import ONNX_FILE
+
+        weights = (ONNX_FILE,) if self.backend_name == "onnx" else WEIGHT_FILES
+        return model_fingerprint(resolve_model(self.model_name_or_path).resolve(), weights)
 
     @property
     def dim(self) -> int:

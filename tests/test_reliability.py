@@ -298,3 +298,41 @@ def test_cli_index_of_a_folder_with_a_named_pipe_finishes(folder_with_a_pipe, ch
     assert result.returncode == 0, result.stderr
     assert "1 indexed, 0 unchanged" in result.stdout
     assert "skipped" in result.stderr and "pipe.txt" in result.stderr
+
+
+# -- stale writes: another model re-embeds -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory) -> tuple[Path, Path]:
+    """Two checkpoints of one architecture (same dimension) with different weights."""
+    root = tmp_path_factory.mktemp("two-models")
+    return write_published_checkpoint(root / "a", seed=1), write_published_checkpoint(root / "b", seed=2)
+
+
+def test_the_fingerprint_follows_the_weights_not_the_folder(two_models, tmp_path):
+    first, second = two_models
+    copy = Path(shutil.copytree(first, tmp_path / "copy-of-a"))
+    fingerprint = JinaEncoder(first, device="cpu").fingerprint
+    assert JinaEncoder(copy, device="cpu").fingerprint == fingerprint
+    assert JinaEncoder(second, device="cpu").fingerprint != fingerprint
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "chroma"])
+def test_reindexing_with_another_model_of_the_same_dimension_re_embeds(two_models, kind, tmp_path, one_thread):
+    first, second = two_models
+    documents = [{"id": f"doc-{number}", "text": text} for number, text in enumerate(TEXTS)]
+    location, collection = str(tmp_path / kind), "docs"
+    encoders = [JinaEncoder.from_pretrained(model, device="cpu", max_length=128) for model in two_models]
+    assert encoders[0].dim == encoders[1].dim
+    with DocumentIndex(open_store(kind, location, collection), encoders[0]) as index:
+        assert len(index.index(documents).indexed) == 3
+        assert len(index.index(documents).skipped) == 3
+    with DocumentIndex(open_store(kind, location, collection), encoders[1]) as index:
+        report = index.index(documents)
+        assert (len(report.indexed), len(report.skipped)) == (3, 0)
+        assert len(index.index(documents).skipped) == 3
+        # The stored vectors are the second model's: a text finds itself with cosine 1.
+        hit = index.search(TEXTS[2], limit=1)[0]
+        assert hit.id == "doc-2" and hit.score == pytest.approx(1.0, abs=1e-4)
+        assert index.count() == 3

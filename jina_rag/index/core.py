@@ -131,6 +131,13 @@ def chunking_key(splitter: Splitter | None, chunk_tokens: int) -> str:
     return f"{getattr(splitter, '__module__', '')}.{getattr(splitter, '__qualname__', type(splitter).__qualname__)}"
 
 
+def stored_hash(content_hash: str, model_fingerprint: str, *settings: str) -> str:
+    """The hash stored with a document's point: its content's, the model's (so documents indexed by another
+    model are re-embedded, not skipped as unchanged) and any settings that shape its vectors."""
+    key = "\n".join([content_hash, f"model {model_fingerprint}", *settings])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 def open_store(
     kind: StoreKind,
     location: str,
@@ -199,8 +206,9 @@ class DocumentIndex:
     ``late-chunks`` or ``document`` by its layout), and is ``document`` for a new collection.
 
     Re-running on the same corpus is cheap and safe: point ids derive from document ids, and a
-    document whose stored content hash matches is skipped without being encoded. In passage modes
-    the hash also covers the splitter's settings, in hybrid mode the BM25 settings.
+    document whose stored content hash matches is skipped without being encoded. The hash covers the
+    model (:attr:`JinaEncoder.fingerprint`), so another model re-embeds everything; in passage modes
+    it also covers the splitter's settings, in hybrid mode the BM25 settings.
     """
 
     def __init__(
@@ -386,12 +394,12 @@ class DocumentIndex:
         return report
 
     def _content_hash(self, doc: Document, layout: Layout) -> str:
-        if layout == "document":
-            return doc.content_hash()
-        key = f"{doc.content_hash()}\n{chunking_key(self.splitter, self.chunk_tokens)}"
+        settings = []
+        if layout != "document":
+            settings.append(chunking_key(self.splitter, self.chunk_tokens))
         if layout == "hybrid":
-            key += f"\n{self.bm25.settings}"
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()
+            settings.append(str(self.bm25.settings))
+        return stored_hash(doc.content_hash(), self.encoder.fingerprint, *settings)
 
     def _check_lengths(self, docs: list[Document], tokens: list[int]) -> None:
         if self.encoder.long_text != "error":

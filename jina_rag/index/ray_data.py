@@ -49,6 +49,7 @@ from jina_rag.index.core import (
     StoreKind,
     WrittenBatch,
     open_store,
+    stored_hash,
     too_long_message,
     upsert_with_retries,
 )
@@ -545,6 +546,8 @@ class IndexWorker:
 
     def _index(self, todo: list[dict[str, Any]]) -> None:
         started = time.perf_counter()
+        # What the local engine stores too: content and model.
+        hashes = {row["id"]: stored_hash(row["content_hash"], self.encoder.fingerprint) for row in todo}
         try:
             stored = self.store.existing_hashes([row["id"] for row in todo])
         except Exception as error:
@@ -552,7 +555,7 @@ class IndexWorker:
             return
         changed = []
         for row in todo:
-            if stored.get(row["id"]) == row["content_hash"]:
+            if stored.get(row["id"]) == hashes[row["id"]]:
                 row["status"] = "skipped"
             else:
                 changed.append(row)
@@ -563,7 +566,7 @@ class IndexWorker:
         vectors = self.encoder.encode_tokenized([row["token_ids"] for row in changed], batch_tokens=self.batch_tokens)
         encoded = time.perf_counter()
         points = [
-            Point(point_id(row["id"]), row["id"], vector, row["text"], json.loads(row["metadata"]), row["content_hash"])
+            Point(point_id(row["id"]), row["id"], vector, row["text"], json.loads(row["metadata"]), hashes[row["id"]])
             for row, vector in zip(changed, vectors)
         ]
         try:
