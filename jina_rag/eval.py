@@ -395,8 +395,9 @@ class IndexRetriever:
     fusion: Any = None  # Fusion; None: the index's
 
     def search(self, data: RetrievalSet, k: int, show_progress: bool = False) -> Run:
-        return {q: [hit.id for hit in self.index.search(text, limit=k, mode=self.mode, fusion=self.fusion)]
-                for q, text in zip(data.query_ids, data.query_texts)}
+        queries = self.index.prepare_queries(data.query_texts, mode="hybrid")  # BM25 too: any mode can use them
+        return {q: [hit.id for hit in self.index.search(query, limit=k, mode=self.mode, fusion=self.fusion)]
+                for q, query in zip(data.query_ids, queries)}
 
 
 def hybrid_retrievers(index: Any) -> list[IndexRetriever]:

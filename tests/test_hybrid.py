@@ -128,3 +128,16 @@ def test_bm25_vectors_carry_term_frequency_not_idf():
     assert np.all(bm25.embed_query("glacier valley glacier").values == 1.0)
     with pytest.raises(ValueError, match="avg_len"):
         BM25SparseEncoder(avg_len=0)
+
+
+def test_prepared_queries_search_like_texts(location, encoder):
+    with open_index(location, encoder, "docs", mode="hybrid") as index:
+        index.index(records())
+        texts = ["gauge at the harbour", "yeast", "king's pawn opening"]
+        prepared = index.prepare_queries(texts)
+        for text, query in zip(texts, prepared):
+            for mode in ("hybrid", "late-chunks"):
+                assert [h.id for h in index.search(query, limit=3, mode=mode)] == [h.id for h in index.search(text, limit=3, mode=mode)]
+        dense_only = index.prepare_queries(texts, mode="document")[0]
+        with pytest.raises(ValueError, match="prepared without its BM25 vector"):
+            index.search(dense_only, mode="hybrid")

@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tqdm.auto import tqdm
@@ -436,7 +436,7 @@ class DocumentIndex:
 
     def search(
         self,
-        query: str,
+        query: str | SearchQuery,
         *,
         limit: int = 5,
         filter: Mapping[str, FilterValue | Sequence[FilterValue]] | None = None,
@@ -449,16 +449,26 @@ class DocumentIndex:
         (``document``), its best passage (``late-chunks``), the better of the two (``both``) or
         the fusion of those and BM25 (``hybrid``, weighted by ``fusion``, default the index's);
         all but the first need a collection indexed with passages, ``hybrid`` one indexed in
-        hybrid mode. Hits of such a collection carry the best-matching passage.
+        hybrid mode. Hits of such a collection carry the best-matching passage. ``query`` may be
+        prepared by :meth:`prepare_queries` (many queries encoded in one batch).
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         mode = mode or self.resolved_mode()
         check_mode(mode)
         conditions = filter_conditions(filter)
-        vector = self.encoder.encode(query, batch_tokens=self.batch_tokens, show_progress=False)
-        sparse = self.bm25.embed_query(query) if mode == "hybrid" else None
-        return self.store.search(SearchQuery(vector, sparse, fusion or self.fusion), limit, conditions, mode)
+        if isinstance(query, str):
+            query = self.prepare_queries([query], mode=mode)[0]
+        if mode == "hybrid" and query.sparse is None:
+            raise ValueError("this query was prepared without its BM25 vector: prepare it with mode='hybrid'")
+        return self.store.search(replace(query, fusion=fusion or self.fusion), limit, conditions, mode)
+
+    def prepare_queries(self, texts: Sequence[str], *, mode: IndexMode | None = None) -> list[SearchQuery]:
+        """Encode query texts in one batch (and their BM25 vectors for ``hybrid``) for :meth:`search`."""
+        mode = mode or self.resolved_mode()
+        vectors = self.encoder.encode(list(texts), batch_tokens=self.batch_tokens, show_progress=False)
+        sparse = [self.bm25.embed_query(text) for text in texts] if mode == "hybrid" else [None] * len(texts)
+        return [SearchQuery(vector, bm25, self.fusion) for vector, bm25 in zip(vectors, sparse)]
 
     def delete(self, doc_ids: Iterable[str]) -> None:
         """Remove documents from the store."""
