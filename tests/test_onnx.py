@@ -86,7 +86,11 @@ def test_export_holds_the_weights_and_nothing_else(fp32_export, checkpoint):
     assert largest == 30528 * 64  # the word embeddings; no [heads, L, L] ALiBi table
     assert abs(fp32_export.file_bytes - fp32_export.weight_bytes) < 2 * 2**20
     files = {p.name for p in fp32_export.folder.iterdir()}
-    assert {"model.onnx", "config.json", "tokenizer.json", "vocab.txt"} <= files
+    assert {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"} <= files
+    from jina_rag import load_tokenizer
+
+    text = "Exported tokenizers read text as the model's own does."
+    assert load_tokenizer(fp32_export.folder)(text)["input_ids"] == load_tokenizer(checkpoint)(text)["input_ids"]
     assert json.loads((fp32_export.folder / "config.json").read_text())["position_embedding_type"] == "alibi"
 
 

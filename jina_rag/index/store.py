@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from jina_rag.errors import JinaRagError
 from jina_rag.sparse import SparseVector
 
 FilterValue = str | int | bool
@@ -44,7 +45,7 @@ SPARSE_VECTOR = "bm25"
 REPRESENTATIONS = (DOCUMENT_VECTOR, PASSAGE_VECTORS, SPARSE_VECTOR)
 
 
-class CollectionMismatchError(ValueError):
+class CollectionMismatchError(JinaRagError, ValueError):
     """An existing collection holds another layout, dimension or distance; it is left untouched."""
 
 
