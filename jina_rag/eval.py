@@ -401,25 +401,28 @@ class IndexRetriever:
 
 
 def hybrid_retrievers(index: Any) -> list[IndexRetriever]:
-    """Every way to search a hybrid index: BM25 alone, the dense modes, hybrid and its ablations."""
-    from jina_rag.index.store import DOCUMENT_VECTOR, PASSAGE_VECTORS, SPARSE_VECTOR
+    """Every way to search a hybrid index: BM25 alone, the dense modes, hybrid (the index's fusion)
+    and hybrid with each representation left out or, where the fusion leaves it out, added."""
+    from jina_rag.index.store import REPRESENTATIONS, SPARSE_VECTOR
 
     fusion = index.fusion
-    weights = dict(fusion.weights)
-
-    def only(*names: str) -> Any:
-        return dataclasses.replace(fusion, weights={name: weights.get(name, 1.0) or 1.0 for name in names})
-
-    return [
-        IndexRetriever("BM25 (Qdrant sparse, IDF in the store)", index, "hybrid", only(SPARSE_VECTOR)),
+    used = dict(fusion.used())
+    names = {"document": "the whole-document vector", "passages": "late chunks", "bm25": "BM25"}
+    retrievers = [
+        IndexRetriever("BM25 (Qdrant sparse, IDF in the store)", index, "hybrid", dataclasses.replace(fusion, weights={SPARSE_VECTOR: 1.0})),
         IndexRetriever("dense whole document", index, "document"),
         IndexRetriever("late chunks", index, "late-chunks"),
         IndexRetriever("late chunks or whole (mode both)", index, "both"),
-        IndexRetriever("hybrid without BM25", index, "hybrid", only(DOCUMENT_VECTOR, PASSAGE_VECTORS)),
-        IndexRetriever("hybrid without late chunks", index, "hybrid", only(DOCUMENT_VECTOR, SPARSE_VECTOR)),
-        IndexRetriever("hybrid without the whole-document vector", index, "hybrid", only(PASSAGE_VECTORS, SPARSE_VECTOR)),
-        IndexRetriever("hybrid", index, "hybrid"),
     ]
+    for name in REPRESENTATIONS:
+        if name in used and len(used) > 1:
+            weights, label = {n: w for n, w in used.items() if n != name}, f"hybrid without {names[name]}"
+        elif name not in used:
+            weights, label = {**used, name: 1.0}, f"hybrid with {names[name]} too"
+        else:
+            continue
+        retrievers.append(IndexRetriever(label, index, "hybrid", dataclasses.replace(fusion, weights=weights)))
+    return [*retrievers, IndexRetriever("hybrid", index, "hybrid")]
 
 
 @dataclass

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 # BM25's document length normalisation assumes a typical document of this many words. Qdrant's
-# default (256) suits chunks; whole documents run to thousands of words. Chosen on the training
-# packages' long set (benchmarks/hybrid.py --tune, never on an evaluation set).
-DEFAULT_AVG_LEN = 256.0
+# default (256) suits chunks; whole documents run to thousands of words. Chosen among 256, 1000 and
+# 3000 on the training packages' long set (BM25 alone, nDCG@10 0.755 / 0.772 / 0.769;
+# benchmarks/hybrid.py --tune, benchmarks/logs/2026-12-07-cpu-hybrid-tune.log), never on an evaluation set.
+DEFAULT_AVG_LEN = 1000.0
 DEFAULT_K = 1.2
 DEFAULT_B = 0.75
 
