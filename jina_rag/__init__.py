@@ -9,6 +9,7 @@ from jina_rag.index import (
     CollectionMismatchError,
     Document,
     DocumentIndex,
+    Fusion,
     IndexingError,
     IndexReport,
     Passage,
@@ -18,6 +19,7 @@ from jina_rag.index import (
 from jina_rag.late_chunking import LateChunks, encode_late_chunks
 from jina_rag.loading import CheckpointError, ModelNotFoundError, load_model, load_tokenizer, save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes
+from jina_rag.sparse import BM25SparseEncoder
 
 __version__ = "0.1.0"
 
@@ -47,11 +49,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BM25SparseEncoder",
     "alibi_slopes",
     "CheckpointError",
     "CollectionMismatchError",
     "Document",
     "DocumentIndex",
+    "Fusion",
     "encode_late_chunks",
     "export_onnx",
     "index_with_ray",
