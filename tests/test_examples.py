@@ -62,3 +62,20 @@ def test_without_a_model_the_examples_print_the_clear_error(tmp_path, monkeypatc
     monkeypatch.setenv("JINA_RAG_MODEL", str(tmp_path / "no-model"))
     assert example_main(name)([]) == 1
     assert "does not exist" in caplog.text
+
+
+def test_long_documents_demo(checkpoint, tmp_path):
+    index = tmp_path / "index"
+    result = run_example("long_documents.py", "--model", str(checkpoint), "--index", str(index))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "11 documents, 21 questions" in out and "11 indexed, 0 unchanged" in out
+    assert out.count("\nQ: ") == 3 and out.count("   -> ") == 3
+    table = out.split("Every method on the same 21 questions")[1]
+    for method in ("| BM25 |", "| dense whole document |", "| late chunks |", "| naive chunks |", "| hybrid |",
+                   "| all-MiniLM-L6-v2 chunked (256-token chunks) |"):
+        assert method in table
+    assert (index / "documents").is_dir()  # a Qdrant Edge collection in the folder given
+    again = run_example("long_documents.py", "--model", str(checkpoint), "--index", str(index), "--no-table")
+    assert again.returncode == 0, again.stderr
+    assert "0 indexed, 11 unchanged" in again.stdout and "Every method" not in again.stdout
