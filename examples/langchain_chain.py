@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModelNotFoundError as error:
         logging.error("%s", error)
         return 1
-    index = DocumentIndex(QdrantStore.from_location(":memory:", "documents"), embeddings.encoder)
+    # mode "document": langchain-qdrant reads the one-vector layout (a hybrid point has named vectors).
+    index = DocumentIndex(QdrantStore.from_location(":memory:", "documents"), embeddings.encoder, mode="document")
     index.index(read_documents(args.docs))
     retriever = QdrantVectorStore(index.store.client, "documents", embeddings).as_retriever(search_kwargs={"k": args.k})
 

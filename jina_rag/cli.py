@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--mode", choices=INDEX_MODES, default=None,
         help="document: one vector per document; late-chunks / both: passage vectors too, from one pass over the "
-        "document; hybrid: passages and a BM25 sparse vector (default: the collection's, document for a new one)",
+        "document; hybrid: passages and a BM25 sparse vector (default: the collection's; for a new one hybrid on Qdrant, document on Chroma)",
     )
     index.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
     engine = index.add_argument_group("engine")

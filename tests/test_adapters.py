@@ -153,7 +153,7 @@ def test_langchain_qdrant_vector_store(embeddings, encoder, tmp_path):
         top = store.similarity_search(text, k=1)[0]
         assert top.page_content == text and top.metadata["n"] == i
     # A collection written by DocumentIndex reads as a LangChain store as it is.
-    index = DocumentIndex(QdrantStore.from_location(str(tmp_path / "q"), "whole"), encoder)
+    index = DocumentIndex(QdrantStore.from_location(str(tmp_path / "q"), "whole"), encoder, mode="document")
     index.index([Document(f"doc{i}", text, {"n": i}) for i, text in enumerate(TEXTS)])
     retriever = QdrantVectorStore(index.store.client, "whole", embeddings).as_retriever(search_kwargs={"k": 1})
     top = retriever.invoke(TEXTS[3])[0]

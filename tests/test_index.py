@@ -231,7 +231,7 @@ def test_documents_persist_for_a_new_client_and_can_be_deleted(store, encoder):
 def test_a_long_document_is_one_point_with_the_encoders_windowed_vector(store, encoder):
     long_text = " ".join(f"paragraph {i} of a long report on tidal energy and coastal engineering." for i in range(60))
     assert encoder.count_tokens(long_text)[0] > 4 * encoder.max_length
-    with store.open(encoder) as index:
+    with store.open(encoder, mode="document") as index:
         index.index([("report", long_text), ("note", "a short note")])
         assert index.count() == 2
         hit = index.search(long_text, limit=1)[0]
@@ -506,7 +506,7 @@ def test_late_chunk_reindexing_skips_unchanged_and_replaces_all_passages_of_chan
 
 def test_modes_and_collections_must_agree(store, encoder):
     docs = articles()
-    with store.open(encoder) as index:  # no mode, new collection: whole documents
+    with store.open(encoder, mode="document") as index:
         index.index(docs)
         with pytest.raises(ValueError, match="layout 'document': search mode 'late-chunks' needs passage vectors \\(index with mode 'late-chunks'"):
             index.search("galaxies", mode="late-chunks")

@@ -193,7 +193,7 @@ def test_one_worker_writes_a_local_folder_store_like_the_single_process_path(tmp
         model=checkpoint, device="cpu", max_length=128, workers=1, batch_docs=2, show_progress=False,
     )
     assert sorted(report.indexed) == sorted(d.id for d in documents) and not report.failed and report.workers == 1
-    with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder) as single:
+    with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder, mode="document") as single:
         single.index(documents, batch_docs=2, show_progress=False)
         reference = single.store.shard.retrieve([point_id(d.id) for d in documents], with_payload=True, with_vector=True)
     # The job returned once its worker let go of the folder (a Qdrant Edge collection): this process may open it now.

@@ -63,6 +63,8 @@ def passage_record_id(doc_id: str, index: int) -> str:
 class ChromaStore:
     """A Chroma collection of document vectors (cosine space)."""
 
+    layouts: tuple[Layout, ...] = ("document", "passages")  # no hybrid: see HYBRID_UNSUPPORTED
+
     def __init__(self, client: Any, collection: str, *, description: str | None = None) -> None:
         self.client = client
         self.collection = collection

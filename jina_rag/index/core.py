@@ -203,7 +203,8 @@ class DocumentIndex:
     ``chunk_tokens`` tokens; see :func:`~jina_rag.late_chunking.encode_late_chunks`) or ``hybrid``
     (passages and a BM25 sparse vector from ``bm25``, searched with ``fusion``). It also sets how
     :meth:`search` scores documents by default. ``None`` follows the collection (``hybrid``,
-    ``late-chunks`` or ``document`` by its layout), and is ``document`` for a new collection.
+    ``late-chunks`` or ``document`` by its layout); a new collection is ``hybrid`` where the store
+    can hold it (Qdrant: it retrieved best on our long and short sets), else ``document``.
 
     Re-running on the same corpus is cheap and safe: point ids derive from document ids, and a
     document whose stored content hash matches is skipped without being encoded. The hash covers the
@@ -269,11 +270,14 @@ class DocumentIndex:
         )
 
     def resolved_mode(self) -> IndexMode:
-        """The mode in use: the one given, else the collection's (by its layout; ``document`` for a new one)."""
+        """The mode in use: the one given, else the collection's (by its layout); for a new collection
+        ``hybrid`` where the store can hold it (Qdrant), else ``document`` (Chroma)."""
         if self.mode is not None:
             return self.mode
         layout = self.store.layout()
-        return DEFAULT_MODE_OF_LAYOUT[layout] if layout is not None else "document"
+        if layout is not None:
+            return DEFAULT_MODE_OF_LAYOUT[layout]
+        return "hybrid" if "hybrid" in self.store.layouts else "document"
 
     def layout(self) -> Layout:
         """The layout this index writes: the one its mode needs."""

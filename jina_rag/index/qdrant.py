@@ -23,6 +23,7 @@ except ImportError as error:  # an optional extra
 from jina_rag.index.documents import point_id
 from jina_rag.index.qdrant_layout import best_of, payload_of, search_hit, unknown_layout, vectors_of, wrong_vectors
 from jina_rag.index.store import (
+    LAYOUTS,
     DOCUMENT_VECTOR,
     PASSAGE_VECTORS,
     SPARSE_VECTOR,
@@ -46,6 +47,8 @@ class QdrantStore:
     ``index_fields`` are metadata keys to give keyword payload indexes on a server, so filtered
     search stays fast; local mode (``:memory:`` or a folder) has no payload indexes and skips them.
     """
+
+    layouts = LAYOUTS
 
     def __init__(self, client: QdrantClient, collection: str, *, index_fields: Sequence[str] = ()) -> None:
         self.client = client

@@ -47,6 +47,7 @@ from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.index.documents import point_id
 from jina_rag.index.qdrant_layout import best_of, payload_of, search_hit, unknown_layout, vectors_of, wrong_vectors
 from jina_rag.index.store import (
+    LAYOUTS,
     DOCUMENT_VECTOR,
     PASSAGE_VECTORS,
     SPARSE_VECTOR,
@@ -93,6 +94,8 @@ class EdgeStore:
     ``index_fields`` are metadata keys to give keyword payload indexes (``doc_id`` always has
     one), so filtered search and deletes stay fast on large collections.
     """
+
+    layouts = LAYOUTS
 
     def __init__(self, folder: str | os.PathLike[str], collection: str, *, index_fields: Sequence[str] = ()) -> None:
         check_collection_name(collection)

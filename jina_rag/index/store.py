@@ -28,6 +28,7 @@ FilterValue = str | int | bool
 IndexMode = Literal["document", "late-chunks", "both", "hybrid"]
 INDEX_MODES: tuple[IndexMode, ...] = ("document", "late-chunks", "both", "hybrid")
 Layout = Literal["document", "passages", "hybrid"]
+LAYOUTS: tuple[Layout, ...] = ("document", "passages", "hybrid")
 # The layout a mode indexes into, and the modes a layout can answer.
 LAYOUT_OF_MODE: dict[str, Layout] = {"document": "document", "late-chunks": "passages", "both": "passages", "hybrid": "hybrid"}
 MODES_OF_LAYOUT: dict[Layout, tuple[IndexMode, ...]] = {
@@ -138,6 +139,7 @@ class DocumentStore(Protocol):
     """What the indexer needs from a vector store. Dense vectors are compared by cosine similarity."""
 
     description: str
+    layouts: tuple[Layout, ...]  # the layouts this store can hold
 
     def ensure_collection(self, dim: int, *, layout: Layout = "document") -> None:
         """Create the collection, or check an existing one (raise :class:`CollectionMismatchError`)."""
