@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_published_checkpoint
 
-from jina_rag import JinaEncoder, alibi_slopes, load_model
+from jina_rag import InvalidInputError, JinaEncoder, alibi_slopes, load_model
 from jina_rag.batching import pack_batch
 from jina_rag.modeling import ALIBI_CUTOFF, FLEX_BLOCK, packed_block_mask
 
@@ -128,8 +128,12 @@ def test_dropped_tiles_change_attention_by_less_than_1e_6(lengths):
 
 def test_encoder_uses_the_cutoff_only_on_cuda(checkpoint):
     assert JinaEncoder(checkpoint, device="cpu").alibi_cutoff is None
-    assert JinaEncoder(checkpoint, device="cuda").alibi_cutoff is None  # exact by default
-    assert JinaEncoder(checkpoint, device="cuda", alibi_cutoff=ALIBI_CUTOFF).alibi_cutoff == ALIBI_CUTOFF  # not loaded
+    if torch.cuda.is_available():
+        assert JinaEncoder(checkpoint, device="cuda").alibi_cutoff is None  # exact by default
+        assert JinaEncoder(checkpoint, device="cuda", alibi_cutoff=ALIBI_CUTOFF).alibi_cutoff == ALIBI_CUTOFF  # not loaded
+    else:  # asking for CUDA where there is none is refused when the encoder is made
+        with pytest.raises(InvalidInputError, match="device 'cuda' is not available"):
+            JinaEncoder(checkpoint, device="cuda", alibi_cutoff=ALIBI_CUTOFF)
     assert JinaEncoder(checkpoint, device="cpu", alibi_cutoff=ALIBI_CUTOFF).alibi_cutoff is None
     with pytest.raises(ValueError, match="alibi_cutoff"):
         JinaEncoder(checkpoint, alibi_cutoff=-1.0)
