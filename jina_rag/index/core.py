@@ -11,7 +11,8 @@ Modes: ``document`` stores one whole-document vector per document; ``late-chunks
 also store late-chunked passage vectors (:mod:`jina_rag.late_chunking`) with their character
 spans; ``hybrid`` adds a BM25 sparse vector (:mod:`jina_rag.sparse`). They differ in search:
 ``late-chunks`` scores a document by its best passage, ``both`` by the better of that and its
-whole-document vector, ``hybrid`` by fusing the three rankings in the store (:class:`Fusion`).
+whole-document vector, ``hybrid`` by fusing rankings in the store (:class:`Fusion`; by default
+late chunks and BM25).
 Hits of passage collections name the passage that matches best. Layouts and the store contract:
 :mod:`jina_rag.index.store`.
 """

@@ -10,7 +10,7 @@ A collection has one of three layouts, all one point per document:
 
 Search modes say how documents are scored: ``document`` by the whole-document vector,
 ``late-chunks`` by the best passage, ``both`` by the better of the two, ``hybrid`` by fusing the
-rankings of all three representations inside the store (:class:`Fusion`).
+rankings of the representations :class:`Fusion` names (by default late chunks and BM25) inside the store.
 """
 
 from __future__ import annotations
