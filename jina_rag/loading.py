@@ -109,9 +109,9 @@ def _download(repo_id: str) -> Path:
             f"could not load model {repo_id!r}: it is not in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}) and the hub could not be reached or does not have it "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-            f"No trained weights are available offline. Pass a local folder in the published layout "
-            f"(JinaEncoder.from_pretrained('/path/to/model') or --model /path/to/model), or set "
-            f"{MODEL_ENV_VAR}=/path/to/model."
+            f"Pass a local folder in the published layout (JinaEncoder.from_pretrained('/path/to/model') or "
+            f"--model /path/to/model), set {MODEL_ENV_VAR}=/path/to/model, or name no model to use the one the "
+            f"package ships ({SHIPPED_MODEL_DIR.name}, offline)."
         ) from error
     return folder
 

@@ -148,6 +148,7 @@ def test_unknown_and_unreachable_models_say_what_to_do(tmp_path):
         JinaEncoder.from_pretrained("jina-embeddings-v2-small-en")
     message = str(info.value)
     assert "jinaai/jina-embeddings-v2-small-en" in message and "cache" in message and "JINA_RAG_MODEL" in message
+    assert "the package ships (jina-rag-small-en, offline)" in message  # not "no weights are available offline"
     with pytest.raises(ValueError, match="not supported yet"):
         JinaEncoder.from_pretrained("jinaai/jina-embeddings-v2-base-code")
 
