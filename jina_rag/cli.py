@@ -74,15 +74,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
         import numpy as np
 
         np.save(args.output, vectors)
-        logger.info("wrote %d vectors of dimension %d to %s", len(vectors), vectors.shape[1], args.output)
-        return 0
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
-        for index, vector in enumerate(vectors):
-            out.write(json.dumps({"index": index, "embedding": [round(float(x), 7) for x in vector]}) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    else:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for index, vector in enumerate(vectors):
+                out.write(json.dumps({"index": index, "embedding": [round(float(x), 7) for x in vector]}) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    if args.output:  # stdout is free: say what was written
+        print(f"wrote {len(vectors)} vectors of dimension {vectors.shape[1]} to {args.output}")
     return 0
 
 
@@ -348,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto", help="torch.onnx exporter (default: dynamo, TorchScript if it fails)")
     export.add_argument("--no-progress", action="store_true", help="hide progress bars")
     export.set_defaults(run=cmd_export_onnx)
+    for command in commands.choices.values():  # -v after the command too; it adds to a -v before it
+        command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging (-vv for debug)")
     return parser
 
 

@@ -204,10 +204,11 @@ def test_cli_embed_and_info(checkpoint, tmp_path, capsys):
     assert cli_main(["embed", "first text", "--file", str(doc), "-o", str(out), *args]) == 0
     vectors = np.load(out)
     assert vectors.shape == (2, 64)
+    assert capsys.readouterr().out == f"wrote 2 vectors of dimension 64 to {out}\n"
     assert cli_main(["embed", "first text", *args]) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[0])
     np.testing.assert_allclose(line["embedding"], vectors[0], atol=1e-6)
-    assert cli_main(["info", *args]) == 0
+    assert cli_main(["info", *args, "-v"]) == 0  # -v after the command is taken too
     assert "hidden_size" in capsys.readouterr().out
     assert cli_main(["embed", "  ", *args]) == 2
     assert "texts[0] is empty" in capsys.readouterr().err
