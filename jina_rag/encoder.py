@@ -461,7 +461,7 @@ class JinaEncoder:
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         policy = self._policy(long_text)
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        texts = [texts] if single else _text_list(texts)
         _check_texts(texts)
         if not texts:
             vectors = np.zeros((0, self.dim), dtype=np.float32)
@@ -553,6 +553,15 @@ class JinaEncoder:
             "long_text": self.long_text,
             **self.backend.describe(),
         }
+
+
+def _text_list(texts: Any) -> list[Any]:
+    """A list of the texts given, refusing what would silently turn into other texts (bytes, a dict's keys)."""
+    if isinstance(texts, (bytes, bytearray)):
+        raise TypeError("texts is bytes: decode it first (e.g. data.decode('utf-8')) and pass a str or a list of str")
+    if isinstance(texts, dict) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"texts is {type(texts).__name__}: pass a str or a list of str")
+    return list(texts)
 
 
 def _check_texts(texts: list[Any]) -> None:

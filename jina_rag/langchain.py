@@ -36,6 +36,8 @@ class JinaEmbeddings(EncoderOptions, Embeddings):
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order."""
+        if isinstance(texts, str):  # a string is a sequence of one-letter texts to a loop
+            raise TypeError("embed_documents takes a list of texts: pass [text], or use embed_query for one text")
         return self._embed(texts)
 
     def embed_query(self, text: str) -> list[float]:

@@ -360,3 +360,24 @@ def test_modules_needing_optional_extras_are_skipped_not_collection_errors(tmp_p
     )
     assert result.returncode in (0, 5), result.stdout + result.stderr  # 5: every test deselected
     assert "error" not in result.stdout.lower(), result.stdout
+
+
+@pytest.mark.parametrize("texts, message", [
+    (b"bytes of a text", "texts is bytes: decode it first"),
+    ({"a text": 1}, "texts is dict: pass a str or a list of str"),
+    (42, "texts is int: pass a str or a list of str"),
+    ([b"bytes"], r"texts\[0\] is bytes, not str"),
+])
+def test_inputs_that_would_silently_become_other_texts_are_refused(encoder, texts, message):
+    with pytest.raises(TypeError, match=message):
+        encoder.encode(texts)
+
+
+def test_langchain_embed_documents_refuses_a_bare_string(checkpoint):
+    pytest.importorskip("langchain_core")
+    from jina_rag.langchain import JinaEmbeddings
+
+    embeddings = JinaEmbeddings(model_name=str(checkpoint))
+    with pytest.raises(TypeError, match=r"embed_documents takes a list of texts: pass \[text\]"):
+        embeddings.embed_documents("one document")
+    assert len(embeddings.embed_documents(["one document"])) == 1
