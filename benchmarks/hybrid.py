@@ -27,7 +27,6 @@ interval, and the indexing rate of hybrid against dense-only (mode ``document``)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

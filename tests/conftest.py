@@ -196,3 +196,35 @@ def chroma_server(tmp_path_factory):
     server = ChromaServer(tmp_path_factory.mktemp("chroma-server") / "db").start()
     yield server
     server.stop()
+
+
+# Four short articles, one sentence a passage: passage and hybrid tests on every store use them.
+ARTICLES = {
+    "astronomy.md": ("science", [
+        "Telescopes collect faint light from distant galaxies and nebulae.",
+        "Astronomers measure redshift to estimate how fast a galaxy recedes.",
+        "The southern survey mapped a million galaxies over five years.",
+    ]),
+    "baking.md": ("cooking", [
+        "Knead the dough for ten minutes until it turns smooth and elastic.",
+        "Let the yeast rise overnight in a warm kitchen corner.",
+        "Bake the loaf in a hot oven until the crust sounds hollow.",
+    ]),
+    "sailing.txt": ("sport", [
+        "The crew trims the mainsail as the breeze freshens.",
+        "They tack the sloop upwind across the crowded harbour.",
+        "At dusk the skipper anchors in a sheltered cove.",
+    ]),
+    "taxes.md": ("finance", [
+        "File the annual return before the April deadline.",
+        "Keep receipts for every deductible business expense.",
+        "An accountant can explain depreciation of office equipment.",
+    ]),
+}
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """One passage per sentence: a splitter function, as users may pass one."""
+    import re
+
+    return [match.span() for match in re.finditer(r"[^.!?\s][^.!?]*[.!?]", text)]

@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jina_rag import TextTooLongError
@@ -33,7 +32,7 @@ from jina_rag.index import (
 from jina_rag.index.qdrant import QdrantStore
 from jina_rag.index.qdrant_edge import EdgeStore
 
-from conftest import ChromaServer, free_port
+from conftest import ARTICLES, ChromaServer, free_port, sentence_spans
 
 TOPICS = {
     "astronomy.md": ("astronomy", "Telescopes collect light from distant galaxies and nebulae; astronomers measure redshift."),
@@ -410,37 +409,6 @@ def test_cli_reports_bad_input_clearly(tmp_path, checkpoint, capsys):
 
 
 # -- late chunks: passage vectors beside the whole-document vector ----------------------------------
-
-ARTICLES = {
-    "astronomy.md": ("science", [
-        "Telescopes collect faint light from distant galaxies and nebulae.",
-        "Astronomers measure redshift to estimate how fast a galaxy recedes.",
-        "The southern survey mapped a million galaxies over five years.",
-    ]),
-    "baking.md": ("cooking", [
-        "Knead the dough for ten minutes until it turns smooth and elastic.",
-        "Let the yeast rise overnight in a warm kitchen corner.",
-        "Bake the loaf in a hot oven until the crust sounds hollow.",
-    ]),
-    "sailing.txt": ("sport", [
-        "The crew trims the mainsail as the breeze freshens.",
-        "They tack the sloop upwind across the crowded harbour.",
-        "At dusk the skipper anchors in a sheltered cove.",
-    ]),
-    "taxes.md": ("finance", [
-        "File the annual return before the April deadline.",
-        "Keep receipts for every deductible business expense.",
-        "An accountant can explain depreciation of office equipment.",
-    ]),
-}
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """One passage per sentence: a splitter function, as users may pass one."""
-    import re
-
-    return [match.span() for match in re.finditer(r"[^.!?\s][^.!?]*[.!?]", text)]
-
 
 def articles() -> list[Document]:
     return [Document(name, " ".join(sentences), {"topic": topic}) for name, (topic, sentences) in ARTICLES.items()]

@@ -39,46 +39,21 @@ from jina_rag.index.qdrant_edge import (  # noqa: E402
     migrate_local_folder,
 )
 
+from conftest import ARTICLES, sentence_spans  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("document", "late-chunks", "both", "hybrid")
 
-ARTICLES = {
-    "astronomy.md": ("science", 1998, True, [
-        "Telescopes collect faint light from distant galaxies and nebulae.",
-        "Astronomers measure redshift to estimate how fast a galaxy recedes.",
-        "The southern survey mapped a million galaxies over five years.",
-    ]),
-    "baking.md": ("cooking", 2004, False, [
-        "Knead the dough for ten minutes until it turns smooth and elastic.",
-        "Let the yeast rise overnight in a warm kitchen corner.",
-        "Bake the loaf in a hot oven until the crust sounds hollow.",
-    ]),
-    "sailing.txt": ("sport", 2011, True, [
-        "The crew trims the mainsail as the breeze freshens.",
-        "They tack the sloop upwind across the crowded harbour.",
-        "At dusk the skipper anchors in a sheltered cove.",
-    ]),
-    "taxes.md": ("finance", 2004, False, [
-        "File the annual return before the April deadline.",
-        "Keep receipts for every deductible business expense.",
-        "An accountant can explain depreciation of office equipment.",
-    ]),
-}
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """One passage per sentence."""
-    import re
-
-    return [match.span() for match in re.finditer(r"[^.!?\s][^.!?]*[.!?]", text)]
+# Year and outdoors beside each shared article's topic: filters on integers and booleans.
+EXTRA_METADATA = {"astronomy.md": (1998, True), "baking.md": (2004, False), "sailing.txt": (2011, True), "taxes.md": (2004, False)}
 
 
 def articles() -> list[Document]:
     return [
-        Document(name, " ".join(sentences), {"topic": topic, "year": year, "outdoors": outdoors})
-        for name, (topic, year, outdoors, sentences) in ARTICLES.items()
+        Document(name, " ".join(sentences), {"topic": topic, "year": EXTRA_METADATA[name][0], "outdoors": EXTRA_METADATA[name][1]})
+        for name, (topic, sentences) in ARTICLES.items()
     ]
 
 
@@ -122,7 +97,7 @@ def test_every_mode_names_the_best_passage_and_agrees_with_the_qdrant_client_sto
             assert sorted(index.index(docs, batch_docs=3).indexed) == sorted(d.id for d in docs)
         assert edge_index.count() == len(docs) and edge_index.store.layout() == "hybrid"
         for doc in docs:
-            for number, passage in enumerate(ARTICLES[doc.id][3]):
+            for number, passage in enumerate(ARTICLES[doc.id][1]):
                 for mode in MODES:
                     hits = edge_index.search(passage, limit=4, mode=mode)
                     expected = reference.search(passage, limit=4, mode=mode)
@@ -133,7 +108,7 @@ def test_every_mode_names_the_best_passage_and_agrees_with_the_qdrant_client_sto
                     assert top.passage.index == number and top.passage.text == passage, mode
                     assert top.text[top.passage.start : top.passage.end] == passage
         # Hybrid search fuses inside Edge: weights and DBSF change the scores as they do in Qdrant.
-        query = ARTICLES["sailing.txt"][3][1]
+        query = ARTICLES["sailing.txt"][1][1]
         for fusion in (Fusion(k=5, weights={"bm25": 2.0, "passages": 1.0}), Fusion(method="dbsf"), Fusion(weights={"document": 1.0})):
             hits = edge_index.search(query, limit=4, mode="hybrid", fusion=fusion)
             assert ranking(hits) == ranking(reference.search(query, limit=4, mode="hybrid", fusion=fusion))
@@ -179,7 +154,7 @@ def test_reindexing_skips_changes_replace_deletes_remove_and_filters_hold(tmp_pa
         hit = index.search("Bake bread.", limit=1)[0]
         assert (hit.id, hit.passage.text) == ("baking.md", "Bake bread.")
 
-        query = ARTICLES["taxes.md"][3][0]
+        query = ARTICLES["taxes.md"][1][0]
         cases = {
             "finance": {"topic": "finance"},
             "2004": {"year": 2004},
@@ -440,7 +415,7 @@ def test_a_qdrant_client_folder_is_refused_with_the_way_to_migrate_and_migrates_
         assert new.store.existing_hashes(ids) == old.store.existing_hashes(ids)
         assert new.store.layout() == "hybrid"
         for mode in MODES:
-            for query in (ARTICLES["baking.md"][3][2], "redshift galaxies"):
+            for query in (ARTICLES["baking.md"][1][2], "redshift galaxies"):
                 got, expected = new.search(query, limit=4, mode=mode), old.search(query, limit=4, mode=mode)
                 assert ranking(got) == ranking(expected), mode
                 assert sorted((h.id, h.text, h.metadata) for h in got) == sorted((h.id, h.text, h.metadata) for h in expected)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_published_checkpoint
+from conftest import write_published_checkpoint
 
 # Python that leaves a marker file wherever it is imported from.
 PAYLOAD = "from pathlib import Path\nPath(__file__).with_name('RAN-{name}').write_text('code from the model folder ran')\n"
@@ -72,7 +72,7 @@ def test_cli_info_and_embed_without_running_folder_code(hostile_folder, tmp_path
 
 def test_tokenizer_from_published_files_matches_the_vocabulary(checkpoint):
     from jina_rag import load_tokenizer
-    from tests.conftest import bert_tokenizer
+    from conftest import bert_tokenizer
 
     ours = load_tokenizer(checkpoint)
     reference = bert_tokenizer()
@@ -84,7 +84,7 @@ def test_tokenizer_from_published_files_matches_the_vocabulary(checkpoint):
 
 def test_tokenizer_from_vocab_txt_alone(tmp_path, checkpoint):
     from jina_rag import load_tokenizer
-    from tests.conftest import VOCAB_DIR, bert_tokenizer
+    from conftest import VOCAB_DIR, bert_tokenizer
 
     folder = tmp_path / "vocab-only"
     folder.mkdir()
