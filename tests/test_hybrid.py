@@ -118,7 +118,7 @@ def test_chroma_refuses_hybrid_and_writes_nothing(tmp_path, encoder):
 
 
 def test_bm25_vectors_carry_term_frequency_not_idf():
-    bm25 = BM25SparseEncoder()
+    bm25 = BM25SparseEncoder(word_pairs=False)
     once, twice = bm25.embed_documents(["glacier valley", "glacier glacier valley"])
     assert set(once.indices) == set(twice.indices) and len(once) == 2
     weight = dict(zip(twice.indices.tolist(), twice.values.tolist()))
@@ -128,6 +128,34 @@ def test_bm25_vectors_carry_term_frequency_not_idf():
     assert np.all(bm25.embed_query("glacier valley glacier").values == 1.0)
     with pytest.raises(ValueError, match="avg_len"):
         BM25SparseEncoder(avg_len=0)
+
+
+def test_word_pairs_add_to_qdrants_own_word_dimensions():
+    text = "The scalar function callback runs once per row; a scalar function returns one value. Callbacks: none."
+    words_only, with_pairs = BM25SparseEncoder(word_pairs=False), BM25SparseEncoder()
+    (edge,), (ours,) = words_only.embed_documents([text]), with_pairs.embed_documents([text])
+    ours_weights = dict(zip(ours.indices.tolist(), ours.values.tolist()))
+    # Every word dimension and weight is Qdrant Edge's own; the rest are the pairs.
+    for index, value in zip(edge.indices.tolist(), edge.values.tolist()):
+        assert ours_weights[index] == pytest.approx(value, rel=1e-6)
+    assert len(ours) > len(edge) and list(ours.indices) == sorted(ours.indices)
+    query_words, query = words_only.embed_query("scalar function callback"), with_pairs.embed_query("scalar function callback")
+    assert set(query_words.indices) < set(query.indices) and len(query) == 3 + 2 and np.all(query.values == 1.0)
+    # The pair is ordered ("function scalar" is another pair) and skips stop words ("function of scalar").
+    assert with_pairs.embed_query("function scalar").indices.tolist() != with_pairs.embed_query("scalar function").indices.tolist()
+    assert with_pairs.embed_query("function of scalar").indices.tolist() == with_pairs.embed_query("function scalar").indices.tolist()
+    assert with_pairs.settings != words_only.settings
+
+
+def test_word_pairs_rank_the_phrase_first_in_the_store(location, encoder):
+    # The same words once each; the shorter document wins on words alone (BM25's length norm).
+    phrase = {"id": "phrase.md", "text": "Register a scalar function callback. Tables hold many rows and many columns."}
+    apart = {"id": "apart.md", "text": "Register a callback. Tables hold scalar rows and function columns."}
+    bm25_only = Fusion(weights={"bm25": 1.0})
+    for bm25, winner in ((BM25SparseEncoder(word_pairs=False), "apart.md"), (BM25SparseEncoder(), "phrase.md")):
+        with open_index(location, encoder, f"pairs-{bm25.word_pairs}", mode="hybrid", bm25=bm25) as index:
+            index.index([phrase, apart])
+            assert index.search("scalar function callback", limit=1, fusion=bm25_only)[0].id == winner
 
 
 def test_prepared_queries_search_like_texts(location, encoder):
