@@ -17,7 +17,7 @@ Under each table: the paired difference of hybrid to each baseline in nDCG@10 wi
 interval, and the indexing rate of hybrid against dense-only (mode ``document``) on the first
 ``--rate-docs`` documents, both written to the same kind of store.
 
-``--tune`` chooses the fusion and BM25's ``avg_len`` on a set built from *training* packages
+``--tune`` chooses the fusion and BM25's ``avg_len`` and word pairs on a set built from *training* packages
 (``data/dev-long``): it never looks at an evaluation set. It prints every candidate and the best.
 
     python benchmarks/hybrid.py data/long data/short --out benchmarks/out/hybrid.json
@@ -143,26 +143,31 @@ def sparse_only_run(data: RetrievalSet, bm25: BM25SparseEncoder) -> dict[str, li
 
 
 def tune(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, work: Path) -> dict:
-    """Choose BM25's avg_len, then the fusion, on a training-package set (never an evaluation set)."""
+    """Choose BM25's avg_len and word pairs, then the fusion, on a training-package set (never an evaluation set)."""
     print(f"### Tuning on {data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} queries\n")
     print("| candidate | nDCG@10 |\n|---|---:|")
-    bm25_alone = {avg_len: per_query_ndcg(sparse_only_run(data, BM25SparseEncoder(avg_len=avg_len)), data).mean()
-                  for avg_len in args.avg_lens}
-    for avg_len, score in bm25_alone.items():
-        print(f"| BM25 alone, avg_len {avg_len:g} | {score:.4f} |", flush=True)
-    avg_len = max(bm25_alone, key=bm25_alone.get)
-    index, _, _ = build_index(data, encoder, work / "tune", "hybrid", BM25SparseEncoder(avg_len=avg_len))
-    candidates = [parts(document=d, passages=p, bm25=b, k=k) for k in (2, 10, 60) for b in (1.0, 2.0, 3.0)
-                  for d in (0.0, 0.5, 1.0) for p in (0.5, 1.0)]
+    bm25_alone = {}
+    for word_pairs in (False, True):
+        for avg_len in args.avg_lens:
+            bm25 = BM25SparseEncoder(avg_len=avg_len, word_pairs=word_pairs)
+            bm25_alone[avg_len, word_pairs] = score = per_query_ndcg(sparse_only_run(data, bm25), data).mean()
+            print(f"| BM25 alone, avg_len {avg_len:g}, word pairs {word_pairs} | {score:.4f} |", flush=True)
+    avg_len, word_pairs = max(bm25_alone, key=bm25_alone.get)
+    bm25 = BM25SparseEncoder(avg_len=avg_len, word_pairs=word_pairs)
+    index, _, _ = build_index(data, encoder, work / "tune", "hybrid", bm25)
+    candidates = [parts(document=d, passages=p, bm25=b, k=k) for k in (2, 10, 60) for b in (1.0, 2.0)
+                  for d in (0.0, 0.5) for p in (0.5, 1.0)]
     candidates.append(parts(document=1.0, passages=1.0, bm25=1.0, method="dbsf"))
+    candidates.append(parts(passages=1.0, bm25=1.0, method="dbsf"))
     results = []
     with index:
         for fusion in candidates:
             score = per_query_ndcg(store_run(index, data, fusion), data).mean()
             results.append((score, fusion))
-            print(f"| {fusion.method} k={fusion.k} weights {dict(fusion.weights)} (avg_len {avg_len:g}) | {score:.4f} |", flush=True)
+            print(f"| {fusion.method} k={fusion.k} weights {dict(fusion.weights)} ({bm25.settings}) | {score:.4f} |", flush=True)
     score, fusion = max(results, key=lambda result: result[0])
-    best = {"avg_len": avg_len, "fusion": {"method": fusion.method, "k": fusion.k, "weights": dict(fusion.weights)}, "ndcg@10": score}
+    best = {"avg_len": avg_len, "word_pairs": word_pairs,
+            "fusion": {"method": fusion.method, "k": fusion.k, "weights": dict(fusion.weights)}, "ndcg@10": score}
     print(f"\nbest: {json.dumps(best)}")
     return best
 
@@ -179,10 +184,10 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="a reproducible sample of N queries per set")
     parser.add_argument("--max-docs", type=int, default=None,
                         help="keep N documents: every judged one, then random others (reproducibly)")
-    parser.add_argument("--tune", action="store_true", help="choose avg_len and the fusion on this (training) set")
+    parser.add_argument("--tune", action="store_true", help="choose avg_len, word pairs and the fusion on this (training) set")
     parser.add_argument("--avg-lens", type=lambda s: [float(v) for v in s.split(",")], default=[256.0, 1000.0, 3000.0])
     parser.add_argument("--settings", type=Path, default=None,
-                        help="BM25 avg_len and fusion from this JSON (what --tune --out wrote) instead of the defaults")
+                        help="BM25 avg_len, word pairs and fusion from this JSON (what --tune --out wrote) instead of the defaults")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: the encoder's for the device)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the indexes (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
@@ -211,7 +216,7 @@ def main() -> None:
             args.out.write_text(json.dumps(best[0], indent=1) + "\n", encoding="utf-8")
         return
     settings = json.loads(args.settings.read_text()) if args.settings else {}
-    bm25 = BM25SparseEncoder(**({"avg_len": settings["avg_len"]} if settings else {}))
+    bm25 = BM25SparseEncoder(**{key: settings[key] for key in ("avg_len", "word_pairs") if key in settings})
     fusion = Fusion(**settings["fusion"]) if settings else Fusion()
     print(f"BM25 {bm25.settings}; fusion {fusion}")
     figures = [report(data, args, encoder, bm25, fusion, work) for data in sets]

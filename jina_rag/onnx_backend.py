@@ -76,10 +76,18 @@ def resolve_providers(
 
 
 def providers_for_device(providers: Sequence[Provider] | None, device: Any) -> Sequence[Provider] | None:
-    """``device="cuda"`` without providers means the CUDA provider; anything else leaves providers as given."""
+    """``device="cuda[:N]"`` without providers means the CUDA provider (on GPU N); anything else leaves providers as given."""
     if providers is None and device is not None and str(device).startswith("cuda"):
-        return [CUDA]
+        _, _, index = str(device).partition(":")
+        return [(CUDA, {"device_id": int(index)})] if index else [CUDA]
     return providers
+
+
+def _cuda_device_id(providers: Sequence[Provider]) -> int:
+    for provider in providers:
+        if _name(provider) == CUDA:
+            return int(dict(provider[1]).get("device_id", 0)) if not isinstance(provider, str) else 0
+    return 0
 
 
 class OnnxBackend:
@@ -126,6 +134,7 @@ class OnnxBackend:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.export_info = {k.removeprefix(METADATA_PREFIX): v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
         self.path = path
+        self._cuda_device = _cuda_device_id(self.providers) if CUDA in self.session.get_providers() else None
         self._warn_on_precision_mismatch()
 
     def _warn_on_precision_mismatch(self) -> None:
@@ -140,8 +149,22 @@ class OnnxBackend:
 
     def embed(self, sequences: list[list[int]]) -> np.ndarray:
         input_ids, attention_mask = pad_batch(sequences, self.pad_id)
-        (pooled,) = self.session.run(["sentence_embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        if self._cuda_device is None:
+            (pooled,) = self.session.run(["sentence_embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        else:
+            pooled = self._run_on_cuda(input_ids, attention_mask)
         return pooled.astype(np.float32, copy=False)
+
+    def _run_on_cuda(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """IO binding: inputs copied to the GPU once, the pooled vectors the only thing copied back."""
+        from onnxruntime import OrtValue
+
+        binding = self.session.io_binding()
+        for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+            binding.bind_ortvalue_input(name, OrtValue.ortvalue_from_numpy(array, "cuda", self._cuda_device))
+        binding.bind_output("sentence_embedding", "cuda", self._cuda_device)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
 
     def describe(self) -> dict[str, Any]:
         """Where and how the model runs, for ``JinaEncoder.info``."""

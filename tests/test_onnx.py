@@ -16,7 +16,8 @@ import torch
 
 from jina_rag import CheckpointError, JinaEncoder, load_model
 from jina_rag.cli import main as cli_main
-from jina_rag.onnx_backend import CPU, CUDA, OnnxBackend, resolve_providers
+from jina_rag.batching import pad_batch
+from jina_rag.onnx_backend import CPU, CUDA, OnnxBackend, providers_for_device, resolve_providers
 from jina_rag.onnx_export import export_onnx
 
 from conftest import VOCAB_DIR, bert_tokenizer, write_published_checkpoint
@@ -214,6 +215,28 @@ def test_cli_exports_fp16_and_embeds_on_onnx(checkpoint, tmp_path, capsys, encod
     assert "float16" in capsys.readouterr().out
     assert cli_main(["export-onnx", str(VOCAB_DIR), str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "not a JinaBERT" in capsys.readouterr().err
+
+
+def test_cuda_device_names_the_provider_and_its_gpu():
+    assert providers_for_device(None, "cuda") == [CUDA]
+    assert providers_for_device(None, "cuda:1") == [(CUDA, {"device_id": 1})]
+    assert providers_for_device(None, "cpu") is None
+    assert providers_for_device([CPU], "cuda") == [CPU]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs onnxruntime-gpu with the CUDA provider")
+def test_cuda_provider_binds_inputs_and_outputs_on_the_gpu(fp32_export, torch_model):
+    backend = OnnxBackend(fp32_export.folder, providers=providers_for_device(None, "cuda:0"))
+    assert backend.session.get_providers()[0] == CUDA and backend.describe()["providers"].startswith(CUDA)
+    sequences = [list(range(1000, 1000 + n)) for n in (300, 40, 7)]
+    bound = backend.embed(sequences)  # IO binding
+    ids, mask = pad_batch(sequences, 0)
+    plain = backend.session.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    np.testing.assert_allclose(bound, plain, rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        expected = torch_model.pool(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(bound, expected, atol=2e-3)
 
 
 @pytest.mark.gpu
