@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
-from jina_rag.errors import JinaRagError
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.index import INDEX_MODES, STORES, DocumentIndex, IndexingError, read_documents, read_records_file
+from jina_rag.index.documents import read_text_file
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import MODEL_ENV_VAR
 
@@ -50,14 +51,11 @@ def encoder_from_args(args: argparse.Namespace) -> JinaEncoder:
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
-    for file in args.file or []:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--file {file}: no such file")
-        texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    # As `index` reads files: bytes that are not UTF-8 are refused, never replaced.
+    texts.extend(read_text_file(file) for file in args.file or [])
     if args.lines:
-        with open(args.lines, encoding="utf-8") as f:
-            texts.extend(line.rstrip("\n") for line in f if line.strip())
+        # split("\n") after universal-newline decoding: the lines `for line in file` gives.
+        texts.extend(line for line in read_text_file(args.lines).split("\n") if line.strip())
     if not texts:
         raise ValueError("nothing to embed: give TEXT arguments, --file or --lines")
     return texts
@@ -181,6 +179,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     documents = list(read_documents(args.paths, root=args.root, **({"suffixes": suffixes} if suffixes else {})))
     for records in args.records or []:
         documents.extend(read_records_file(records))
+    if not documents:  # folders without files to read are refused as they are read
+        raise InvalidInputError(f"nothing to index: {', '.join(args.records)} hold no records (one JSON object a line)")
     with _open_index(args, args.index_field or ()) as index:
         try:
             report = index.index(

@@ -5,6 +5,7 @@ Real checkpoint files, real processes and real stores (Qdrant Edge and Chroma, e
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -381,3 +382,70 @@ def test_langchain_embed_documents_refuses_a_bare_string(checkpoint):
     with pytest.raises(TypeError, match=r"embed_documents takes a list of texts: pass \[text\]"):
         embeddings.embed_documents("one document")
     assert len(embeddings.embed_documents(["one document"])) == 1
+
+
+# -- input files: UTF-8 or a clear refusal, broken links named as such ------------------------------------
+
+
+def test_embed_file_refuses_invalid_utf8_as_lines_and_index_do(tmp_path, checkpoint, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café au lait\n".encode("latin-1"))  # \xe9 then a space: not UTF-8
+    message = f"{bad} is not UTF-8 text (invalid continuation byte at byte 3): convert it to UTF-8"
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128"]
+    store = ["--store", "qdrant", "--location", str(tmp_path / "qdrant"), "--collection", "docs"]
+    output = tmp_path / "vectors.jsonl"
+    for command in (["embed", "--file", str(bad), "-o", str(output)], ["embed", "--lines", str(bad)], ["index", str(bad), *store]):
+        assert cli_main([*command, *model]) == 2, command
+        assert one_error_line(capsys.readouterr().err, command[0]) == f"jina-rag {command[0]}: error: {message}"
+    assert not output.exists() and not (tmp_path / "qdrant").exists()
+    # A pipe still reads, as `open` read it.
+    piped = subprocess.run(
+        [jina_rag_cli(), "embed", "--lines", "/dev/stdin", *model], input="first line\n\nsecond line\n",
+        capture_output=True, text=True, timeout=300,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line)["index"] for line in piped.stdout.splitlines()] == [0, 1]
+    gone = tmp_path / "gone.txt"
+    gone.symlink_to(tmp_path / "nowhere.txt")
+    for option in ("--file", "--lines"):
+        assert cli_main(["embed", option, str(gone), *model]) == 2
+        assert f"{gone} is a broken symbolic link (to {tmp_path / 'nowhere.txt'})" in one_error_line(capsys.readouterr().err, "embed")
+
+
+# -- indexing nothing is an error; indexing nothing new is not ----------------------------------------------
+
+
+def test_cli_index_of_a_folder_without_indexable_files_is_an_error(tmp_path, checkpoint, capsys):
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    store = ["--store", "qdrant", "--location", str(tmp_path / "qdrant"), "--collection", "docs"]
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "scan.pdf").write_bytes(b"%PDF")
+    (folder / "README").write_text("no suffix")
+    (folder / ".hidden.md").write_text("hidden")
+    assert cli_main(["index", str(folder), *store, *model]) == 2
+    line = one_error_line(capsys.readouterr().err, "index")
+    assert line.startswith(f"jina-rag index: error: {folder} holds no files it can index: it reads files ending in .adoc ")
+    assert "; it holds 2 files of other types (" in line and ".pdf: 1" in line and "no suffix: 1" in line
+    assert line.endswith("Give a folder of text files, or other types with --suffix .EXT (suffixes= in Python)")
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["index", str(tmp_path / "empty"), *store, *model]) == 2
+    assert "empty holds no files it can index" in one_error_line(capsys.readouterr().err, "index")
+    assert not (tmp_path / "qdrant").exists()  # refused before the store was opened
+    # --suffix reads the other type; a second run finds every file unchanged: a success.
+    (folder / "scan.pdf").write_text("A scanned page about tides.")
+    for expected in ("1 indexed, 0 unchanged", "0 indexed, 1 unchanged"):
+        assert cli_main(["index", str(folder), "--suffix", ".pdf", *store, *model]) == 0
+        assert expected in capsys.readouterr().out
+
+
+def test_a_broken_link_given_as_input_is_named_a_broken_link(tmp_path, checkpoint, capsys):
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    store = ["--store", "qdrant", "--location", str(tmp_path / "qdrant"), "--collection", "docs"]
+    for name, target in (("gone.md", "missing.md"), ("gone-folder", "missing-folder"), ("gone.jsonl", "missing.jsonl")):
+        (tmp_path / name).symlink_to(tmp_path / target)
+        arguments = ["--records", str(tmp_path / name)] if name.endswith(".jsonl") else [str(tmp_path / name)]
+        assert cli_main(["index", *arguments, *store, *model]) == 2
+        assert f"{tmp_path / name} is a broken symbolic link (to {tmp_path / target})" in one_error_line(
+            capsys.readouterr().err, "index")
+    assert not (tmp_path / "qdrant").exists()

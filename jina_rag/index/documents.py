@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jina_rag.errors import check_unicode
+from jina_rag.errors import InvalidInputError, check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def read_documents(
     A folder is walked recursively (hidden entries skipped) and is its own root; a file's root is
     its folder. ``root`` makes every id relative to one folder instead. In folders, files of other
     types are skipped (and counted in the log), and so are named pipes, sockets, devices and broken
-    links (each logged); a file named explicitly must be a regular file of a supported type.
+    links (each logged); a folder left with no file to read is an error, and so is a file named
+    explicitly that is not a regular file of a supported type.
     """
     for file, base in document_files(paths, root=root, suffixes=suffixes):
         yield read_document_file(file, base)
@@ -72,10 +73,12 @@ def document_files(
         path = Path(path)
         if path.is_dir():
             files, skipped = _walk(path, suffixes)
+            if not files:
+                raise InvalidInputError(_nothing_to_read(path, suffixes, skipped))
             if skipped:
                 logger.warning(
                     "skipped %d files of unsupported types under %s (%s); supported: %s",
-                    sum(skipped.values()), path, ", ".join(f"{s or 'no suffix'}: {n}" for s, n in skipped.most_common()),
+                    sum(skipped.values()), path, _counts(skipped),
                     " ".join(sorted(suffixes)),
                 )
             base = path
@@ -111,6 +114,20 @@ def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[s
     return files, skipped
 
 
+def _nothing_to_read(folder: Path, suffixes: frozenset[str], skipped: Counter[str]) -> str:
+    """Why a folder gives no documents: what it looked for, and what it found instead."""
+    found = f"; it holds {sum(skipped.values())} files of other types ({_counts(skipped)})" if skipped else ""
+    return (
+        f"{folder} holds no files it can index: it reads files ending in {' '.join(sorted(suffixes))} "
+        f"(hidden ones skipped){found}. Give a folder of text files, or other types with --suffix .EXT "
+        f"(suffixes= in Python)"
+    )
+
+
+def _counts(skipped: Counter[str]) -> str:
+    return ", ".join(f"{suffix or 'no suffix'}: {count}" for suffix, count in skipped.most_common())
+
+
 def _not_regular(path: Path) -> str:
     """What a path that exists but is no regular file is, for messages."""
     if path.is_symlink() and not path.exists():
@@ -125,11 +142,35 @@ def read_document_file(file: str | os.PathLike[str], root: str | os.PathLike[str
         relative = file.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         raise ValueError(f"{file} is not inside the root {root}: pass a root that contains every path") from None
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): convert it to UTF-8") from None
+    text = read_text_file(file)
     return Document(relative, text, {"path": relative, "file_type": file.suffix.lower().lstrip(".")})
+
+
+def require_file(path: str | os.PathLike[str], *, streams: bool = False) -> Path:
+    """``path`` if it is a regular file; else an error saying what it is (missing, a folder, a broken link, a pipe).
+
+    ``streams=True`` also lets named pipes and devices through, for input read once (``--lines /dev/stdin``).
+    """
+    path = Path(path)
+    if path.is_file() or (streams and path.exists() and not path.is_dir()):
+        return path
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder, not a file: give a text file")
+    if path.exists() or path.is_symlink():
+        raise InvalidInputError(f"{path} is {_not_regular(path)}: give a text file")
+    raise FileNotFoundError(f"{path}: no such file")
+
+
+def read_text_file(path: str | os.PathLike[str]) -> str:
+    """A file's (or pipe's) text, refusing bytes that are not UTF-8 (never replacing them) and paths that name
+    nothing to read: missing, a folder, a broken link."""
+    path = require_file(path, streams=True)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): convert it to UTF-8"
+        ) from None
 
 
 def documents_from_records(
@@ -163,7 +204,7 @@ def documents_from_records(
 
 def read_records_file(path: str | os.PathLike[str]) -> Iterator[Document]:
     """Documents from a JSON Lines file, one ``{"id", "text", "metadata"}`` object per line."""
-    path = Path(path)
+    path = require_file(path, streams=True)
 
     def records() -> Iterator[Any]:
         with path.open(encoding="utf-8") as lines:

@@ -60,6 +60,7 @@ from jina_rag.index.documents import (
     documents_from_records,
     point_id,
     read_document_file,
+    require_file,
     validate_documents,
 )
 from jina_rag.loading import load_tokenizer, resolve_model
@@ -332,7 +333,7 @@ def list_sources(
         elif entry.is_file():
             files = [entry]
         else:
-            raise FileNotFoundError(f"{entry}: no such file or folder")
+            require_file(entry)  # raises, saying what it is: missing, a broken link, a named pipe
         sources.extend({"path": str(file), "kind": RECORD_SUFFIXES.get(file.suffix.lower(), "jsonl"), "root": ""} for file in files)
     return sources
 
