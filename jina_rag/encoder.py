@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -272,6 +273,44 @@ def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     )["input_ids"]
 
 
+@functools.lru_cache(maxsize=8)
+def _long_run(limit: int) -> re.Pattern[str]:
+    return re.compile(rf"\S{{{limit + 1},}}")
+
+
+def warn_unknown_words(tokenizer: Any, texts: Sequence[str], first_index: int = 0, what: str = "texts") -> None:
+    """Log a warning, once per text, for a word too long for the tokenizer: WordPiece turns a word of more than
+    ``max_input_chars_per_word`` characters (100 for BERT's) into one unknown token, so its content is lost.
+
+    Cheap: a regular expression finds runs without whitespace over the limit; only those are split into words
+    (at punctuation, as the tokenizer does) to check.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    limit = getattr(getattr(backend, "model", None), "max_input_chars_per_word", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return  # no word limit (BPE, unigram): long words become many tokens
+    pattern = _long_run(limit)
+    for number, text in enumerate(texts):
+        for run in pattern.finditer(text):
+            if any(len(word) > limit for word in _words(backend, run.group())):
+                logger.warning(
+                    "%s[%d] holds a run of %d characters without whitespace; the tokenizer reads words of at most %d "
+                    "characters and makes a longer one a single unknown token ([UNK]), losing its content: break it "
+                    "up with spaces or remove it",
+                    what, first_index + number, len(run.group()), limit,
+                )
+                break
+
+
+def _words(backend: Any, run: str) -> list[str]:
+    """A run of text as the tokenizer's words: normalised, then split at punctuation (and around CJK characters)."""
+    if backend.normalizer is not None:
+        run = backend.normalizer.normalize_str(run)
+    if backend.pre_tokenizer is None:
+        return run.split()
+    return [word for word, _ in backend.pre_tokenizer.pre_tokenize_str(run)]
+
+
 @dataclass
 class _Segment:
     text_index: int
@@ -514,6 +553,8 @@ class JinaEncoder:
             # launches are asynchronous and results are collected only at the end.
             for first in range(0, len(items), TOKENIZE_CHUNK_TEXTS):
                 part = items[first : first + TOKENIZE_CHUNK_TEXTS]
+                if not tokenized:
+                    warn_unknown_words(self.tokenizer, part, first)
                 chunk = self._segments(part if tokenized else self._tokenize(part), policy, first)
                 lengths = [len(s.input_ids) for s in chunk]
                 for batch in plan_batches(lengths, batch_tokens, packed=backend.packed):

@@ -21,7 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from jina_rag.batching import plan_batches
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, TOKENIZE_CHUNK_TEXTS, JinaEncoder, _check_texts, check_finite, window_spans
+from jina_rag.encoder import (
+    DEFAULT_BATCH_TOKENS,
+    TOKENIZE_CHUNK_TEXTS,
+    JinaEncoder,
+    _check_texts,
+    check_finite,
+    warn_unknown_words,
+    window_spans,
+)
 
 
 Span = tuple[int, int]
@@ -193,6 +201,7 @@ def _encode_chunk(
 ) -> list[LateChunks]:
     prefix, suffix = encoder.special_tokens
     width = encoder.max_length - len(prefix) - len(suffix)
+    warn_unknown_words(encoder.tokenizer, texts, first_index, "documents")
     encoded = encoder.tokenizer(
         texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
         return_token_type_ids=False, verbose=False,

@@ -412,6 +412,34 @@ def test_embed_file_refuses_invalid_utf8_as_lines_and_index_do(tmp_path, checkpo
         assert f"{gone} is a broken symbolic link (to {tmp_path / 'nowhere.txt'})" in one_error_line(capsys.readouterr().err, "embed")
 
 
+# -- a word too long for the tokenizer is a warning ---------------------------------------------------------
+
+
+def test_a_word_too_long_for_the_tokenizer_is_a_warning_naming_the_text(encoder, caplog):
+    from jina_rag.encoder import warn_unknown_words
+
+    # The BERT WordPiece limit: a longer word is a single [UNK], whatever it holds.
+    assert encoder.tokenizer.backend_tokenizer.model.max_input_chars_per_word == 100
+    assert encoder.count_tokens("x" * 100_000) == [3]
+    texts = ["fine", "a " + "x" * 100_000 + " and " + "y" * 500, "z" * 100 + " is one word of 100 characters: fine"]
+    with caplog.at_level("WARNING", logger="jina_rag.encoder"):
+        assert encoder.encode(texts).shape == (3, 64)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # once per text, though it holds two such runs
+    assert warnings[0].startswith("texts[1] holds a run of 100000 characters without whitespace; the tokenizer reads "
+                                  "words of at most 100 characters")
+    assert "[UNK]" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jina_rag.encoder"):
+        # Punctuation splits words as the tokenizer does: no word here is over 100 characters.
+        warn_unknown_words(encoder.tokenizer, ["a." * 60_000, "https://example.org/" + "/".join(["segment"] * 50)])
+        assert not caplog.records
+        encode_late_chunks(encoder, ["A short document.", "q" * 150], spans=[[(0, 17)], [(0, 150)]])
+    assert [record.getMessage().split(";")[0] for record in caplog.records] == [
+        "documents[1] holds a run of 150 characters without whitespace"
+    ]
+
+
 # -- indexing nothing is an error; indexing nothing new is not ----------------------------------------------
 
 
