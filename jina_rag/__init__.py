@@ -7,6 +7,7 @@ from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.eval import RetrievalSet, load_beir, load_narrativeqa
 from jina_rag.index import (
     CollectionMismatchError,
+    CollectionNotFoundError,
     Document,
     DocumentIndex,
     Fusion,
@@ -53,6 +54,7 @@ __all__ = [
     "alibi_slopes",
     "CheckpointError",
     "CollectionMismatchError",
+    "CollectionNotFoundError",
     "Document",
     "DocumentIndex",
     "Fusion",

@@ -219,7 +219,7 @@ def test_a_missing_collection_is_a_clear_error_and_nothing_is_created(tmp_path, 
     index = DocumentIndex(store, encoder)
     assert store.layout() is None and index.resolved_mode() == "hybrid"  # a new Qdrant collection
     for call in (lambda: index.search("anything"), index.count, lambda: store.existing_hashes(["a"])):
-        with pytest.raises(ValueError, match="does not exist: index documents into it first"):
+        with pytest.raises(ValueError, match=r"does not exist \(there is no folder .*\): index documents into it first"):
             call()
     index.close()
     assert not folder.exists()

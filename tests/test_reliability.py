@@ -440,6 +440,51 @@ def test_a_word_too_long_for_the_tokenizer_is_a_warning_naming_the_text(encoder,
     ]
 
 
+# -- searching a mistyped location or collection creates nothing ----------------------------------------------
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "chroma"])
+def test_searching_a_missing_location_or_collection_is_an_error_that_creates_nothing(kind, tmp_path, checkpoint, encoder, capsys):
+    from jina_rag.index import CollectionNotFoundError
+
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128"]
+    typo = tmp_path / "tpyo"
+    assert cli_main(["search", "tides", "--store", kind, "--location", str(typo), "--collection", "docs", *model]) == 2
+    line = one_error_line(capsys.readouterr().err, "search")
+    assert f"collection 'docs' at {typo} does not exist (there is no folder {typo})" in line
+    assert f"jina-rag index PATH --store {kind} --location {typo} --collection docs" in line
+    assert not typo.exists()
+    with DocumentIndex.open(kind, str(typo), "docs", encoder=encoder) as index:  # the API's search path
+        with pytest.raises(CollectionNotFoundError, match="does not exist"):
+            index.search("tides")
+        with pytest.raises(CollectionNotFoundError):
+            index.count()
+    assert not typo.exists()
+
+    # A store that exists, and a mistyped collection in it.
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("Tides rise and fall with the moon.")
+    location = tmp_path / "store"
+    assert cli_main(["index", str(tmp_path / "docs"), "--store", kind, "--location", str(location), "--collection", "docs",
+                     "--no-progress", *model]) == 0
+    capsys.readouterr()
+    before = files_under(location)
+    assert cli_main(["search", "tides", "--store", kind, "--location", str(location), "--collection", "dosc", *model]) == 2
+    line = one_error_line(capsys.readouterr().err, "search")
+    assert f"collection 'dosc' at {location} does not exist ({location} holds 'docs')" in line and "jina-rag index" in line
+    assert files_under(location) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["search", "tides", "--store", kind, "--location", str(empty), "--collection", "docs", *model]) == 2
+    assert "does not exist (" in one_error_line(capsys.readouterr().err, "search")
+    assert files_under(empty) == set()
+    assert cli_main(["search", "tides", "--store", kind, "--location", str(location), "--collection", "docs", *model]) == 0
+
+
 # -- indexing nothing is an error; indexing nothing new is not ----------------------------------------------
 
 

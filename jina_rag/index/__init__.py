@@ -29,6 +29,7 @@ from jina_rag.index.documents import (
 from jina_rag.index.store import (
     INDEX_MODES,
     CollectionMismatchError,
+    CollectionNotFoundError,
     DocumentStore,
     Fusion,
     IndexMode,
@@ -44,6 +45,7 @@ __all__ = [
     "STORES",
     "TEXT_SUFFIXES",
     "CollectionMismatchError",
+    "CollectionNotFoundError",
     "Document",
     "DocumentIndex",
     "DocumentStore",

@@ -9,6 +9,7 @@ document's metadata, so filters apply); search groups passage records back into 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,13 @@ from jina_rag.index.store import (
     best_passage,
     check_layout,
     check_search_mode,
+    location_holds,
+    missing_collection,
 )
 
 METADATA_TYPES = (str, int, float, bool)
+# The file embedded Chroma keeps a folder's collections in: without it, the folder holds none.
+DATABASE_FILE = "chroma.sqlite3"
 LAYOUT_KEY = "jina_rag_layout"
 # Passage record ids live in a namespace of their own, so they never equal a document's point id.
 PASSAGE_NAMESPACE = uuid.UUID("b3d1a0c4-7e52-5f19-8a6d-2c4e9f1b7a30")
@@ -65,12 +70,28 @@ class ChromaStore:
 
     layouts: tuple[Layout, ...] = ("document", "passages")  # no hybrid: see HYBRID_UNSUPPORTED
 
-    def __init__(self, client: Any, collection: str, *, description: str | None = None) -> None:
-        self.client = client
+    def __init__(
+        self, client: Any, collection: str, *, description: str | None = None, folder: str | os.PathLike[str] | None = None,
+        location: str | None = None,
+    ) -> None:
+        """``client``: a chromadb client; or ``None`` with ``folder``: embedded Chroma there, opened when first
+        needed and created only to write (:meth:`ensure_collection`), so reading a mistyped folder creates nothing."""
+        if client is None and folder is None:
+            raise ValueError("give a chromadb client or the folder of an embedded database")
+        self._client = client
+        self.folder = Path(folder) if folder is not None else None
         self.collection = collection
+        self.location = location or (str(folder) if folder is not None else "")
         self.description = description or f"chroma collection {collection!r}"
         self._handle: Any = None
         self._layout: Layout | None = None  # the collection's layout, once known
+
+    @property
+    def client(self) -> Any:
+        """The chromadb client; an embedded one opens (creating its folder and database) on first use."""
+        if self._client is None:
+            self._client = chromadb.PersistentClient(path=str(self.folder))
+        return self._client
 
     @classmethod
     def from_location(cls, location: str, collection: str, *, api_key: str | None = None) -> ChromaStore:
@@ -91,8 +112,8 @@ class ChromaStore:
                     f"chroma location {location} is a file, not a folder: give a folder (made when missing) or "
                     f"an http(s)://host:port URL"
                 )
-            client = chromadb.PersistentClient(path=location)
-        return cls(client, collection, description=f"chroma collection {collection!r} at {location}")
+            return cls(None, collection, description=f"chroma collection {collection!r} at {location}", folder=location)
+        return cls(client, collection, description=f"chroma collection {collection!r} at {location}", location=location)
 
     def ensure_collection(self, dim: int, *, layout: Layout = "document") -> None:
         if layout == "hybrid":
@@ -120,11 +141,22 @@ class ChromaStore:
 
     def _collection(self) -> Any:
         if self._handle is None:
+            if self._client is None and not (self.folder / DATABASE_FILE).is_file():
+                # Opening the client would create the folder and an empty database: refuse first.
+                detail = f" ({self.folder} holds no Chroma database)" if self.folder.is_dir() else f" (there is no folder {self.folder})"
+                raise missing_collection(self.description, "chroma", self.location, self.collection, detail)
             try:
                 self._handle = self.client.get_collection(self.collection, embedding_function=None)
             except NotFoundError:
-                raise ValueError(f"{self.description} does not exist: index documents into it first") from None
+                raise missing_collection(self.description, "chroma", self.location, self.collection, self._holds()) from None
         return self._handle
+
+    def _holds(self) -> str:
+        """What collections the location holds, for the error naming a missing one."""
+        try:
+            return location_holds(self.location, [getattr(c, "name", c) for c in self.client.list_collections()])
+        except Exception:  # a hint only: the error is the missing collection
+            return ""
 
     def layout(self) -> Layout | None:
         if self._layout is None:
@@ -248,7 +280,8 @@ class ChromaStore:
 
     def close(self) -> None:
         self._handle = None
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def _layout_of(collection: Any) -> Layout:

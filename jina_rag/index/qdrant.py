@@ -37,6 +37,8 @@ from jina_rag.index.store import (
     check_layout,
     check_search_mode,
     layout_of_vectors,
+    location_holds,
+    missing_collection,
     representation_queries,
 )
 
@@ -56,8 +58,8 @@ class QdrantStore:
         self.index_fields = tuple(index_fields)
         options = client.init_options
         self.local = options.get("location") == ":memory:" or options.get("path") is not None
-        where = options.get("path") or options.get("location") or options.get("url") or options.get("host")
-        self.description = f"qdrant collection {collection!r} at {where}"
+        self.where = str(options.get("path") or options.get("location") or options.get("url") or options.get("host"))
+        self.description = f"qdrant collection {collection!r} at {self.where}"
         self._layout: Layout | None = None  # the collection's layout, once known
 
     @classmethod
@@ -219,7 +221,11 @@ class QdrantStore:
 
     def _require_collection(self) -> None:
         if not self._exists():
-            raise ValueError(f"{self.description} does not exist: index documents into it first")
+            try:
+                detail = location_holds(self.where, [c.name for c in self.client.get_collections().collections])
+            except Exception:  # what the location holds is a hint; the error is the missing collection
+                detail = ""
+            raise missing_collection(self.description, "qdrant", self.where, self.collection, detail)
 
 
 def _fusion_query(fusion: Fusion) -> models.Query:

@@ -61,6 +61,8 @@ from jina_rag.index.store import (
     check_layout,
     check_search_mode,
     layout_of_vectors,
+    location_holds,
+    missing_collection,
     representation_queries,
 )
 
@@ -286,7 +288,13 @@ class EdgeStore:
 
     def _require_collection(self) -> None:
         if not self._exists():
-            raise ValueError(f"{self.description} does not exist: index documents into it first")
+            if not self.folder.is_dir():
+                detail = f" (there is no folder {self.folder})"
+            else:
+                detail = location_holds(str(self.folder), [
+                    entry.name for entry in self.folder.iterdir() if (entry / CONFIG_FILE).is_file()
+                ])
+            raise missing_collection(self.description, "qdrant", str(self.folder), self.collection, detail)
 
 
 def check_collection_name(name: str) -> None:

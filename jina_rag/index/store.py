@@ -15,6 +15,7 @@ rankings of the representations :class:`Fusion` names (by default late chunks an
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -53,6 +54,30 @@ DEFAULT_FUSION_WEIGHTS = {PASSAGE_VECTORS: 1.0, SPARSE_VECTOR: 1.0}
 
 class CollectionMismatchError(JinaRagError, ValueError):
     """An existing collection holds another layout, dimension or distance; it is left untouched."""
+
+
+class CollectionNotFoundError(JinaRagError, ValueError):
+    """A search, count or lookup named a collection that does not exist; nothing was created for it."""
+
+
+def missing_collection(description: str, store: str, location: str, collection: str, detail: str = "") -> CollectionNotFoundError:
+    """The error for reading a collection that does not exist (a mistyped location or name, or one never indexed).
+
+    ``detail`` says what the location holds instead, as :func:`location_holds` puts it.
+    """
+    command = f"jina-rag index PATH --store {store} --location {shlex.quote(str(location))} --collection {shlex.quote(collection)}"
+    return CollectionNotFoundError(
+        f"{description} does not exist{detail}: index documents into it first ({command}), or check the location "
+        f"and collection name"
+    )
+
+
+def location_holds(location: str, names: Sequence[str]) -> str:
+    """`` (LOCATION holds a, b)``: the collections a location holds, for :func:`missing_collection`."""
+    if not names:
+        return f" ({location} holds no collections)"
+    shown = ", ".join(repr(name) for name in sorted(names)[:10]) + (", ..." if len(names) > 10 else "")
+    return f" ({location} holds {shown})"
 
 
 @dataclass(frozen=True)
