@@ -522,3 +522,25 @@ def test_a_broken_link_given_as_input_is_named_a_broken_link(tmp_path, checkpoin
         assert f"{tmp_path / name} is a broken symbolic link (to {tmp_path / target})" in one_error_line(
             capsys.readouterr().err, "index")
     assert not (tmp_path / "qdrant").exists()
+
+
+# -- no DEBUG lines on a normal run ------------------------------------------------------------------------
+
+
+def test_cli_eval_prints_no_debug_lines_without_verbose(tmp_path, checkpoint):
+    pytest.importorskip("bm25s")  # it sets its logger to DEBUG on import
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text(
+        '{"_id": "d1", "title": "Tides", "text": "The moon pulls the tides."}\n'
+        '{"_id": "d2", "title": "Lava", "text": "A volcano erupts with red lava."}\n'
+    )
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "moon tides"}\n{"_id": "q2", "text": "volcano"}\n')
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    arguments = ["eval", str(beir), "--model", str(checkpoint), "--device", "cpu", "--max-lengths", "64", "--no-progress"]
+    quiet = run_cli(*arguments)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "| BM25 |" in quiet.stdout and "BM25: nDCG@10" in quiet.stderr
+    assert "DEBUG" not in quiet.stderr and "INFO" not in quiet.stderr, quiet.stderr
+    assert "DEBUG" not in run_cli("-v", *arguments).stderr
+    assert "DEBUG bm25s: " in run_cli("-vv", *arguments).stderr  # the line is there when asked for
