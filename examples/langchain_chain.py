@@ -43,7 +43,17 @@ def load_chat_model(spec: str, kwargs: dict):
     module, _, name = spec.partition(":")
     if not name:
         raise SystemExit(f"--chat-model {spec!r}: use module:Class, e.g. langchain_ollama:ChatOllama")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    try:
+        chat_model = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as error:
+        package = (error.name or module).split(".")[0].replace("_", "-")
+        raise SystemExit(
+            f"--chat-model {spec}: {error.name or module} is not installed: pip install {package} "
+            f"(or run without --chat-model to print the prompt a model would get)"
+        ) from None
+    except AttributeError:
+        raise SystemExit(f"--chat-model {spec}: {module} has no {name!r}") from None
+    return chat_model(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=2, help="documents to retrieve")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # Before indexing: a chat model that is not installed fails at once, in one line.
+    chat_model = load_chat_model(args.chat_model, json.loads(args.chat_kwargs)) if args.chat_model else None
 
     try:
         embeddings = JinaEmbeddings(model_name=args.model)
@@ -68,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     retriever = QdrantVectorStore(index.store.client, "documents", embeddings).as_retriever(search_kwargs={"k": args.k})
 
     prompt_chain = {"context": retriever | RunnableLambda(format_documents), "question": RunnablePassthrough()} | PROMPT
-    if args.chat_model:
-        chain = prompt_chain | load_chat_model(args.chat_model, json.loads(args.chat_kwargs)) | StrOutputParser()
+    if chat_model is not None:
+        chain = prompt_chain | chat_model | StrOutputParser()
         print(chain.invoke(args.question))
     else:
         print("No --chat-model given: this is what the model would receive.\n")

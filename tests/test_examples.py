@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import runpy
@@ -79,3 +80,13 @@ def test_long_documents_demo(checkpoint, tmp_path):
     again = run_example("long_documents.py", "--model", str(checkpoint), "--index", str(index), "--no-table")
     assert again.returncode == 0, again.stderr
     assert "0 indexed, 11 unchanged" in again.stdout and "Every method" not in again.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("langchain_ollama") is not None, reason="needs langchain-ollama absent")
+def test_a_chat_model_that_is_not_installed_is_one_line_saying_what_to_install(checkpoint):
+    result = run_example("langchain_chain.py", "--chat-model", "langchain_ollama:ChatOllama", "--model", str(checkpoint))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "--chat-model langchain_ollama:ChatOllama: langchain_ollama is not installed: pip install langchain-ollama "
+        "(or run without --chat-model to print the prompt a model would get)"
+    ]
