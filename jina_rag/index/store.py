@@ -45,10 +45,12 @@ DOCUMENT_VECTOR = "document"
 PASSAGE_VECTORS = "passages"
 SPARSE_VECTOR = "bm25"
 REPRESENTATIONS = (DOCUMENT_VECTOR, PASSAGE_VECTORS, SPARSE_VECTOR)
-# Hybrid's default: RRF (k=2) of the late-chunk passages and BM25, the whole-document vector left
-# out. Chosen among 55 fusions on the training packages' long set (nDCG@10 0.830; with the
-# whole-document vector too 0.793; DBSF 0.798), never on an evaluation set:
-# benchmarks/hybrid.py --tune, benchmarks/logs/2026-12-07-cpu-hybrid-tune.log.
+# Hybrid's default: RRF (k=10) of the late-chunk passages and BM25 (with word pairs), the
+# whole-document vector left out. Chosen among 26 fusions on the training packages' long set
+# (nDCG@10 0.852; k=2 0.842; with the whole-document vector too at most 0.816; DBSF 0.833; BM25
+# alone 0.818), never on an evaluation set: benchmarks/hybrid.py --tune,
+# benchmarks/logs/2026-12-07-cpu-hybrid-tune.log.
+DEFAULT_RRF_K = 10
 DEFAULT_FUSION_WEIGHTS = {PASSAGE_VECTORS: 1.0, SPARSE_VECTOR: 1.0}
 
 
@@ -106,7 +108,7 @@ class Fusion:
     """
 
     method: Literal["rrf", "dbsf"] = "rrf"
-    k: int = 2
+    k: int = DEFAULT_RRF_K
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_FUSION_WEIGHTS))
     candidates: int = 100
 
