@@ -25,7 +25,6 @@ import functools
 import importlib
 import inspect
 import json
-import pkgutil
 import subprocess
 import sys
 import tempfile
@@ -35,10 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# benchmarks/onnx.py would shadow the onnx library: keep this folder off the path, the repo root on it.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
-CONFIGS = ("torch-fp32", "torch", "ort-fp32", "ort-fp16")
+PROSE_MODULES = ("argparse", "asyncio", "collections", "concurrent.futures", "csv", "dataclasses", "datetime",
+                 "decimal", "difflib", "doctest", "email", "enum", "functools", "http.client", "inspect", "io",
+                 "itertools", "json", "logging", "multiprocessing", "os", "pathlib", "pickle", "re", "shutil",
+                 "socket", "sqlite3", "ssl", "statistics", "string", "subprocess", "tarfile", "textwrap",
+                 "threading", "typing", "unittest", "urllib.request", "xml.etree.ElementTree", "zipfile")
+CONFIGS = ("ort-fp32", "ort-fp16", "torch", "torch-fp32")
 EXPORTS = {"ort-fp32": {}, "ort-fp16": {"dtype": "fp16", "optimize": True}}
 
 
@@ -46,11 +52,8 @@ EXPORTS = {"ort-fp32": {}, "ort-fp16": {"dtype": "fp16", "optimize": True}}
 def prose(min_chars: int) -> str:
     """Docstrings of the standard library until there are ``min_chars`` characters."""
     parts, total = [], 0
-    for module in sorted(m.name for m in pkgutil.iter_modules() if not m.name.startswith("_")):
-        try:
-            imported = importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - some modules do not import here (tkinter, ...): skip them
-            continue
+    for module in PROSE_MODULES:
+        imported = importlib.import_module(module)
         for _, member in [(module, imported), *inspect.getmembers(imported)]:
             doc = inspect.getdoc(member) if inspect.ismodule(member) or inspect.isclass(member) or inspect.isfunction(member) else None
             if doc and len(doc) > 200:
@@ -165,17 +168,17 @@ def main() -> None:
     for config in configs:
         command = [sys.executable, __file__, "--one", config, "--work", str(work), "--model", model, "--lengths",
                    args.lengths, "--budget", str(args.budget), "--rounds", str(args.rounds)]
-        run = subprocess.run(command, capture_output=True, text=True)
-        sys.stderr.write(run.stderr[-4000:])
-        if run.returncode != 0:
-            results.append({"config": config, "error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else str(run.returncode)})
+        run = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+        if run.returncode != 0 or not run.stdout.strip():
+            results.append({"config": config, "error": f"exit {run.returncode}"})
             continue
         results.append(json.loads(run.stdout.strip().splitlines()[-1]))
     reference = "torch-fp32"
     for result in results:
         for length, figures in result.get("lengths", {}).items():
-            ref, got = (np.load(work / f"{name}-{length}.npy") for name in (reference, result["config"]))
-            figures["min_cosine_to_fp32"] = float((ref * got).sum(1).min())
+            if (work / f"{reference}-{length}.npy").is_file():
+                ref, got = (np.load(work / f"{name}-{length}.npy") for name in (reference, result["config"]))
+                figures["min_cosine_to_fp32"] = float((ref * got).sum(1).min())
     baseline = next((r for r in results if r["config"] == "torch"), None)
     print(f"\n| config | {' | '.join(f'{n} tok/s' for n in lengths)} | peak GPU MiB | min cosine to torch fp32 |")
     print("|---|" + "---:|" * (len(lengths) + 2))
@@ -188,7 +191,7 @@ def main() -> None:
             rate = result["lengths"][length]["tokens_per_s"]
             ratio = rate / baseline["lengths"][length]["tokens_per_s"] if baseline and "lengths" in baseline else float("nan")
             cells.append(f"{rate:,.0f} ({ratio:.2f}x torch)")
-        cosine = min(f["min_cosine_to_fp32"] for f in result["lengths"].values())
+        cosine = min((f.get("min_cosine_to_fp32", float("nan")) for f in result["lengths"].values()), default=float("nan"))
         print(f"| {result['config']} | {' | '.join(cells)} | {result['peak_gpu_mib']:,} | {cosine:.5f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,4 +30,4 @@ timeout 60 python3 -m training.models jina_rag/models/jina-rag-small-en/tokenize
   python3 -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'onnxruntime', ort.__version__, ort.get_available_providers())"
 } 2>&1 | tee "$OUT/device.log"
 timeout 200 python3 -m pytest -m gpu -v -rfEs -p no:cacheprovider tests/test_onnx.py 2>&1 | tail -25 | tee "$OUT/pytest.log"
-timeout "${BENCH_SECONDS:-330}" python3 benchmarks/onnx_gpu.py --out "$OUT/onnx_gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -40
+timeout "${BENCH_SECONDS:-330}" python3 benchmarks/onnx_gpu.py --work /tmp/onnx-gpu-work ${BENCH_ARGS:-} --out "$OUT/onnx_gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -40

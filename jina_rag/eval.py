@@ -409,7 +409,7 @@ def hybrid_retrievers(index: Any) -> list[IndexRetriever]:
     used = dict(fusion.used())
     names = {"document": "the whole-document vector", "passages": "late chunks", "bm25": "BM25"}
     retrievers = [
-        IndexRetriever("BM25 (Qdrant sparse, IDF in the store)", index, "hybrid", dataclasses.replace(fusion, weights={SPARSE_VECTOR: 1.0})),
+        IndexRetriever("BM25 alone (the index's sparse vectors, IDF in the store)", index, "hybrid", dataclasses.replace(fusion, weights={SPARSE_VECTOR: 1.0})),
         IndexRetriever("dense whole document", index, "document"),
         IndexRetriever("late chunks", index, "late-chunks"),
         IndexRetriever("late chunks or whole (mode both)", index, "both"),
