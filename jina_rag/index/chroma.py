@@ -10,7 +10,7 @@ document's metadata, so filters apply); search groups passage records back into 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +21,7 @@ import numpy as np
 
 try:
     import chromadb
+    from chromadb.api.types import validate_metadata
     from chromadb.errors import NotFoundError
 except ImportError as error:  # an optional extra
     raise ImportError("Chroma support needs chromadb: pip install 'jina-rag[chroma]'") from error
@@ -42,7 +43,11 @@ from jina_rag.index.store import (
     missing_collection,
 )
 
-METADATA_TYPES = (str, int, float, bool)
+# Metadata keys Chroma refuses at upsert (in its Rust core: empty, or starting with "$" or "#") or
+# drops without a word ("chroma:" is its own prefix).
+RESERVED_KEY_PREFIXES = ("$", "#", "chroma:")
+# Records per page when listing a collection's document ids.
+LIST_PAGE = 1000
 # The file embedded Chroma keeps a folder's collections in: without it, the folder holds none.
 DATABASE_FILE = "chroma.sqlite3"
 LAYOUT_KEY = "jina_rag_layout"
@@ -171,14 +176,39 @@ class ChromaStore:
         # Points written by other tools carry no hash: they count as absent and get rewritten.
         return {m["doc_id"]: m["content_hash"] for m in found["metadatas"] if m and "content_hash" in m}
 
+    def document_ids(self) -> list[str]:
+        # Every record, passages too: a document whose write was interrupted may have passages and no document record.
+        collection = self._collection()
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            page = collection.get(limit=LIST_PAGE, offset=offset, include=["metadatas"])
+            ids.update(m["doc_id"] for m in page["metadatas"] if m and "doc_id" in m)
+            if len(page["ids"]) < LIST_PAGE:
+                return sorted(ids)
+            offset += LIST_PAGE
+
+    def check_metadata(self, doc_id: str, metadata: Mapping[str, Any]) -> None:
+        """Chroma's metadata is flat: str, int, float, bool or None values (and, where the installed chromadb
+        takes them, non-empty lists of one of those types), as chromadb's own ``validate_metadata`` says."""
+        for key, value in metadata.items():
+            if not isinstance(key, str) or not key or key.startswith(RESERVED_KEY_PREFIXES):
+                raise InvalidInputError(
+                    f"document {doc_id!r}: metadata key {key!r} cannot be stored in Chroma (keys are non-empty strings "
+                    f"not starting with {', '.join(repr(p) for p in RESERVED_KEY_PREFIXES)}): rename it; nothing was written"
+                )
+            try:
+                validate_metadata({key: value})
+            except (TypeError, ValueError) as error:
+                raise InvalidInputError(
+                    f"document {doc_id!r}: metadata key {key!r} holds a {type(value).__name__}, which Chroma cannot "
+                    f"store ({error}): Chroma's metadata is flat (str, int, float, bool or None values); flatten it "
+                    f"or store it as a JSON string, or index into Qdrant, which takes nested JSON; nothing was written"
+                ) from None
+
     def upsert(self, points: Sequence[Point]) -> None:
-        for point in points:
-            for key, value in point.metadata.items():
-                if not isinstance(value, METADATA_TYPES):
-                    raise TypeError(
-                        f"document {point.doc_id!r}: Chroma metadata values must be str, int, float or bool; "
-                        f"{key!r} is a {type(value).__name__}"
-                    )
+        for point in points:  # the indexer checked them; direct callers get the same clear error
+            self.check_metadata(point.doc_id, point.metadata)
         collection = self._collection()
         head = {"passage_index": -1} if self._passage_layout() else {}
         documents = dict(

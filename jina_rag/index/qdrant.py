@@ -10,7 +10,8 @@ DBSF) in Qdrant.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,16 @@ except ImportError as error:  # an optional extra
     raise ImportError("Qdrant support needs qdrant-client: pip install 'jina-rag[qdrant]'") from error
 
 from jina_rag.index.documents import point_id
-from jina_rag.index.qdrant_layout import best_of, payload_of, search_hit, unknown_layout, vectors_of, wrong_vectors
+from jina_rag.index.qdrant_layout import (
+    SCROLL_PAGE,
+    best_of,
+    check_payload_metadata,
+    payload_of,
+    search_hit,
+    unknown_layout,
+    vectors_of,
+    wrong_vectors,
+)
 from jina_rag.index.store import (
     LAYOUTS,
     DOCUMENT_VECTOR,
@@ -140,6 +150,21 @@ class QdrantStore:
         )
         # Points written by other tools carry no hash: they count as absent and get rewritten.
         return {r.payload["doc_id"]: r.payload["content_hash"] for r in records if "content_hash" in (r.payload or {})}
+
+    def document_ids(self) -> list[str]:
+        self._require_collection()
+        ids: set[str] = set()
+        offset = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, limit=SCROLL_PAGE, offset=offset, with_payload=["doc_id"], with_vectors=False,
+            )
+            ids.update(r.payload["doc_id"] for r in records if "doc_id" in (r.payload or {}))
+            if offset is None:
+                return sorted(ids)
+
+    def check_metadata(self, doc_id: str, metadata: Mapping[str, Any]) -> None:
+        check_payload_metadata(doc_id, metadata, "Qdrant")
 
     def upsert(self, points: Sequence[Point]) -> None:
         # One point per document, so an upsert replaces all of a document's passages at once.

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,7 +45,16 @@ except ImportError as error:  # an optional extra
 
 from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.index.documents import point_id
-from jina_rag.index.qdrant_layout import best_of, payload_of, search_hit, unknown_layout, vectors_of, wrong_vectors
+from jina_rag.index.qdrant_layout import (
+    SCROLL_PAGE,
+    best_of,
+    check_payload_metadata,
+    payload_of,
+    search_hit,
+    unknown_layout,
+    vectors_of,
+    wrong_vectors,
+)
 from jina_rag.index.store import (
     LAYOUTS,
     DOCUMENT_VECTOR,
@@ -193,6 +202,20 @@ class EdgeStore:
         )
         # Points written by other tools carry no hash: they count as absent and get rewritten.
         return {r.payload["doc_id"]: r.payload["content_hash"] for r in records if "content_hash" in (r.payload or {})}
+
+    def document_ids(self) -> list[str]:
+        ids: set[str] = set()
+        offset = None
+        while True:
+            records, offset = self.shard.scroll(edge.ScrollRequest(
+                offset=offset, limit=SCROLL_PAGE, with_payload=["doc_id"], with_vector=False,
+            ))
+            ids.update(r.payload["doc_id"] for r in records if "doc_id" in (r.payload or {}))
+            if offset is None:
+                return sorted(ids)
+
+    def check_metadata(self, doc_id: str, metadata: Mapping[str, Any]) -> None:
+        check_payload_metadata(doc_id, metadata, "Qdrant Edge")
 
     def upsert(self, points: Sequence[Point]) -> None:
         # One point per document, so an upsert replaces all of a document's passages at once.

@@ -10,11 +10,13 @@ collection has one unnamed vector per point; ``passages`` has two named vectors,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from jina_rag.errors import InvalidInputError
 from jina_rag.index.store import (
     DOCUMENT_VECTOR,
     PASSAGE_VECTORS,
@@ -34,6 +36,48 @@ class Scored(Protocol):
 
 
 ScoredT = TypeVar("ScoredT", bound=Scored)
+
+# Points per page when listing a collection's document ids.
+SCROLL_PAGE = 1024
+
+
+def check_payload_metadata(doc_id: str, metadata: Mapping[str, Any], store: str) -> None:
+    """Refuse metadata Qdrant cannot store as JSON: keys other than strings (at any depth), NaN or Inf.
+
+    Nested objects and lists are fine. Qdrant Edge refuses the rest with a bare ``TypeError`` at
+    upsert, after earlier batches landed; a server cannot take NaN in JSON.
+    """
+
+    def check(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for inner, item in value.items():
+                if not isinstance(inner, str):
+                    raise InvalidInputError(
+                        f"document {doc_id!r}: metadata key {key!r} holds the key {inner!r}, a {type(inner).__name__}; "
+                        f"{store} takes JSON objects, whose keys are strings: nothing was written"
+                    )
+                check(item, key)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                check(item, key)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInputError(
+                f"document {doc_id!r}: metadata key {key!r} holds {value}, which {store} cannot store (JSON has no "
+                f"NaN or Infinity): use null or a string; nothing was written"
+            )
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            raise InvalidInputError(
+                f"document {doc_id!r}: metadata key {key!r} is a {type(value).__name__}; {store} takes JSON values "
+                f"(str, int, float, bool, None, lists and objects of them): nothing was written"
+            )
+
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise InvalidInputError(
+                f"document {doc_id!r}: metadata key {key!r} is a {type(key).__name__}; {store} takes string keys: "
+                f"nothing was written"
+            )
+        check(value, key)
 
 
 def payload_of(point: Point) -> dict[str, Any]:

@@ -177,6 +177,14 @@ class DocumentStore(Protocol):
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Stored content hashes of those documents that have a point with id ``point_id(doc_id)``."""
 
+    def document_ids(self) -> list[str]:
+        """Every document id with anything stored in the collection (each once, sorted): what ``sync`` compares
+        the run's documents with. Points written by other tools (no ``doc_id``) are not listed."""
+
+    def check_metadata(self, doc_id: str, metadata: Mapping[str, Any]) -> None:
+        """Raise :class:`~jina_rag.errors.InvalidInputError` naming the document and key if the store would refuse
+        this metadata; the indexer calls it for every document before it writes anything."""
+
     def upsert(self, points: Sequence[Point]) -> None:
         """Write points, replacing everything stored for their documents; return only once the store has them."""
 
