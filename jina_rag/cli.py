@@ -171,12 +171,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         if args.mode not in (None, "document"):
             raise ValueError(f"--engine ray writes whole-document vectors only: drop --mode {args.mode} or use the local engine")
+        if args.sync:
+            raise ValueError("--sync needs the local engine: run it without --engine ray (unchanged documents are skipped)")
         return _index_with_ray(args, suffixes)
     if args.address or args.workers or args.cpus_per_worker:
         raise ValueError("--address, --workers and --cpus-per-worker apply to --engine ray")
     if any(Path(records).suffix.lower() == ".parquet" or Path(records).is_dir() for records in args.records or []):
         raise ValueError("Parquet files and folders of records need --engine ray; the local engine reads JSON Lines files")
-    documents = list(read_documents(args.paths, root=args.root, **({"suffixes": suffixes} if suffixes else {})))
+    unread: list[str] = []  # files skipped in the folders: --sync must not take them for deleted ones
+    documents = list(read_documents(args.paths, root=args.root, skipped=unread, **({"suffixes": suffixes} if suffixes else {})))
     for records in args.records or []:
         documents.extend(read_records_file(records))
     if not documents:  # folders without files to read are refused as they are read
@@ -185,7 +188,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         try:
             report = index.index(
                 documents, batch_docs=args.batch_docs, retries=args.retries,
-                show_progress=False if args.no_progress else None,
+                show_progress=False if args.no_progress else None, sync=args.sync, unread_ids=unread,
             )
         except IndexingError as error:
             print(f"jina-rag index: error: {error}", file=sys.stderr)
@@ -307,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch-docs", type=int, default=32, help="documents per write batch (default: 32)")
     index.add_argument("--retries", type=int, default=3, help="retries per write batch (default: 3)")
     index.add_argument("--index-field", action="append", metavar="KEY", help="metadata key to give a payload index on a Qdrant server")
+    index.add_argument(
+        "--sync", action="store_true",
+        help="also remove documents of the collection that are not among this run's files and records (files deleted "
+        "from the folder), once every document landed, and print how many; without it nothing is removed. Refused, "
+        "removing nothing, if a document fails, if no id matches the collection's (another folder or --root), or if a "
+        "stored document's file was skipped this run (another type: add --suffix)",
+    )
     index.add_argument(
         "--mode", choices=INDEX_MODES, default=None,
         help="document: one vector per document; late-chunks / both: passage vectors too, from one pass over the "

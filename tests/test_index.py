@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from jina_rag import TextTooLongError
+from jina_rag import InvalidInputError, TextTooLongError
 from jina_rag.cli import main as cli_main
 from jina_rag.index import (
     CollectionMismatchError,
+    CollectionNotFoundError,
     Document,
     DocumentIndex,
     IndexingError,
@@ -283,7 +284,8 @@ def test_long_text_error_policy_refuses_before_writing(encoder, checkpoint):
     index = StoreSpec("qdrant", ":memory:", "strict").open(strict)
     with pytest.raises(TextTooLongError, match="document 'long'.*long_text='windows'"):
         index.index([("short", "fine"), ("long", "word " * 400)])
-    assert index.count() == 0
+    with pytest.raises(CollectionNotFoundError):  # nor is an empty collection left behind
+        index.count()
 
 
 def test_progress_bars_count_documents_and_tokens_and_can_be_hidden(encoder, capsys):
@@ -536,3 +538,81 @@ def test_cli_late_chunks_index_then_search_shows_the_passage(tmp_path, checkpoin
     assert cli_main(["search", passage, *store, *model, "--limit", "1", "--mode", "document"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[2] == "sailing.txt" and lines[2].startswith("     passage 1 [")
+
+
+# -- sync: documents no longer in the input are removed, on request only (#30 item 5) ---------------
+
+
+@pytest.mark.parametrize("mode", ["document", "late-chunks", "hybrid"])
+def test_sync_removes_every_point_of_documents_missing_from_the_run(store, encoder, mode):
+    if mode == "hybrid" and store.kind == "chroma":
+        pytest.skip("Chroma cannot hold the hybrid layout")
+    docs = articles()
+    kept, gone = docs[:2], docs[2:]
+    with store.open(encoder, mode=mode, splitter=sentence_spans) as index:
+        first = index.index(docs, batch_docs=2)
+        assert first.removed is None and "removed" not in first.summary()
+        assert index.store.document_ids() == sorted(d.id for d in docs)
+        plain = index.index(kept)  # without sync, nothing is removed
+        assert plain.removed is None and index.count() == len(docs)
+
+        report = index.index(kept, sync=True)
+        assert report.indexed == [] and sorted(report.skipped) == sorted(d.id for d in kept)
+        assert report.removed == sorted(d.id for d in gone) and f"0 failed, {len(gone)} removed;" in report.summary()
+        assert index.count() == len(kept) and index.store.document_ids() == sorted(d.id for d in kept)
+        for doc in gone:
+            assert doc.id not in {hit.id for hit in index.search(doc.text, limit=10)}
+        if store.kind == "chroma":
+            # A passage collection holds a record per passage beside each document's: all of a removed one's go.
+            records = index.store.client.get_collection(store.collection).get(include=["metadatas"])["metadatas"]
+            assert sorted({m["doc_id"] for m in records}) == sorted(d.id for d in kept)
+            passages = sum(len(sentence_spans(d.text)) for d in kept) if mode != "document" else 0
+            assert len(records) == len(kept) + passages
+        assert index.index(kept, sync=True).removed == []
+
+        # A sync that would remove wrongly is refused before anything is written or removed.
+        with pytest.raises(InvalidInputError, match="sync with no documents would remove every document"):
+            index.index([], sync=True)
+        with pytest.raises(InvalidInputError, match=r"none of this run's 1 documents is among the 2 .*nothing was written or removed"):
+            index.index([("elsewhere/astronomy.md", docs[0].text)], sync=True)
+        assert index.store.document_ids() == sorted(d.id for d in kept)
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "chroma"])
+def test_cli_sync_removes_deleted_files_and_never_files_it_skipped(tmp_path, checkpoint, encoder, capsys, kind):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, (topic, text) in TOPICS.items():
+        (folder / name).write_text(text)
+    (folder / "scan.pdf").write_text("A scanned page about tides in the harbour.")
+    store = ["--store", kind, "--location", str(tmp_path / kind), "--collection", "cli"]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    suffixes = ["--suffix", ".md", "--suffix", ".txt", "--suffix", ".rst", "--suffix", ".pdf"]
+
+    def stored() -> list[str]:
+        with DocumentIndex.open(kind, str(tmp_path / kind), "cli", encoder=encoder) as index:
+            return index.store.document_ids()
+
+    assert cli_main(["index", str(folder), *store, *model, *suffixes]) == 0
+    assert "7 indexed" in capsys.readouterr().out
+    (folder / "chess.txt").unlink()
+    assert cli_main(["index", str(folder), *store, *model, *suffixes]) == 0
+    out = capsys.readouterr().out
+    assert "0 indexed, 6 unchanged" in out and "removed" not in out
+    assert "chess.txt" in stored()  # without --sync a deleted file stays indexed
+
+    # scan.pdf still exists, but without --suffix .pdf it is skipped: sync must not take it for deleted.
+    assert cli_main(["index", str(folder), *store, *model, "--sync"]) == 2
+    error = capsys.readouterr().err
+    assert "sync refused: 1 documents" in error and "(scan.pdf: files of types not read" in error
+    assert "nothing was written or removed" in error
+    # Another root gives other ids: sync would remove everything.
+    assert cli_main(["index", str(folder), "--root", str(tmp_path), *store, *model, *suffixes, "--sync"]) == 2
+    assert "none of this run's 6 documents is among the 7" in capsys.readouterr().err
+    assert len(stored()) == 7 and "docs/taxes.md" not in stored()
+
+    assert cli_main(["index", str(folder), *store, *model, *suffixes, "--sync"]) == 0
+    assert "0 indexed, 6 unchanged (skipped), 0 failed, 1 removed;" in capsys.readouterr().out
+    assert stored() == sorted(name for name in [*TOPICS, "scan.pdf"] if name != "chess.txt")
+    assert cli_main(["search", TOPICS["chess.txt"][1], *store, *model, "--json", "--limit", "10"]) == 0
+    assert "chess.txt" not in {json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()}

@@ -29,7 +29,7 @@ from jina_rag import (
     load_model,
 )
 from jina_rag.cli import main as cli_main
-from jina_rag.index import open_store
+from jina_rag.index import CollectionNotFoundError, open_store
 from jina_rag.late_chunking import encode_late_chunks
 
 from conftest import VOCAB_DIR, bert_tokenizer, write_published_checkpoint
@@ -109,7 +109,67 @@ def test_indexing_a_non_finite_vector_writes_nothing_and_blames_the_model(overfl
         assert "fix the model" in message and "reachable" not in message
         assert sorted(caught.value.failed_ids) == ["doc-0", "doc-1", "doc-2"]
         assert caught.value.report.indexed == []
-        assert index.count() == 0
+        with pytest.raises(CollectionNotFoundError):  # the failed first run left no empty collection behind
+            index.count()
+
+
+def test_sync_removes_nothing_when_a_document_fails(overflowing_checkpoint, store_location, one_thread):
+    kind, location = store_location
+    encoder = JinaEncoder.from_pretrained(overflowing_checkpoint, device="cpu", max_length=128)
+    with DocumentIndex(open_store(kind, location, f"sync-{uuid.uuid4().hex[:8]}"), encoder) as index:
+        index.index([("old", TEXTS[0]), ("kept", TEXTS[2])])
+        longest = ("new", "A longer note: the tides of the bay rise and fall twice a day with the moon.")
+        with pytest.raises(IndexingError) as caught:  # "new" lands first (longest), then "volcano" fails
+            index.index([("kept", TEXTS[2]), longest, ("volcano", TEXTS[1])], batch_docs=1, sync=True)
+        assert "sync removed nothing (it removes documents only once every document landed)" in str(caught.value)
+        assert caught.value.report.indexed == ["new"] and caught.value.report.removed == []
+        assert index.store.document_ids() == ["kept", "new", "old"]
+
+
+# -- a failed run writes nothing: metadata the store refuses, and no empty collection (#30 item 5) ------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "metadata", "message"),
+    [
+        ("chroma", {"tags": {"colour": "red"}}, "metadata key 'tags' holds a dict, which Chroma cannot store"),
+        ("chroma", {"tags": ["red", 1]}, "metadata key 'tags' holds a list, which Chroma cannot store"),
+        ("chroma", {"$where": "harbour"}, r"metadata key '\$where' cannot be stored in Chroma"),
+        ("qdrant", {"scores": {"tide": float("nan")}}, "metadata key 'scores' holds nan, which Qdrant Edge cannot store"),
+        ("qdrant", {"by_year": {2024: "flood"}}, "metadata key 'by_year' holds the key 2024, a int"),
+    ],
+)
+def test_metadata_the_store_refuses_is_one_error_before_any_batch_is_written(kind, metadata, message, encoder, tmp_path):
+    location = str(tmp_path / kind)
+    good = [(f"doc-{n}", f"Note number {n} about the tides in the harbour.", {"n": n}) for n in range(6)]
+    records = [*good[1:], ("bad", "Odd.", metadata)]  # the shortest: the last batch, after the others were written
+    with DocumentIndex(open_store(kind, location, "notes"), encoder, mode="document") as index:
+        index.index(good[:1])
+        with pytest.raises(InvalidInputError, match=message) as caught:
+            index.index(records, batch_docs=1)
+        assert str(caught.value).startswith("document 'bad': ") and "nothing was written" in str(caught.value)
+        assert index.count() == 1
+    with DocumentIndex(open_store(kind, location, "fresh"), encoder) as index:
+        with pytest.raises(InvalidInputError, match=message):
+            index.index(records, batch_docs=1)
+        with pytest.raises(CollectionNotFoundError):
+            index.count()
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "chroma"])
+def test_a_failed_first_run_leaves_no_empty_collection_behind(kind, checkpoint, encoder, tmp_path):
+    strict = JinaEncoder.from_pretrained(checkpoint, device="cpu", max_length=128, long_text="error")
+    location = tmp_path / kind
+    documents = [("short", "A quiet sea at dawn."), ("long", "word " * 400)]
+    with DocumentIndex(open_store(kind, str(location), "docs"), strict) as index:
+        with pytest.raises(JinaRagError, match="document 'long' has 4"):  # refused after the store was looked at
+            index.index(documents)
+    with DocumentIndex(open_store(kind, str(location), "docs"), strict) as index:
+        with pytest.raises(CollectionNotFoundError, match="does not exist"):
+            index.count()
+        assert not location.exists()  # nothing was made: no Qdrant Edge shard, no Chroma database
+        # The next run creates it.
+        assert index.index(documents[:1]).indexed == ["short"] and index.count() == 1
 
 
 def test_cli_embed_of_a_non_finite_vector_exits_non_zero_with_one_line(overflowing_checkpoint, tmp_path):

@@ -1,11 +1,13 @@
 """Document indexing: one point per document, written idempotently to a vector store.
 
-Data flows one way: documents → validation → content hashes → lookup of stored hashes (unchanged
-documents are skipped before any encoding) → token counts → write batches of similar length
-(:meth:`DocumentIndex.plan`) → points (:meth:`DocumentIndex.encode_points`) → upsert with bounded
-retries → ``on_batch`` hook. Stores sit behind :class:`DocumentStore` and take :class:`Point`
-objects, so another way of making points (encoding spread over workers, say) replaces
-``encode_points`` and keeps planning, stores and failure reporting.
+Data flows one way: documents → validation (metadata also by the store's rules) → content hashes
+→ lookup of stored hashes (unchanged documents are skipped before any encoding) → token counts →
+write batches of similar length (:meth:`DocumentIndex.plan`) → points
+(:meth:`DocumentIndex.encode_points`) → upsert with bounded retries → ``on_batch`` hook (and,
+with ``sync``, removal of stored documents the run did not hold). Stores sit behind
+:class:`DocumentStore` and take :class:`Point` objects, so another way of making points (encoding
+spread over workers, say) replaces ``encode_points`` and keeps planning, stores and failure
+reporting.
 
 Modes: ``document`` stores one whole-document vector per document; ``late-chunks`` and ``both``
 also store late-chunked passage vectors (:mod:`jina_rag.late_chunking`) with their character
@@ -24,14 +26,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, NonFiniteVectorError, TextTooLongError
-from jina_rag.errors import JinaRagError
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
 from jina_rag.index.store import (
     DEFAULT_MODE_OF_LAYOUT,
@@ -53,8 +55,9 @@ logger = logging.getLogger(__name__)
 
 StoreKind = Literal["qdrant", "chroma"]
 STORES: tuple[StoreKind, ...] = ("qdrant", "chroma")
-# Stored hashes are looked up in chunks of this many ids (one round trip each).
+# Stored hashes are looked up, and documents removed by sync, in chunks of this many ids (one round trip each).
 LOOKUP_BATCH = 256
+T = TypeVar("T")
 
 
 class IndexingError(RuntimeError, JinaRagError):
@@ -83,6 +86,11 @@ class IndexPlan:
     hashes: dict[str, str]  # content hash of every document in the run
     tokens: dict[str, int]  # tokens of every document to encode
     skipped: list[str]
+    # The collection does not exist yet: :meth:`DocumentIndex.index` creates it just before its first
+    # write, so a run that fails earlier leaves no empty collection behind.
+    new_collection: bool = False
+    # With sync: stored documents that are not among the run's, removed once every document landed.
+    stale: list[str] | None = None
 
 
 @dataclass
@@ -95,12 +103,15 @@ class IndexReport:
     failed: list[str] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    # Documents ``sync`` removed (stored, but not among the run's; none if a document failed); ``None``: no sync.
+    removed: list[str] | None = None
 
     def summary(self) -> str:
         rate = self.tokens / self.seconds if self.seconds else 0.0
+        removed = "" if self.removed is None else f", {len(self.removed)} removed"
         return (
             f"{self.collection}: {len(self.indexed)} indexed, {len(self.skipped)} unchanged (skipped), "
-            f"{len(self.failed)} failed; {self.tokens} tokens in {self.seconds:.1f} s ({rate:,.0f} tokens/s)"
+            f"{len(self.failed)} failed{removed}; {self.tokens} tokens in {self.seconds:.1f} s ({rate:,.0f} tokens/s)"
         )
 
 
@@ -179,10 +190,14 @@ def too_long_message(doc_id: str, tokens: int, max_length: int) -> str:
 
 def upsert_with_retries(store: DocumentStore, points: Sequence[Point], retries: int, retry_delay: float) -> None:
     """Upsert, retrying ``retries`` times with doubling delays; bad input is raised at once."""
+    with_retries(lambda: store.upsert(points), f"writing {len(points)} points to {store.description}", retries, retry_delay)
+
+
+def with_retries(call: Callable[[], T], what: str, retries: int, retry_delay: float) -> T:
+    """``call()``, retried ``retries`` times with doubling delays; bad input (TypeError, ValueError) is raised at once."""
     for attempt in range(retries + 1):
         try:
-            store.upsert(points)
-            return
+            return call()
         except (TypeError, ValueError):
             raise  # bad input: retrying cannot help
         except Exception as error:
@@ -190,10 +205,10 @@ def upsert_with_retries(store: DocumentStore, points: Sequence[Point], retries: 
                 raise
             delay = retry_delay * 2**attempt
             logger.warning(
-                "writing %d points to %s failed (%s: %s); retry %d of %d in %.1f s",
-                len(points), store.description, type(error).__name__, error, attempt + 1, retries, delay,
+                "%s failed (%s: %s); retry %d of %d in %.1f s", what, type(error).__name__, error, attempt + 1, retries, delay,
             )
             time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 class DocumentIndex:
@@ -293,21 +308,38 @@ class DocumentIndex:
     def close(self) -> None:
         self.store.close()
 
-    def plan(self, documents: Iterable[Document | Mapping[str, Any] | Sequence[Any]], *, batch_docs: int = 32) -> IndexPlan:
-        """Validate documents, create or check the collection, and find what needs encoding.
+    def plan(
+        self,
+        documents: Iterable[Document | Mapping[str, Any] | Sequence[Any]],
+        *,
+        batch_docs: int = 32,
+        sync: bool = False,
+        unread_ids: Collection[str] = (),
+    ) -> IndexPlan:
+        """Validate documents (their metadata against what the store takes), check an existing
+        collection, and find what needs encoding; with ``sync``, also what to remove (see :meth:`index`).
 
-        A bad document stops here, before anything is written. Documents whose stored hash
-        matches are skipped; the rest are sorted longest first into write batches, so each batch
-        holds documents of similar length and pads little.
+        A bad document stops here, before anything is written. A new collection is not created
+        here but by :meth:`index` just before its first write (call the store's
+        ``ensure_collection`` when writing a plan's points another way). Documents whose stored
+        hash matches are skipped; the rest are sorted longest first into write batches, so each
+        batch holds documents of similar length and pads little.
         """
         if batch_docs < 1:
             raise ValueError(f"batch_docs must be >= 1, got {batch_docs}")
         docs = validate_documents(documents_from_records(documents))
+        check_metadata = getattr(self.store, "check_metadata", None)  # stores written before the hook may lack it
+        if check_metadata is not None:
+            for doc in docs:
+                check_metadata(doc.id, doc.metadata)
         layout = self.layout()
-        self.store.ensure_collection(self.encoder.dim, layout=layout)
+        exists = self.store.layout() is not None
+        if exists:
+            self.store.ensure_collection(self.encoder.dim, layout=layout)
+        stale = self._stale(docs, exists, unread_ids) if sync else None
         hashes = {doc.id: self._content_hash(doc, layout) for doc in docs}
         stored: dict[str, str] = {}
-        for start in range(0, len(docs), LOOKUP_BATCH):
+        for start in range(0, len(docs) if exists else 0, LOOKUP_BATCH):
             stored.update(self.store.existing_hashes([doc.id for doc in docs[start : start + LOOKUP_BATCH]]))
         todo = [doc for doc in docs if stored.get(doc.id) != hashes[doc.id]]
         counts = self.encoder.count_tokens([doc.text for doc in todo]) if todo else []
@@ -319,7 +351,42 @@ class DocumentIndex:
             hashes=hashes,
             tokens=tokens,
             skipped=[doc.id for doc in docs if stored.get(doc.id) == hashes[doc.id]],
+            new_collection=not exists,
+            stale=stale,
         )
+
+    def _stale(self, docs: Sequence[Document], exists: bool, unread_ids: Collection[str]) -> list[str]:
+        """The stored documents sync would remove, refusing (before anything is written) a sync that would remove wrongly."""
+        where = self.store.description
+        if not docs:
+            raise InvalidInputError(
+                f"sync with no documents would remove every document of {where}: give the documents the collection "
+                f"should hold, or delete the collection; nothing was written or removed"
+            )
+        if not exists:
+            return []
+        list_ids = getattr(self.store, "document_ids", None)
+        if list_ids is None:
+            raise InvalidInputError(f"{where} cannot list its documents ({type(self.store).__name__} has no document_ids), so it cannot sync")
+        stored = set(list_ids())
+        given = {doc.id for doc in docs}
+        stale = sorted(stored - given)
+        if stored and not stored & given:
+            raise InvalidInputError(
+                f"sync refused: none of this run's {len(given)} documents is among the {len(stored)} of {where}, so "
+                f"sync would remove every one of them. Ids are paths relative to the indexed folder: is it another "
+                f"folder or --root than last time? Index without sync, or delete the collection first; nothing was "
+                f"written or removed"
+            )
+        unread = sorted(set(unread_ids) & set(stale))
+        if unread:
+            shown = ", ".join(unread[:10]) + (", ..." if len(unread) > 10 else "")
+            raise InvalidInputError(
+                f"sync refused: {len(unread)} documents of {where} were skipped this run, not deleted ({shown}: files "
+                f"of types not read, named pipes or broken links; see the warnings), and sync would remove them. Read "
+                f"them (--suffix .EXT, suffixes= in Python), or remove them with delete; nothing was written or removed"
+            )
+        return stale
 
     def encode_points(self, docs: Sequence[Document], hashes: Mapping[str, str]) -> list[Point]:
         """One point per document: its whole text as one vector (long ones through the encoder's
@@ -354,6 +421,8 @@ class DocumentIndex:
         retry_delay: float = 0.5,
         on_batch: Callable[[WrittenBatch], None] | None = None,
         show_progress: bool | None = None,
+        sync: bool = False,
+        unread_ids: Collection[str] = (),
     ) -> IndexReport:
         """Encode and write new or changed documents; skip unchanged ones (see :meth:`plan`).
 
@@ -361,11 +430,19 @@ class DocumentIndex:
         doubling delays. If a batch still fails, the run stops and raises :class:`IndexingError`
         naming every document that did not land; running again finishes the job. ``on_batch`` is
         called after each batch the store acknowledged.
+
+        ``sync=True`` makes the collection hold exactly ``documents``: once every one of them
+        landed, stored documents that are not among them (a file deleted from the indexed folder)
+        are removed, all their points, and ``report.removed`` names them. Without it nothing is
+        removed. Sync removes nothing when a document fails, and refuses before writing anything
+        when ``documents`` is empty, shares no id with the collection (another folder or root), or
+        would remove one of ``unread_ids`` (files that exist but were skipped this run, as
+        :func:`~jina_rag.index.read_documents` reports them through ``skipped=``).
         """
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         started = time.perf_counter()
-        plan = self.plan(documents, batch_docs=batch_docs)
+        plan = self.plan(documents, batch_docs=batch_docs, sync=sync, unread_ids=unread_ids)
         report = IndexReport(self.store.description, skipped=plan.skipped)
         total_tokens = sum(plan.tokens.values())
         if show_progress is None:
@@ -382,6 +459,9 @@ class DocumentIndex:
                     self._stop(report, plan, number, started)
                     message = self._failure_message(report, error, batch[error.index].id)
                     raise IndexingError(message, report.failed, report) from error
+                if plan.new_collection:  # created only now, so a run that fails before writing leaves none behind
+                    self.store.ensure_collection(self.encoder.dim, layout=self.layout())
+                    plan.new_collection = False
                 try:
                     upsert_with_retries(self.store, points, retries, retry_delay)
                 except Exception as error:
@@ -394,9 +474,26 @@ class DocumentIndex:
                 token_bar.update(written.tokens)
                 if on_batch is not None:
                     on_batch(written)
+        if plan.stale is not None:
+            self._remove_stale(report, plan.stale, retries, retry_delay)
         report.seconds = time.perf_counter() - started
         logger.info("%s", report.summary())
         return report
+
+    def _remove_stale(self, report: IndexReport, stale: list[str], retries: int, retry_delay: float) -> None:
+        """Sync's last step, once every document landed: remove the stored documents the run did not hold."""
+        report.removed = []
+        for start in range(0, len(stale), LOOKUP_BATCH):
+            chunk = stale[start : start + LOOKUP_BATCH]
+            try:
+                with_retries(lambda: self.store.delete(chunk), f"removing {len(chunk)} documents from {self.store.description}", retries, retry_delay)
+            except Exception as error:
+                raise IndexingError(
+                    f"every document landed in {self.store.description}, but sync removed only {len(report.removed)} of "
+                    f"the {len(stale)} documents not in this run: {type(error).__name__}: {error}. Run the same "
+                    f"indexing again to finish.", [], report,
+                ) from error
+            report.removed.extend(chunk)
 
     def _content_hash(self, doc: Document, layout: Layout) -> str:
         settings = []
@@ -415,15 +512,18 @@ class DocumentIndex:
 
     @staticmethod
     def _stop(report: IndexReport, plan: IndexPlan, number: int, started: float) -> None:
-        """Mark batch ``number`` and every later one failed: the run stops there."""
+        """Mark batch ``number`` and every later one failed: the run stops there (and a sync removes nothing)."""
         report.failed = [doc.id for later in plan.batches[number:] for doc in later]
         report.seconds = time.perf_counter() - started
+        report.removed = None if plan.stale is None else []
 
     @staticmethod
     def _failure_message(report: IndexReport, error: Exception, doc_id: str | None = None) -> str:
         """Why the run stopped, and what to do: a rerun helps when the store failed, not when the input or model did."""
         shown = ", ".join(report.failed[:10]) + (", ..." if len(report.failed) > 10 else "")
         landed = f"{len(report.indexed)} were written this run"
+        if report.removed is not None:
+            landed += " and sync removed nothing (it removes documents only once every document landed)"
         if isinstance(error, NonFiniteVectorError):
             return (
                 f"document {doc_id!r} got a vector holding NaN or Inf, so its batch was not written; "

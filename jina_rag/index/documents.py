@@ -48,6 +48,7 @@ def read_documents(
     *,
     root: str | os.PathLike[str] | None = None,
     suffixes: Iterable[str] = TEXT_SUFFIXES,
+    skipped: list[str] | None = None,
 ) -> Iterator[Document]:
     """Yield one document per text file, with id = path relative to the indexed root.
 
@@ -55,9 +56,11 @@ def read_documents(
     its folder. ``root`` makes every id relative to one folder instead. In folders, files of other
     types are skipped (and counted in the log), and so are named pipes, sockets, devices and broken
     links (each logged); a folder left with no file to read is an error, and so is a file named
-    explicitly that is not a regular file of a supported type.
+    explicitly that is not a regular file of a supported type. ``skipped``, a list, gets the ids
+    the skipped files would have had: files that exist, which ``DocumentIndex.index(sync=True,
+    unread_ids=...)`` must not take for deleted ones.
     """
-    for file, base in document_files(paths, root=root, suffixes=suffixes):
+    for file, base in document_files(paths, root=root, suffixes=suffixes, skipped=skipped):
         yield read_document_file(file, base)
 
 
@@ -66,22 +69,25 @@ def document_files(
     *,
     root: str | os.PathLike[str] | None = None,
     suffixes: Iterable[str] = TEXT_SUFFIXES,
+    skipped: list[str] | None = None,
 ) -> Iterator[tuple[Path, Path]]:
-    """The ``(file, root)`` pairs :func:`read_documents` reads, without reading them."""
+    """The ``(file, root)`` pairs :func:`read_documents` reads, without reading them (``skipped``: see there)."""
     suffixes = frozenset(s.lower() for s in suffixes)
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         path = Path(path)
         if path.is_dir():
-            files, skipped = _walk(path, suffixes)
+            files, types, passed = _walk(path, suffixes)
             if not files:
-                raise InvalidInputError(_nothing_to_read(path, suffixes, skipped))
-            if skipped:
+                raise InvalidInputError(_nothing_to_read(path, suffixes, types))
+            if types:
                 logger.warning(
                     "skipped %d files of unsupported types under %s (%s); supported: %s",
-                    sum(skipped.values()), path, _counts(skipped),
+                    sum(types.values()), path, _counts(types),
                     " ".join(sorted(suffixes)),
                 )
             base = path
+            if skipped is not None:
+                skipped.extend(_skipped_id(file, Path(root) if root is not None else base) for file in passed)
         elif path.is_file():
             if path.suffix.lower() not in suffixes:
                 raise ValueError(
@@ -97,8 +103,9 @@ def document_files(
             yield file, Path(root) if root is not None else base
 
 
-def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[str]]:
-    files, skipped = [], Counter()
+def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[str], list[Path]]:
+    """Files to read, counts of the skipped types, and every skipped file (other types, not regular)."""
+    files, types, passed = [], Counter(), []
     for directory, subdirectories, names in os.walk(folder):
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         for name in sorted(names):
@@ -106,12 +113,22 @@ def _walk(folder: Path, suffixes: frozenset[str]) -> tuple[list[Path], Counter[s
                 continue
             file = Path(directory) / name
             if file.suffix.lower() not in suffixes:
-                skipped[file.suffix.lower()] += 1
+                types[file.suffix.lower()] += 1
+                passed.append(file)
             elif not file.is_file():  # reading a named pipe would block forever
                 logger.warning("skipped %s: %s", file, _not_regular(file))
+                passed.append(file)
             else:
                 files.append(file)
-    return files, skipped
+    return files, types, passed
+
+
+def _skipped_id(file: Path, root: Path) -> str:
+    """The id a skipped file would have had (its link's own path, for a link, whose target may be gone)."""
+    try:
+        return (file.parent.resolve() / file.name).relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return file.as_posix()
 
 
 def _nothing_to_read(folder: Path, suffixes: frozenset[str], skipped: Counter[str]) -> str:
