@@ -394,7 +394,7 @@ def test_reindexing_with_another_model_of_the_same_dimension_re_embeds(two_model
         assert (len(report.indexed), len(report.skipped)) == (3, 0)
         assert len(index.index(documents).skipped) == 3
         # The stored vectors are the second model's: a text finds itself with cosine 1.
-        hit = index.search(TEXTS[2], limit=1)[0]
+        hit = index.search(TEXTS[2], limit=1, mode="document")[0]
         assert hit.id == "doc-2" and hit.score == pytest.approx(1.0, abs=1e-4)
         assert index.count() == 3
 
