@@ -3,7 +3,7 @@
 from typing import Any
 
 from jina_rag.encoder import JinaEncoder, NonFiniteVectorError, TextTooLongError
-from jina_rag.errors import InvalidInputError, JinaRagError
+from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError
 from jina_rag.eval import RetrievalSet, load_beir, load_narrativeqa
 from jina_rag.index import (
     CollectionMismatchError,
@@ -64,6 +64,7 @@ __all__ = [
     "IndexingError",
     "IndexReport",
     "InvalidInputError",
+    "InvalidTypeError",
     "JinaBertConfig",
     "JinaBertForMaskedLM",
     "JinaBertModel",

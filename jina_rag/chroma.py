@@ -11,6 +11,7 @@ except ImportError as error:  # an optional extra
     raise ImportError("the Chroma adapter needs chromadb: pip install 'jina-rag[chroma]'") from error
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, BackendName, JinaEncoder, LongTextPolicy
+from jina_rag.errors import InvalidInputError
 
 
 @register_embedding_function
@@ -78,4 +79,4 @@ class JinaEmbeddingFunction(EmbeddingFunction[Documents]):
 
     def validate_config_update(self, old_config: dict[str, Any], new_config: dict[str, Any]) -> None:
         if "model_name" in new_config and new_config["model_name"] != old_config.get("model_name"):
-            raise ValueError("a collection's model cannot change: its stored vectors come from the old one")
+            raise InvalidInputError("a collection's model cannot change: its stored vectors come from the old one")

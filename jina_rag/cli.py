@@ -57,7 +57,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
         # split("\n") after universal-newline decoding: the lines `for line in file` gives.
         texts.extend(line for line in read_text_file(args.lines).split("\n") if line.strip())
     if not texts:
-        raise ValueError("nothing to embed: give TEXT arguments, --file or --lines")
+        raise InvalidInputError("nothing to embed: give TEXT arguments, --file or --lines")
     return texts
 
 
@@ -129,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_bm25:
         retrievers.append(evaluation.BM25Retriever())
     if not retrievers:
-        raise ValueError("nothing to evaluate: drop --no-jina or --no-bm25, or add --compare MODEL")
+        raise InvalidInputError("nothing to evaluate: drop --no-jina or --no-bm25, or add --compare MODEL")
     results = []
     for retriever in retrievers:
         results.append(evaluation.evaluate(data, retriever, show_progress=show_progress))
@@ -166,18 +166,18 @@ def _open_index(args: argparse.Namespace, index_fields: Sequence[str] = ()) -> D
 
 def cmd_index(args: argparse.Namespace) -> int:
     if not args.paths and not args.records:
-        raise ValueError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
+        raise InvalidInputError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
     suffixes = {s if s.startswith(".") else f".{s}" for s in args.suffix} if args.suffix else None
     if args.engine == "ray":
         if args.mode not in (None, "document"):
-            raise ValueError(f"--engine ray writes whole-document vectors only: drop --mode {args.mode} or use the local engine")
+            raise InvalidInputError(f"--engine ray writes whole-document vectors only: drop --mode {args.mode} or use the local engine")
         if args.sync:
-            raise ValueError("--sync needs the local engine: run it without --engine ray (unchanged documents are skipped)")
+            raise InvalidInputError("--sync needs the local engine: run it without --engine ray (unchanged documents are skipped)")
         return _index_with_ray(args, suffixes)
     if args.address or args.workers or args.cpus_per_worker:
-        raise ValueError("--address, --workers and --cpus-per-worker apply to --engine ray")
+        raise InvalidInputError("--address, --workers and --cpus-per-worker apply to --engine ray")
     if any(Path(records).suffix.lower() == ".parquet" or Path(records).is_dir() for records in args.records or []):
-        raise ValueError("Parquet files and folders of records need --engine ray; the local engine reads JSON Lines files")
+        raise InvalidInputError("Parquet files and folders of records need --engine ray; the local engine reads JSON Lines files")
     unread: list[str] = []  # files skipped in the folders: --sync must not take them for deleted ones
     documents = list(read_documents(args.paths, root=args.root, skipped=unread, **({"suffixes": suffixes} if suffixes else {})))
     for records in args.records or []:
@@ -220,7 +220,7 @@ def _parse_filter(items: Sequence[str]) -> dict[str, list[str | int]]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--filter {item!r}: use KEY=VALUE (repeat a key to match any of several values)")
+            raise InvalidInputError(f"--filter {item!r}: use KEY=VALUE (repeat a key to match any of several values)")
         # Digits become integers so they match numeric metadata.
         conditions.setdefault(key, []).append(int(value) if value.lstrip("-").isdigit() else value)
     return conditions

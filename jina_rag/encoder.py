@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jina_rag.batching import pack_batch, pad_batch, plan_batches
-from jina_rag.errors import InvalidInputError, JinaRagError, check_unicode
+from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError, check_unicode
 from jina_rag.loading import WEIGHT_FILES, check_device, load_model, load_tokenizer, model_fingerprint, resolve_model
 from jina_rag.modeling import segment_mean
 
@@ -214,7 +214,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     try:
         return _DTYPES[dtype.lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}") from None
+        raise InvalidInputError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}") from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -263,7 +263,7 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
     for start in range(len(full) - len(bare) + 1):
         if full[start : start + len(bare)] == bare:
             return full[:start], full[start + len(bare) :]
-    raise ValueError("cannot find the special-token template of this tokenizer")
+    raise InvalidInputError("cannot find the special-token template of this tokenizer")
 
 
 def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -358,18 +358,18 @@ class JinaEncoder:
         attention: Literal["auto", "flash"] = "auto",
     ) -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if long_text not in LONG_TEXT_POLICIES:
-            raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {long_text!r}")
+            raise InvalidInputError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {long_text!r}")
         if max_length < 8:
-            raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
+            raise InvalidInputError(f"max_length must be at least 8 tokens, got {max_length}")
         if attention not in ("auto", "flash"):
-            raise ValueError(f"attention must be 'auto' or 'flash', got {attention!r}")
+            raise InvalidInputError(f"attention must be 'auto' or 'flash', got {attention!r}")
         if attention == "flash" and (backend != "torch" or alibi_cutoff is not None):
-            raise ValueError("attention='flash' runs the torch backend with exact attention: drop backend/alibi_cutoff")
+            raise InvalidInputError("attention='flash' runs the torch backend with exact attention: drop backend/alibi_cutoff")
         self.attention = attention
         if alibi_cutoff is not None and not alibi_cutoff > 0:
-            raise ValueError(f"alibi_cutoff must be positive (logits) or None for exact attention, got {alibi_cutoff!r}")
+            raise InvalidInputError(f"alibi_cutoff must be positive (logits) or None for exact attention, got {alibi_cutoff!r}")
         self.model_name_or_path = model_name_or_path
         self.backend_name = backend
         self.providers = None
@@ -377,13 +377,13 @@ class JinaEncoder:
             from jina_rag.onnx_backend import providers_for_device, resolve_providers
 
             if dtype is not None:
-                raise ValueError("backend='onnx' runs at the precision of the export: drop dtype (export with --dtype/--quantize instead)")
+                raise InvalidInputError("backend='onnx' runs at the precision of the export: drop dtype (export with --dtype/--quantize instead)")
             self.providers = resolve_providers(providers_for_device(providers, device))
             self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.providers else "cpu")
             self.dtype = None
         else:
             if providers is not None:
-                raise ValueError("providers are ONNX Runtime execution providers: pass backend='onnx' with them")
+                raise InvalidInputError("providers are ONNX Runtime execution providers: pass backend='onnx' with them")
             self.device = resolve_device(device)
             self.dtype = resolve_dtype(dtype, self.device)
         # Only the CUDA packed path skips tiles: elsewhere the cutoff is dropped, so encoders that
@@ -416,7 +416,7 @@ class JinaEncoder:
                 if self.max_length > self._loaded[1].max_positions:
                     limit = self._loaded[1].max_positions
                     self._loaded = None
-                    raise ValueError(f"max_length {self.max_length} exceeds the model's limit of {limit} tokens")
+                    raise InvalidInputError(f"max_length {self.max_length} exceeds the model's limit of {limit} tokens")
 
     @property
     def tokenizer(self) -> Any:
@@ -497,7 +497,7 @@ class JinaEncoder:
         ``show_progress=None`` shows a bar on long work when stderr is a terminal.
         """
         if convert_to not in ("numpy", "torch"):
-            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+            raise InvalidInputError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         policy = self._policy(long_text)
         single = isinstance(texts, str)
         texts = [texts] if single else _text_list(texts)
@@ -531,7 +531,7 @@ class JinaEncoder:
     def _policy(self, long_text: LongTextPolicy | None) -> LongTextPolicy:
         policy = long_text or self.long_text
         if policy not in LONG_TEXT_POLICIES:
-            raise ValueError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {policy!r}")
+            raise InvalidInputError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {policy!r}")
         return policy
 
     def _encode(
@@ -599,16 +599,16 @@ class JinaEncoder:
 def _text_list(texts: Any) -> list[Any]:
     """A list of the texts given, refusing what would silently turn into other texts (bytes, a dict's keys)."""
     if isinstance(texts, (bytes, bytearray)):
-        raise TypeError("texts is bytes: decode it first (e.g. data.decode('utf-8')) and pass a str or a list of str")
+        raise InvalidTypeError("texts is bytes: decode it first (e.g. data.decode('utf-8')) and pass a str or a list of str")
     if isinstance(texts, dict) or not hasattr(texts, "__iter__"):
-        raise TypeError(f"texts is {type(texts).__name__}: pass a str or a list of str")
+        raise InvalidTypeError(f"texts is {type(texts).__name__}: pass a str or a list of str")
     return list(texts)
 
 
 def _check_texts(texts: list[Any]) -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] is {type(text).__name__}, not str: pass strings only")
+            raise InvalidTypeError(f"texts[{index}] is {type(text).__name__}, not str: pass strings only")
         if not text.strip():
             raise InvalidInputError(f"texts[{index}] is empty or whitespace only: remove it or give it text")
         check_unicode(text, f"texts[{index}]")

@@ -15,6 +15,10 @@ class InvalidInputError(JinaRagError, ValueError):
     """A text, setting or location that cannot work as given."""
 
 
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type (a ``TypeError`` too, as Python's own checks raise)."""
+
+
 def check_unicode(text: str, where: str) -> None:
     """Refuse a lone surrogate (``"\\ud800"``): not Unicode text, and tokenizers fail on it with a TypeError."""
     if text.isascii():

@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jina_rag.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -45,9 +47,9 @@ class RetrievalSet:
 
     def __post_init__(self) -> None:
         if len(self.doc_ids) != len(self.doc_texts) or len(self.query_ids) != len(self.query_texts):
-            raise ValueError("ids and texts differ in length")
+            raise InvalidInputError("ids and texts differ in length")
         if not self.doc_ids or not self.query_ids:
-            raise ValueError(f"{self.name}: the set has {len(self.doc_ids)} documents and {len(self.query_ids)} queries; both must be non-empty")
+            raise InvalidInputError(f"{self.name}: the set has {len(self.doc_ids)} documents and {len(self.query_ids)} queries; both must be non-empty")
 
     def subset(self, max_queries: int, seed: int = 0) -> RetrievalSet:
         """The same corpus with at most ``max_queries`` queries, sampled reproducibly."""
@@ -73,7 +75,7 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                    raise InvalidInputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
 
 
 def load_beir(folder: str | Path, split: str = "test") -> RetrievalSet:
@@ -93,12 +95,12 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalSet:
             if not row or (number == 1 and not row[-1].lstrip("-").isdigit()):
                 continue  # blank line or header
             if len(row) < 3:
-                raise ValueError(f"{qrels_file}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}")
+                raise InvalidInputError(f"{qrels_file}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}")
             qrels.setdefault(row[0], {})[row[1]] = int(row[-1])
     doc_ids, doc_texts = [], []
     for number, row in enumerate(_read_jsonl(corpus_file), start=1):
         if "_id" not in row or "text" not in row:
-            raise ValueError(f"{corpus_file}:{number}: a corpus row needs '_id' and 'text'")
+            raise InvalidInputError(f"{corpus_file}:{number}: a corpus row needs '_id' and 'text'")
         doc_ids.append(str(row["_id"]))
         doc_texts.append(corpus_text(row.get("title") or "", row["text"]))
     known = set(doc_ids)
@@ -110,7 +112,7 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalSet:
             query_texts.append(row["text"])
     unknown = {d for judged in qrels.values() for d in judged} - known
     if unknown:
-        raise ValueError(f"{qrels_file} judges {len(unknown)} documents missing from the corpus, e.g. {sorted(unknown)[0]!r}")
+        raise InvalidInputError(f"{qrels_file} judges {len(unknown)} documents missing from the corpus, e.g. {sorted(unknown)[0]!r}")
     return RetrievalSet(f"{folder.name} ({split})", doc_ids, doc_texts, query_ids, query_texts,
                         {q: qrels[q] for q in query_ids})
 
@@ -173,7 +175,7 @@ def load_narrativeqa(folder: str | Path, split: str = "test", stories_dir: str |
     with open(folder / "documents.csv", encoding="utf-8", newline="") as f:
         documents = [row for row in csv.DictReader(f) if row["set"] == split]
     if not documents:
-        raise ValueError(f"{folder}/documents.csv has no documents in split {split!r} (splits are train, valid, test)")
+        raise InvalidInputError(f"{folder}/documents.csv has no documents in split {split!r} (splits are train, valid, test)")
     doc_ids, doc_texts, missing = [], [], []
     for row in documents:
         story = stories_dir / f"{row['document_id']}.content"
@@ -239,7 +241,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, resamples: int =
     how far the difference of two systems on one set could move with another draw of its queries.
     """
     if len(a) != len(b) or not len(a):
-        raise ValueError(f"paired_bootstrap needs two equal-length, non-empty score lists, got {len(a)} and {len(b)}")
+        raise InvalidInputError(f"paired_bootstrap needs two equal-length, non-empty score lists, got {len(a)} and {len(b)}")
     differences = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     rng = np.random.default_rng(seed)
     # Blocks of 1,000 resamples keep memory at 1,000 x queries indices however many resamples.
@@ -255,7 +257,7 @@ def score_run(run: Run, qrels: Qrels) -> dict[str, float]:
     """Mean nDCG@10, Recall@10, Recall@100 and MRR@10 over the judged queries with a relevant document."""
     judged = [q for q, rel in qrels.items() if any(g > 0 for g in rel.values())]
     if not judged:
-        raise ValueError("no query has a relevant document")
+        raise InvalidInputError("no query has a relevant document")
     per_query = {
         "ndcg@10": [ndcg_at_k(run.get(q, []), qrels[q], 10) for q in judged],
         "recall@10": [recall_at_k(run.get(q, []), qrels[q], 10) for q in judged],
@@ -305,7 +307,7 @@ def chunk_texts(texts: Sequence[str], tokenizer: Any, max_tokens: int = 256) -> 
     """
     span = max_tokens - tokenizer.num_special_tokens_to_add(pair=False)
     if span < 1:
-        raise ValueError(f"chunks of {max_tokens} tokens leave no room for text")
+        raise InvalidInputError(f"chunks of {max_tokens} tokens leave no room for text")
     encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     chunks, owners = [], []
     for index, (text, offsets) in enumerate(zip(texts, encoded["offset_mapping"])):

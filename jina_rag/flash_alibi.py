@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 
+from jina_rag.errors import InvalidInputError
+
 FLASH_DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -101,7 +103,7 @@ def _score_mod(num_heads: int):
 def flash_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Symmetric-ALiBi attention of packed rows ``[T, heads, head_dim]`` within each ``cu_seqlens`` range."""
     if q.shape[0] >= 1 << 23:  # the score_mod's float32 positions would round ALiBi's distances
-        raise ValueError(f"a packed row holds at most 8,388,607 tokens for flash attention, got {q.shape[0]:,}: pack fewer")
+        raise InvalidInputError(f"a packed row holds at most 8,388,607 tokens for flash attention, got {q.shape[0]:,}: pack fewer")
     from flash_attn.cute import flash_attn_varlen_func
 
     out = flash_attn_varlen_func(

@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field
 from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.store import FilterValue
+from jina_rag.errors import InvalidTypeError
 
 
 class JinaEmbeddings(EncoderOptions, Embeddings):
@@ -37,7 +38,7 @@ class JinaEmbeddings(EncoderOptions, Embeddings):
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order."""
         if isinstance(texts, str):  # a string is a sequence of one-letter texts to a loop
-            raise TypeError("embed_documents takes a list of texts: pass [text], or use embed_query for one text")
+            raise InvalidTypeError("embed_documents takes a list of texts: pass [text], or use embed_query for one text")
         return self._embed(texts)
 
     def embed_query(self, text: str) -> list[float]:

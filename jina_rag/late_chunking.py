@@ -30,6 +30,7 @@ from jina_rag.encoder import (
     warn_unknown_words,
     window_spans,
 )
+from jina_rag.errors import InvalidInputError, InvalidTypeError
 
 
 Span = tuple[int, int]
@@ -105,9 +106,9 @@ def split_spans(text: str, splitter: Splitter) -> list[Span]:
         for chunk in splitter.create_documents([text]):
             start = chunk.metadata.get("start_index")
             if start is None:
-                raise ValueError("build the LangChain splitter with add_start_index=True, so passages map to character spans")
+                raise InvalidInputError("build the LangChain splitter with add_start_index=True, so passages map to character spans")
             if start < 0 or text[start : start + len(chunk.page_content)] != chunk.page_content:
-                raise ValueError("the splitter changed the text of a passage: passages must be verbatim parts of the document")
+                raise InvalidInputError("the splitter changed the text of a passage: passages must be verbatim parts of the document")
             spans.append((start, start + len(chunk.page_content)))
         return spans
     return [(int(start), int(end)) for start, end in splitter(text)]
@@ -150,21 +151,21 @@ def encode_late_chunks(
     Returns one :class:`LateChunks` per document (a single one for a single string).
     """
     if spans is not None and splitter is not None:
-        raise ValueError("pass spans= or splitter=, not both")
+        raise InvalidInputError("pass spans= or splitter=, not both")
     if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+        raise InvalidInputError(f"chunk_tokens must be positive, got {chunk_tokens}")
     single = isinstance(documents, str)
     texts = [documents] if single else list(documents)
     _check_texts(texts)
     if spans is not None:
         spans = [spans] if single else list(spans)
         if len(spans) != len(texts):
-            raise ValueError(f"spans has {len(spans)} entries for {len(texts)} documents: give one list of spans per document")
+            raise InvalidInputError(f"spans has {len(spans)} entries for {len(texts)} documents: give one list of spans per document")
     backend = encoder.backend
     if not hasattr(backend, "token_states"):
-        raise TypeError(f"late chunking needs token states, which the {type(backend).__name__} does not give: use the PyTorch backend")
+        raise InvalidTypeError(f"late chunking needs token states, which the {type(backend).__name__} does not give: use the PyTorch backend")
     if not encoder.tokenizer.is_fast:
-        raise TypeError("late chunking maps characters to tokens with a fast (Rust) tokenizer's offsets; this tokenizer is not one")
+        raise InvalidTypeError("late chunking maps characters to tokens with a fast (Rust) tokenizer's offsets; this tokenizer is not one")
     if show_progress is None:
         show_progress = len(texts) > 64 and sys.stderr.isatty()
     results: list[LateChunks] = []
@@ -218,7 +219,7 @@ def _encode_chunk(
         token_spans = passage_token_spans(text, char_spans, np.asarray(offsets, dtype=np.int64).reshape(-1, 2), index)
         longest = int((token_spans[:, 1] - token_spans[:, 0]).max())
         if longest > width:
-            raise ValueError(
+            raise InvalidInputError(
                 f"documents[{index}] has a passage of {longest} tokens, more than one window of max_length="
                 f"{encoder.max_length} holds ({width} without special tokens): use shorter passages"
             )
@@ -263,15 +264,15 @@ def _encode_chunk(
 def passage_token_spans(text: str, spans: Sequence[Span], offsets: np.ndarray, index: int = 0) -> np.ndarray:
     """Token ranges ``[first, stop)`` of the tokens overlapping each character span."""
     if not spans:
-        raise ValueError(f"documents[{index}] has no passages: give at least one span")
+        raise InvalidInputError(f"documents[{index}] has no passages: give at least one span")
     for number, (start, end) in enumerate(spans):
         if not 0 <= start < end <= len(text):
-            raise ValueError(
+            raise InvalidInputError(
                 f"documents[{index}] span {number} ({start}, {end}) is not a non-empty range within its "
                 f"{len(text)} characters"
             )
         if not text[start:end].strip():
-            raise ValueError(f"documents[{index}] span {number} ({start}, {end}) is whitespace only: drop it")
+            raise InvalidInputError(f"documents[{index}] span {number} ({start}, {end}) is whitespace only: drop it")
     bounds = np.array(spans, dtype=np.int64)
     # Offsets grow with the token index: the first token ending after the span starts, up to the
     # last token starting before it ends.
@@ -280,7 +281,7 @@ def passage_token_spans(text: str, spans: Sequence[Span], offsets: np.ndarray, i
     empty = np.flatnonzero(stop <= first)
     if empty.size:
         start, end = spans[empty[0]]
-        raise ValueError(f"documents[{index}] span {int(empty[0])} ({start}, {end}) covers no token: {text[start:end]!r}")
+        raise InvalidInputError(f"documents[{index}] span {int(empty[0])} ({start}, {end}) covers no token: {text[start:end]!r}")
     return np.stack([first, stop], axis=1)
 
 

@@ -21,6 +21,7 @@ from jina_rag.adapter_options import EncoderOptions
 from jina_rag.index import DocumentIndex, IndexMode
 from jina_rag.index.store import FilterValue
 from jina_rag.sparse import BM25SparseEncoder, SparseVector
+from jina_rag.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from qdrant_client import models
@@ -84,7 +85,7 @@ class JinaNodeRetriever(BaseRetriever):
         **kwargs: Any,
     ) -> None:
         if similarity_top_k < 1:
-            raise ValueError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
+            raise InvalidInputError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
         self.index = index
         self.similarity_top_k = similarity_top_k
         self.filter = filter

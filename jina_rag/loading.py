@@ -85,7 +85,7 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> Path:
         raise ModelNotFoundError(f"model folder {name!r} does not exist")
     short = name.split("/")[-1]
     if short in UNSUPPORTED_MODELS:
-        raise ValueError(f"{name} is not supported yet: {UNSUPPORTED_MODELS[short]}")
+        raise InvalidInputError(f"{name} is not supported yet: {UNSUPPORTED_MODELS[short]}")
     if "/" not in name:
         if name not in PUBLISHED_MODELS:
             raise ModelNotFoundError(

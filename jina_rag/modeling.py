@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference
+from jina_rag.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class JinaBertConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise InvalidInputError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
@@ -94,12 +95,12 @@ class JinaBertConfig:
         position = data.get("position_embedding_type", "alibi")
         feed_forward = data.get("feed_forward_type", "geglu")
         if position != "alibi" or not str(feed_forward).startswith("geglu"):
-            raise ValueError(
+            raise InvalidInputError(
                 "not a JinaBERT config: expected position_embedding_type='alibi' and "
                 f"feed_forward_type='geglu', got {position!r} and {feed_forward!r}"
             )
         if data.get("hidden_act", "gelu") != "gelu":
-            raise ValueError(f"unsupported hidden_act {data['hidden_act']!r}: JinaBERT uses 'gelu'")
+            raise InvalidInputError(f"unsupported hidden_act {data['hidden_act']!r}: JinaBERT uses 'gelu'")
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known}
@@ -340,9 +341,9 @@ def packed_block_mask(
     from torch.nn.attention.flex_attention import BlockMask
 
     if (slopes is None) != (cutoff is None):
-        raise ValueError("packed_block_mask needs both slopes and cutoff, or neither")
+        raise InvalidInputError("packed_block_mask needs both slopes and cutoff, or neither")
     if cutoff is not None and not cutoff > 0:
-        raise ValueError(f"the ALiBi cutoff must be positive (the diagonal tile is always kept), got {cutoff}")
+        raise InvalidInputError(f"the ALiBi cutoff must be positive (the diagonal tile is always kept), got {cutoff}")
     length = sequence_ids.shape[0]
     starts = torch.arange(0, length, FLEX_BLOCK, device=sequence_ids.device)
     first = sequence_ids[starts]

@@ -12,6 +12,7 @@ import numpy as np
 
 from jina_rag.batching import pad_batch
 from jina_rag.modeling import JinaBertConfig
+from jina_rag.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +59,18 @@ def resolve_providers(
     if isinstance(providers, str):
         providers = [providers]
     if not providers:
-        raise ValueError(f"providers is empty: pass None for {CPU} or a list such as [{CUDA!r}, {CPU!r}]")
+        raise InvalidInputError(f"providers is empty: pass None for {CPU} or a list such as [{CUDA!r}, {CPU!r}]")
     for provider in providers:
         name = _name(provider)
         if name in available:
             continue
         if name == CUDA:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{CUDA} was requested but this onnxruntime build has no CUDA support (available: "
                 f"{', '.join(available)}). Install the GPU build (pip uninstall onnxruntime && pip install "
                 f"onnxruntime-gpu) with a matching CUDA and cuDNN, or use providers=[{CPU!r}]"
             )
-        raise ValueError(f"execution provider {name!r} is not available in this onnxruntime build (available: {', '.join(available)})")
+        raise InvalidInputError(f"execution provider {name!r} is not available in this onnxruntime build (available: {', '.join(available)})")
     resolved = tuple(_frozen(p) for p in providers)
     # Nodes a provider cannot run fall back to the CPU provider; list it so that is explicit.
     return resolved if CPU in map(_name, resolved) else (*resolved, CPU)
@@ -127,7 +128,7 @@ class OnnxBackend:
         inputs = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if not set(INPUT_NAMES) <= inputs or "sentence_embedding" not in outputs:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected {list(INPUT_NAMES)} "
                 f"in and 'sentence_embedding' out: export it with jina-rag export-onnx"
             )

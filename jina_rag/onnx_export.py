@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from jina_rag.errors import JinaRagError
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.loading import CheckpointError, load_model, load_tokenizer, resolve_model
 from jina_rag.modeling import JinaBertConfig, JinaBertModel, mean_pool
 from jina_rag.onnx_backend import INPUT_NAMES, METADATA_PREFIX, ONNX_FILE, OUTPUT_NAMES
@@ -271,18 +271,18 @@ def export_onnx(
     ONNX Runtime's contrib operators). ``verify`` compares the result with PyTorch on a sample.
     """
     if dtype.lower() not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of fp32, fp16; got {dtype!r}")
+        raise InvalidInputError(f"dtype must be one of fp32, fp16; got {dtype!r}")
     torch_dtype = EXPORT_DTYPES[dtype.lower()]
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None; got {quantize!r}")
+        raise InvalidInputError(f"quantize must be one of {QUANTIZATIONS} or None; got {quantize!r}")
     if quantize and torch_dtype != torch.float32:
-        raise ValueError("int8 quantisation starts from an fp32 export: pass dtype='fp32' with quantize='int8'")
+        raise InvalidInputError("int8 quantisation starts from an fp32 export: pass dtype='fp32' with quantize='int8'")
     if exporter not in ("auto", "dynamo", "torchscript"):
-        raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript'; got {exporter!r}")
+        raise InvalidInputError(f"exporter must be 'auto', 'dynamo' or 'torchscript'; got {exporter!r}")
     folder = resolve_model(model_name_or_path)
     out_dir = Path(out_dir)
     if out_dir.resolve() == folder.resolve():
-        raise ValueError(f"out_dir {out_dir} is the model folder itself: export into another folder")
+        raise InvalidInputError(f"out_dir {out_dir} is the model folder itself: export into another folder")
     try:
         model = load_model(folder, attn_implementation="eager", dtype=torch_dtype)
     except CheckpointError as error:

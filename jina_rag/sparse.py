@@ -25,6 +25,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from jina_rag.errors import InvalidInputError
+
 # BM25's document length normalisation assumes a typical document of this many words. Qdrant's
 # default (256) suits chunks; whole documents run to thousands of words. Chosen among 256, 1000 and
 # 3000 on the training packages' long set (BM25 alone, nDCG@10 with word pairs 0.810 / 0.818 / 0.806,
@@ -76,7 +78,7 @@ class BM25SparseEncoder:
         try:
             self._model = qdrant_edge.Bm25(qdrant_edge.Bm25Config(k=k, b=b, avg_len=avg_len, language=language))
         except ValueError as error:
-            raise ValueError(f"BM25 settings avg_len={avg_len}, k={k}, b={b}, language={language!r}: {error}") from error
+            raise InvalidInputError(f"BM25 settings avg_len={avg_len}, k={k}, b={b}, language={language!r}: {error}") from error
         self.avg_len, self.k, self.b, self.language = avg_len, k, b, language
         self.word_pairs = word_pairs
         self._word_ids = lru_cache(maxsize=1 << 20)(self._word_ids_uncached)

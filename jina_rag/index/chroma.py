@@ -82,7 +82,7 @@ class ChromaStore:
         """``client``: a chromadb client; or ``None`` with ``folder``: embedded Chroma there, opened when first
         needed and created only to write (:meth:`ensure_collection`), so reading a mistyped folder creates nothing."""
         if client is None and folder is None:
-            raise ValueError("give a chromadb client or the folder of an embedded database")
+            raise InvalidInputError("give a chromadb client or the folder of an embedded database")
         self._client = client
         self.folder = Path(folder) if folder is not None else None
         self.collection = collection
@@ -111,7 +111,7 @@ class ChromaStore:
             )
         else:
             if api_key:
-                raise ValueError("an API key only applies to a Chroma server: give an http(s):// URL as location")
+                raise InvalidInputError("an API key only applies to a Chroma server: give an http(s):// URL as location")
             if Path(location).exists() and not Path(location).is_dir():
                 raise InvalidInputError(
                     f"chroma location {location} is a file, not a folder: give a folder (made when missing) or "
@@ -122,7 +122,7 @@ class ChromaStore:
 
     def ensure_collection(self, dim: int, *, layout: Layout = "document") -> None:
         if layout == "hybrid":
-            raise ValueError(HYBRID_UNSUPPORTED)
+            raise InvalidInputError(HYBRID_UNSUPPORTED)
         try:
             handle = self.client.get_collection(self.collection, embedding_function=None)
         except NotFoundError:

@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 from tqdm.auto import tqdm
 
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, NonFiniteVectorError, TextTooLongError
-from jina_rag.errors import InvalidInputError, JinaRagError
+from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
 from jina_rag.index.store import (
     DEFAULT_MODE_OF_LAYOUT,
@@ -121,7 +121,7 @@ def filter_conditions(filter: Mapping[str, FilterValue | Sequence[FilterValue]] 
     for key, value in (filter or {}).items():
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
         if not values or not all(isinstance(v, (str, int)) for v in values):
-            raise TypeError(f"filter {key!r}: use a string, integer or boolean, or a non-empty list of them; got {value!r}")
+            raise InvalidTypeError(f"filter {key!r}: use a string, integer or boolean, or a non-empty list of them; got {value!r}")
         conditions[key] = values
     return conditions
 
@@ -169,7 +169,7 @@ def open_store(
 
             return QdrantStore.from_location(location, collection, api_key=api_key, index_fields=index_fields)
         if api_key:
-            raise ValueError("an API key only applies to a Qdrant server: give an http(s):// URL as location")
+            raise InvalidInputError("an API key only applies to a Qdrant server: give an http(s):// URL as location")
         from jina_rag.index.qdrant_edge import EdgeStore
 
         return EdgeStore(location, collection, index_fields=index_fields)
@@ -177,7 +177,7 @@ def open_store(
         from jina_rag.index.chroma import ChromaStore
 
         return ChromaStore.from_location(location, collection, api_key=api_key)
-    raise ValueError(f"unknown store {kind!r}: use one of {', '.join(STORES)}")
+    raise InvalidInputError(f"unknown store {kind!r}: use one of {', '.join(STORES)}")
 
 
 def too_long_message(doc_id: str, tokens: int, max_length: int) -> str:
@@ -243,7 +243,7 @@ class DocumentIndex:
         if mode is not None:
             check_mode(mode)
         if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+            raise InvalidInputError(f"chunk_tokens must be positive, got {chunk_tokens}")
         self.store = store
         self.encoder = encoder or JinaEncoder.from_pretrained()
         self.batch_tokens = batch_tokens
@@ -326,7 +326,7 @@ class DocumentIndex:
         batch holds documents of similar length and pads little.
         """
         if batch_docs < 1:
-            raise ValueError(f"batch_docs must be >= 1, got {batch_docs}")
+            raise InvalidInputError(f"batch_docs must be >= 1, got {batch_docs}")
         docs = validate_documents(documents_from_records(documents))
         check_metadata = getattr(self.store, "check_metadata", None)  # stores written before the hook may lack it
         if check_metadata is not None:
@@ -440,7 +440,7 @@ class DocumentIndex:
         :func:`~jina_rag.index.read_documents` reports them through ``skipped=``).
         """
         if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+            raise InvalidInputError(f"retries must be >= 0, got {retries}")
         started = time.perf_counter()
         plan = self.plan(documents, batch_docs=batch_docs, sync=sync, unread_ids=unread_ids)
         report = IndexReport(self.store.description, skipped=plan.skipped)
@@ -558,14 +558,14 @@ class DocumentIndex:
         prepared by :meth:`prepare_queries` (many queries encoded in one batch).
         """
         if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
+            raise InvalidInputError(f"limit must be at least 1, got {limit}")
         mode = mode or self.resolved_mode()
         check_mode(mode)
         conditions = filter_conditions(filter)
         if isinstance(query, str):
             query = self.prepare_queries([query], mode=mode)[0]
         if mode == "hybrid" and query.sparse is None:
-            raise ValueError("this query was prepared without its BM25 vector: prepare it with mode='hybrid'")
+            raise InvalidInputError("this query was prepared without its BM25 vector: prepare it with mode='hybrid'")
         return self.store.search(replace(query, fusion=fusion or self.fusion), limit, conditions, mode)
 
     def prepare_queries(self, texts: Sequence[str], *, mode: IndexMode | None = None) -> list[SearchQuery]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jina_rag.errors import InvalidInputError, check_unicode
+from jina_rag.errors import InvalidInputError, InvalidTypeError, check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,13 @@ def document_files(
                 skipped.extend(_skipped_id(file, Path(root) if root is not None else base) for file in passed)
         elif path.is_file():
             if path.suffix.lower() not in suffixes:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; supported are "
                     f"{' '.join(sorted(suffixes))}. Convert it to text first, or pass it as a record."
                 )
             files, base = [path], path.parent
         elif path.exists() or path.is_symlink():
-            raise ValueError(f"{path} is {_not_regular(path)}: give text files or folders")
+            raise InvalidInputError(f"{path} is {_not_regular(path)}: give text files or folders")
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
         for file in files:
@@ -158,7 +158,7 @@ def read_document_file(file: str | os.PathLike[str], root: str | os.PathLike[str
     try:
         relative = file.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
-        raise ValueError(f"{file} is not inside the root {root}: pass a root that contains every path") from None
+        raise InvalidInputError(f"{file} is not inside the root {root}: pass a root that contains every path") from None
     text = read_text_file(file)
     return Document(relative, text, {"path": relative, "file_type": file.suffix.lower().lstrip(".")})
 
@@ -206,16 +206,16 @@ def documents_from_records(
         elif isinstance(record, Sequence) and not isinstance(record, str) and len(record) in (2, 3):
             doc_id, text, metadata = record[0], record[1], record[2] if len(record) == 3 else {}
         else:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"record {number} is a {type(record).__name__}: pass Document, a mapping with 'id', 'text' "
                 f"and optional 'metadata', or an (id, text[, metadata]) tuple"
             )
         if doc_id is None or doc_id == "":
-            raise ValueError(f"record {number} has no id: every document needs a unique, non-empty 'id'")
+            raise InvalidInputError(f"record {number} has no id: every document needs a unique, non-empty 'id'")
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            raise TypeError(f"record {number}: id {doc_id!r} is a {type(doc_id).__name__}; use a string")
+            raise InvalidTypeError(f"record {number}: id {doc_id!r} is a {type(doc_id).__name__}; use a string")
         if not isinstance(metadata, Mapping):
-            raise TypeError(f"record {number} ({doc_id}): metadata must be a mapping, not {type(metadata).__name__}")
+            raise InvalidTypeError(f"record {number} ({doc_id}): metadata must be a mapping, not {type(metadata).__name__}")
         yield Document(str(doc_id), text, dict(metadata))
 
 
@@ -230,7 +230,7 @@ def read_records_file(path: str | os.PathLike[str]) -> Iterator[Document]:
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}:{number}: not a JSON object ({error.msg})") from None
+                        raise InvalidInputError(f"{path}:{number}: not a JSON object ({error.msg})") from None
 
     yield from documents_from_records(records())
 
@@ -242,19 +242,19 @@ def validate_documents(documents: Iterable[Document]) -> list[Document]:
     for document in documents:
         where = f"document {document.id!r}"
         if document.id in seen:
-            raise ValueError(f"{where} appears twice: document ids must be unique within one run")
+            raise InvalidInputError(f"{where} appears twice: document ids must be unique within one run")
         seen.add(document.id)
         if not isinstance(document.text, str):
-            raise TypeError(f"{where}: text is a {type(document.text).__name__}, not str")
+            raise InvalidTypeError(f"{where}: text is a {type(document.text).__name__}, not str")
         if not document.text.strip():
-            raise ValueError(f"{where} is empty or whitespace only: remove it or give it text")
+            raise InvalidInputError(f"{where} is empty or whitespace only: remove it or give it text")
         check_unicode(document.text, where)
         reserved = RESERVED_METADATA_KEYS.intersection(document.metadata)
         if reserved:
-            raise ValueError(f"{where}: metadata key(s) {', '.join(sorted(reserved))} are reserved for the index; rename them")
+            raise InvalidInputError(f"{where}: metadata key(s) {', '.join(sorted(reserved))} are reserved for the index; rename them")
         try:
             json.dumps(dict(document.metadata))
         except (TypeError, ValueError) as error:
-            raise TypeError(f"{where}: metadata must be JSON-serialisable ({error})") from None
+            raise InvalidTypeError(f"{where}: metadata must be JSON-serialisable ({error})") from None
         checked.append(document)
     return checked

@@ -51,6 +51,7 @@ from jina_rag.index.store import (
     missing_collection,
     representation_queries,
 )
+from jina_rag.errors import InvalidInputError
 
 
 class QdrantStore:
@@ -80,7 +81,7 @@ class QdrantStore:
         if location.startswith(("http://", "https://")):
             client = QdrantClient(url=location, api_key=api_key)
         elif api_key:
-            raise ValueError("an API key only applies to a Qdrant server: give an http(s):// URL as location")
+            raise InvalidInputError("an API key only applies to a Qdrant server: give an http(s):// URL as location")
         elif location == ":memory:":
             client = QdrantClient(location=":memory:")
         else:

@@ -139,7 +139,7 @@ class EdgeStore:
     def _open(self, config: Any = None) -> None:
         """Lock the collection's folder, then load the shard, or create it from ``config`` if it still does not exist."""
         if self._closed:
-            raise ValueError(f"{self.description} was closed: open a new store")
+            raise InvalidInputError(f"{self.description} was closed: open a new store")
         self.path.mkdir(parents=True, exist_ok=True)
         lock = open(self.path / LOCK_FILE, "a+")
         try:

@@ -65,6 +65,7 @@ from jina_rag.index.documents import (
 )
 from jina_rag.loading import load_tokenizer, resolve_model
 from jina_rag.modeling import JinaBertConfig
+from jina_rag.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def index_with_ray(
     report; a rerun finishes the job, skipping what is stored and unchanged.
     """
     if batch_docs < 1 or retries < 0 or cpus_per_worker <= 0 or (workers is not None and workers < 1):
-        raise ValueError(
+        raise InvalidInputError(
             f"batch_docs and workers must be >= 1, retries >= 0 and cpus_per_worker > 0; got {batch_docs}, "
             f"{workers}, {retries} and {cpus_per_worker}"
         )
@@ -175,10 +176,10 @@ def index_with_ray(
     folder = resolve_model(model)
     config = JinaBertConfig.from_json_file(folder / "config.json")
     if max_length > config.max_position_embeddings:
-        raise ValueError(f"max_length {max_length} exceeds the model's limit of {config.max_position_embeddings} tokens")
+        raise InvalidInputError(f"max_length {max_length} exceeds the model's limit of {config.max_position_embeddings} tokens")
     sources = list_sources(paths, records, root=root, suffixes=suffixes)
     if not sources:
-        raise ValueError("nothing to index: give text files or folders, or record files (.jsonl, .parquet)")
+        raise InvalidInputError("nothing to index: give text files or folders, or record files (.jsonl, .parquet)")
     target = open_store(store, location, collection, api_key=api_key, index_fields=index_fields)
     try:
         target.ensure_collection(config.hidden_size)
@@ -239,7 +240,7 @@ def require_shared_store(kind: StoreKind, location: str, workers: int | None) ->
     held = "in this process's memory, which no worker process can reach" if in_memory else "which one process opens at a time"
     many = f"{workers} workers" if workers else "its workers (one per GPU or CPU slot unless --workers 1)"
     one_worker = "" if in_memory else " (or with exactly one Ray worker on this machine: --workers 1)"
-    raise ValueError(
+    raise InvalidInputError(
         f"{kind} at {location!r} is a local store, {held}; the Ray engine writes from {many}, in separate "
         f"processes and possibly on other machines. Start a server and give its URL (`chroma run --path DIR`, "
         f"then --location http://127.0.0.1:8000; or a Qdrant server's http(s):// URL), or index into the local "
@@ -253,7 +254,7 @@ def require_one_machine_for_local_store(kind: StoreKind, location: str) -> None:
         return
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
     if nodes > 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{kind} at {location!r} is a local store on this machine, but the Ray cluster has {nodes} machines and "
             f"its worker may run on another. Give a server's http(s):// URL as location, or run without --address."
         )
@@ -288,21 +289,21 @@ def plan_workers(device: str | None, workers: int | None, cpus_per_worker: float
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 0)
     if device is not None and device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device {device!r}: the Ray engine runs workers on 'cpu' or 'cuda' (a GPU each)")
+        raise InvalidInputError(f"device {device!r}: the Ray engine runs workers on 'cpu' or 'cuda' (a GPU each)")
     use_gpus = gpus > 0 if device is None else device.startswith("cuda")
     if use_gpus:
         if gpus == 0:
-            raise ValueError(f"device {device!r} asks for GPU workers but the Ray cluster has no GPUs; use device 'cpu'")
+            raise InvalidInputError(f"device {device!r} asks for GPU workers but the Ray cluster has no GPUs; use device 'cpu'")
         workers = workers or gpus
         if workers > gpus:
-            raise ValueError(f"{workers} GPU workers need {workers} GPUs; the Ray cluster has {gpus}: lower workers")
+            raise InvalidInputError(f"{workers} GPU workers need {workers} GPUs; the Ray cluster has {gpus}: lower workers")
         # Ray sets CUDA_VISIBLE_DEVICES per actor, so "cuda" is each worker's own GPU.
         return WorkerPlan(workers, "cuda", num_cpus=1, num_gpus=1, threads=1)
     # One CPU stays free for the read and tokenise tasks; without it they would wait forever.
     fitting = int((cpus - 1) // cpus_per_worker)
     workers = workers or max(1, fitting)
     if workers > fitting:
-        raise ValueError(
+        raise InvalidInputError(
             f"{workers} CPU workers of {cpus_per_worker:g} CPUs each, plus 1 CPU for reading and tokenising, need "
             f"{workers * cpus_per_worker + 1:g} CPUs; the Ray cluster has {cpus:g}: lower workers or cpus_per_worker"
         )
@@ -329,7 +330,7 @@ def list_sources(
                 and not any(part.startswith(".") for part in file.relative_to(entry).parts)
             )
             if not files:
-                raise ValueError(f"{entry}: no record files ({', '.join(RECORD_SUFFIXES)}) in this folder")
+                raise InvalidInputError(f"{entry}: no record files ({', '.join(RECORD_SUFFIXES)}) in this folder")
         elif entry.is_file():
             files = [entry]
         else:
@@ -425,7 +426,7 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, int, Any]]:
     parquet = pq.ParquetFile(path)
     names = parquet.schema_arrow.names
     if "id" not in names or "text" not in names:
-        raise ValueError(f"Parquet records need columns 'id' and 'text' (and optional 'metadata'); {path} has {names}")
+        raise InvalidInputError(f"Parquet records need columns 'id' and 'text' (and optional 'metadata'); {path} has {names}")
     columns = [name for name in ("id", "text", "metadata") if name in names]
     number = 0
     for batch in parquet.iter_batches(batch_size=BLOCK_DOCS, columns=columns):

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from jina_rag.errors import JinaRagError
+from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.sparse import SparseVector
 
 FilterValue = str | int | bool
@@ -114,14 +114,14 @@ class Fusion:
 
     def __post_init__(self) -> None:
         if self.method not in ("rrf", "dbsf"):
-            raise ValueError(f"unknown fusion method {self.method!r}: use 'rrf' or 'dbsf'")
+            raise InvalidInputError(f"unknown fusion method {self.method!r}: use 'rrf' or 'dbsf'")
         unknown = set(self.weights) - set(REPRESENTATIONS)
         if unknown:
-            raise ValueError(f"fusion weights for unknown representations {sorted(unknown)}: use {', '.join(REPRESENTATIONS)}")
+            raise InvalidInputError(f"fusion weights for unknown representations {sorted(unknown)}: use {', '.join(REPRESENTATIONS)}")
         if any(weight < 0 for weight in self.weights.values()) or not any(self.weights.values()):
-            raise ValueError(f"fusion weights must be >= 0 with at least one above 0, got {dict(self.weights)}")
+            raise InvalidInputError(f"fusion weights must be >= 0 with at least one above 0, got {dict(self.weights)}")
         if self.k < 0 or self.candidates < 1:
-            raise ValueError(f"fusion k must be >= 0 and candidates >= 1, got k={self.k}, candidates={self.candidates}")
+            raise InvalidInputError(f"fusion k must be >= 0 and candidates >= 1, got k={self.k}, candidates={self.candidates}")
 
     def used(self) -> list[tuple[str, float]]:
         """The representations taking part, with their weights, in the order of :data:`REPRESENTATIONS`."""
@@ -214,7 +214,7 @@ def best_passage(query: np.ndarray, vectors: np.ndarray, spans: Sequence[Sequenc
 
 def check_mode(mode: str) -> None:
     if mode not in INDEX_MODES:
-        raise ValueError(f"unknown mode {mode!r}: use one of {', '.join(INDEX_MODES)}")
+        raise InvalidInputError(f"unknown mode {mode!r}: use one of {', '.join(INDEX_MODES)}")
 
 
 def check_search_mode(mode: str, layout: Layout, description: str) -> None:
@@ -223,7 +223,7 @@ def check_search_mode(mode: str, layout: Layout, description: str) -> None:
     if mode not in MODES_OF_LAYOUT[layout]:
         needs = "a BM25 sparse vector (index with mode 'hybrid')" if mode == "hybrid" else \
             "passage vectors (index with mode 'late-chunks', 'both' or 'hybrid')"
-        raise ValueError(
+        raise InvalidInputError(
             f"{description} was indexed with layout {layout!r}: search mode {mode!r} needs {needs}; "
             f"search it with mode {' or '.join(repr(m) for m in MODES_OF_LAYOUT[layout])}, or re-index into a new collection"
         )
@@ -254,6 +254,6 @@ def representation_queries(query: SearchQuery) -> list[tuple[str, float, Any]]:
     MAX_SIM gives the best passage's similarity); BM25 takes the query's sparse vector.
     """
     if query.sparse is None and query.fusion.weights.get(SPARSE_VECTOR, 0) > 0:
-        raise ValueError("hybrid search needs the query's BM25 sparse vector")
+        raise InvalidInputError("hybrid search needs the query's BM25 sparse vector")
     values = {DOCUMENT_VECTOR: query.vector, PASSAGE_VECTORS: query.vector[None], SPARSE_VECTOR: query.sparse}
     return [(name, weight, values[name]) for name, weight in query.fusion.used()]
