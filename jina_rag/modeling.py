@@ -79,6 +79,12 @@ class JinaBertConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if setting.type in ("int", int) and (not isinstance(value, int) or isinstance(value, bool)):
+                raise InvalidInputError(f"{setting.name} must be an integer, got {value!r}")
+            if setting.type in ("float", float) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise InvalidInputError(f"{setting.name} must be a number, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise InvalidInputError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of "
@@ -92,6 +98,8 @@ class JinaBertConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JinaBertConfig:
         """Build a config from a published ``config.json`` dict; refuses other architectures."""
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"config.json holds a JSON {type(data).__name__}, not an object of settings")
         position = data.get("position_embedding_type", "alibi")
         feed_forward = data.get("feed_forward_type", "geglu")
         if position != "alibi" or not str(feed_forward).startswith("geglu"):

@@ -171,6 +171,13 @@ class ChromaStore:
                 return None
         return self._layout
 
+    def dimension(self) -> int | None:
+        try:
+            stored = self._collection().get(limit=1, include=["embeddings"])["embeddings"]
+        except ValueError:  # no such collection (our CollectionNotFoundError, or chromadb's NotFoundError)
+            return None
+        return len(stored[0]) if stored is not None and len(stored) else None
+
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         found = self._collection().get(ids=[point_id(doc_id) for doc_id in doc_ids], include=["metadatas"])
         # Points written by other tools carry no hash: they count as absent and get rewritten.

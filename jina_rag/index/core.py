@@ -37,6 +37,7 @@ from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
 from jina_rag.index.store import (
     DEFAULT_MODE_OF_LAYOUT,
+    CollectionMismatchError,
     LAYOUT_OF_MODE,
     DocumentStore,
     FilterValue,
@@ -252,6 +253,7 @@ class DocumentIndex:
         self.chunk_tokens = chunk_tokens
         self._bm25 = bm25
         self.fusion = fusion or Fusion()
+        self._stored_dimension: int | None = None  # the collection's, learnt at the first search
 
     @property
     def bm25(self) -> BM25SparseEncoder:
@@ -566,7 +568,18 @@ class DocumentIndex:
             query = self.prepare_queries([query], mode=mode)[0]
         if mode == "hybrid" and query.sparse is None:
             raise InvalidInputError("this query was prepared without its BM25 vector: prepare it with mode='hybrid'")
+        self._check_query_dimension(len(query.vector))
         return self.store.search(replace(query, fusion=fusion or self.fusion), limit, conditions, mode)
+
+    def _check_query_dimension(self, dim: int) -> None:
+        # The store's own errors for this are a bare Exception (Edge) or chromadb's InvalidArgumentError.
+        if self._stored_dimension is None:
+            self._stored_dimension = self.store.dimension()
+        if self._stored_dimension not in (None, dim):
+            raise CollectionMismatchError(
+                f"{self.store.description} holds {self._stored_dimension}-dimensional vectors; this query has {dim} "
+                f"dimensions: search with the model that indexed the collection (or re-index it with this one)"
+            )
 
     def prepare_queries(self, texts: Sequence[str], *, mode: IndexMode | None = None) -> list[SearchQuery]:
         """Encode query texts in one batch (and their BM25 vectors for ``hybrid``) for :meth:`search`."""

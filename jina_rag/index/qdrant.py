@@ -144,6 +144,13 @@ class QdrantStore:
             self._layout = self._layout_of(self.client.get_collection(self.collection).config.params)
         return self._layout
 
+    def dimension(self) -> int | None:
+        if not self._exists():
+            return None
+        vectors = self.client.get_collection(self.collection).config.params.vectors
+        dense = vectors.get(DOCUMENT_VECTOR) if isinstance(vectors, dict) else vectors
+        return dense.size if dense is not None else None
+
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         records = self.client.retrieve(
             self.collection, ids=[point_id(doc_id) for doc_id in doc_ids],

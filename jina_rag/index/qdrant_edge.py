@@ -196,6 +196,13 @@ class EdgeStore:
             self._layout = _layout_of(self._stored_config())
         return self._layout
 
+    def dimension(self) -> int | None:
+        if not self._exists():
+            return None
+        vectors = self._stored_config().get("vectors") or {}
+        dense = vectors.get("") or vectors.get(DOCUMENT_VECTOR)
+        return dense["size"] if dense else None
+
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         records = self.shard.retrieve(
             [point_id(doc_id) for doc_id in doc_ids], with_payload=["doc_id", "content_hash"], with_vector=False,

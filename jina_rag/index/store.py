@@ -174,6 +174,9 @@ class DocumentStore(Protocol):
     def layout(self) -> Layout | None:
         """The collection's layout; ``None`` if it does not exist yet."""
 
+    def dimension(self) -> int | None:
+        """The dimension of the collection's dense vectors; ``None`` if it does not exist or holds none yet."""
+
     def existing_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         """Stored content hashes of those documents that have a point with id ``point_id(doc_id)``."""
 
