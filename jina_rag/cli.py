@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
 from jina_rag.errors import InvalidInputError, JinaRagError
@@ -263,8 +264,15 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line (``jina-rag CMD: error: ...``, exit 2), like every other error here; --help shows usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jina-rag", description="Jina Embeddings v2 for retrieval-augmented generation")
+    parser = _OneLineErrors(prog="jina-rag", description="Jina Embeddings v2 for retrieval-augmented generation")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -365,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help (0) or a usage error (2, its line already printed)
+        return exit.code if isinstance(exit.code, int) else 2
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     # The level on the handler too: libraries that set their own logger's level (bm25s sets DEBUG on
     # import) would otherwise print below it.

@@ -2,8 +2,7 @@
 
 Every row feeds one bad input through the API (encoder, index), the CLI or a framework adapter. API rows
 name the error class and a regex for its one-line message; CLI rows expect exit code 2 and one stderr
-line (``jina-rag CMD: error: ...``) with no traceback. Rows where the library does not (yet) raise a
-JinaRagError are strict xfails whose reason says what happens today. Inputs the library accepts are in
+line (``jina-rag CMD: error: ...``) with no traceback. Inputs the library accepts are in
 a separate table and must give finite vectors (or nothing, for nothing).
 
 Tiny models are written into tmp folders by the tests (conftest); nothing is downloaded.
@@ -152,10 +151,6 @@ def load_damaged(damage):
         return JinaEncoder.from_pretrained(b.damaged_copy(damage), device="cpu").encode(["a text"])
 
     return load
-
-
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def row(name: str, feed, error: type[JinaRagError], message: str, *marks):
@@ -311,9 +306,7 @@ CLI_ROWS = [
     cli_row("search-limit-0", lambda b: ["search", "tides", "--limit", "0", "--store", "qdrant", "--location", str(b.tmp / "tpyo"),
                                          "--collection", "docs", *b.model_args], r"limit must be at least 1, got 0"),
     cli_row("search-unknown-store", lambda b: ["search", "tides", "--store", "redis", "--location", str(b.tmp), "--collection", "d",
-                                               *b.model_args], r"invalid choice: 'redis'",
-            xfail("argparse: prints the usage line and 'jina-rag search: error: argument --store: invalid choice: ...' "
-                  "(two stderr lines) and raises SystemExit(2) instead of returning 2")),
+                                               *b.model_args], r"invalid choice: 'redis'"),
 ]
 
 
