@@ -128,6 +128,7 @@ def _as_arrays(vector) -> SparseVector:
 
 
 def _sorted(indices, values: np.ndarray) -> SparseVector:
-    order_indices = np.fromiter(indices, dtype=np.uint32, count=len(values))
-    order = np.argsort(order_indices, kind="stable")
-    return SparseVector(order_indices[order], values[order])
+    """A sparse vector with its dimensions in increasing order."""
+    dims = np.fromiter(indices, dtype=np.uint32, count=len(values))
+    order = np.argsort(dims)
+    return SparseVector(dims[order], values[order])

@@ -330,10 +330,8 @@ class DocumentIndex:
         if batch_docs < 1:
             raise InvalidInputError(f"batch_docs must be >= 1, got {batch_docs}")
         docs = validate_documents(documents_from_records(documents))
-        check_metadata = getattr(self.store, "check_metadata", None)  # stores written before the hook may lack it
-        if check_metadata is not None:
-            for doc in docs:
-                check_metadata(doc.id, doc.metadata)
+        for doc in docs:
+            self.store.check_metadata(doc.id, doc.metadata)
         layout = self.layout()
         exists = self.store.layout() is not None
         if exists:
@@ -367,10 +365,7 @@ class DocumentIndex:
             )
         if not exists:
             return []
-        list_ids = getattr(self.store, "document_ids", None)
-        if list_ids is None:
-            raise InvalidInputError(f"{where} cannot list its documents ({type(self.store).__name__} has no document_ids), so it cannot sync")
-        stored = set(list_ids())
+        stored = set(self.store.document_ids())
         given = {doc.id for doc in docs}
         stale = sorted(stored - given)
         if stored and not stored & given:
