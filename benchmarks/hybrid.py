@@ -18,11 +18,12 @@ Under each table: the paired difference of hybrid to each baseline in nDCG@10 wi
 interval, and the indexing rate of hybrid against dense-only (mode ``document``) on the first
 ``--rate-docs`` documents, both written to the same kind of store.
 
-``--tune`` chooses the fusion and BM25's ``avg_len`` and word pairs on a set built from *training* packages
-(``data/dev-long``): it never looks at an evaluation set. It prints every candidate and the best.
+``--tune`` chooses the fusion and BM25's ``avg_len`` and word pairs on the set built from the *tuning*
+package (``data/tune-long``: neither trained nor evaluated on, so the dense model is not favoured by
+having seen the text): it never looks at an evaluation set. It prints every candidate and the best.
 
     python benchmarks/hybrid.py data/long data/short --out benchmarks/out/hybrid.json
-    python benchmarks/hybrid.py data/dev-long --tune
+    python benchmarks/hybrid.py data/tune-long --tune
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def sparse_only_run(data: RetrievalSet, bm25: BM25SparseEncoder) -> dict[str, li
 
 
 def tune(data: RetrievalSet, args: argparse.Namespace, encoder: JinaEncoder, work: Path) -> dict:
-    """Choose BM25's avg_len and word pairs, then the fusion, on a training-package set (never an evaluation set)."""
+    """Choose BM25's avg_len and word pairs, then the fusion, on the tuning package's set (never an evaluation set)."""
     print(f"### Tuning on {data.name}: {len(data.doc_ids)} documents, {len(data.query_ids)} queries\n")
     print("| candidate | nDCG@10 |\n|---|---:|")
     bm25_alone = {}
@@ -190,7 +191,7 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=None, help="a reproducible sample of N queries per set")
     parser.add_argument("--max-docs", type=int, default=None,
                         help="keep N documents: every judged one, then random others (reproducibly)")
-    parser.add_argument("--tune", action="store_true", help="choose avg_len, word pairs and the fusion on this (training) set")
+    parser.add_argument("--tune", action="store_true", help="choose avg_len, word pairs and the fusion on this (tuning) set")
     parser.add_argument("--avg-lens", type=lambda s: [float(v) for v in s.split(",")], default=[256.0, 1000.0, 3000.0])
     parser.add_argument("--settings", type=Path, default=None,
                         help="BM25 avg_len, word pairs and fusion from this JSON (what --tune --out wrote) instead of the defaults")

@@ -216,3 +216,33 @@ def test_cut_of_a_long_text_equals_tokenising_it_whole():
     no_spaces = "abc," * 3000
     offsets = tokens.offsets(no_spaces)
     assert tokens.cut(no_spaces, 100) == no_spaces[: offsets[99][1]]
+
+
+def test_training_tuning_and_evaluation_packages_are_disjoint():
+    from training.data.sources import SOURCES
+
+    splits = {split: {s.package for s in SOURCES if s.split == split} for split in ("train", "tune", "eval")}
+    assert all(splits.values())
+    assert sum(len(packages) for packages in splits.values()) == len({s.package for s in SOURCES})
+
+
+POSTGRES_PAGE = """<html><head><title>28.2. The Cumulative Statistics System</title></head><body>
+<div class="navheader"><table><tr><th>28.2. The Cumulative Statistics System</th></tr>
+<tr><td><a href="x.html">Prev</a></td><td>Chapter 28. Monitoring Database Activity</td></tr></table></div>
+<div class="sect1"><h2 class="title">28.2. The Cumulative Statistics System</h2>
+<div class="toc"><dl><dt>28.2.1. Statistics Collection Configuration</dt></dl></div>
+<p>PostgreSQL's cumulative statistics system collects activity.</p>
+<div class="sect2"><h3 class="title">28.2.1. Statistics Collection Configuration</h3><p>Collection adds overhead.</p></div>
+</div><div class="navfooter"><a href="y.html">Next</a> 28.3. Viewing Locks</div></body></html>"""
+
+
+def test_tuning_package_pages_read_without_navigation():
+    from training.data.sources import SOURCES
+
+    (source,) = [s for s in SOURCES if s.split == "tune"]
+    document = html_to_document(POSTGRES_PAGE, "pg:/x.html", source.package, root=source.root, drop=source.drop, title=source.title)
+    assert document.title == "The Cumulative Statistics System"
+    assert [s.heading for s in document.sections] == ["", "Statistics Collection Configuration"]
+    text = document.text()
+    assert "Prev" not in text and "Next" not in text and "Viewing Locks" not in text
+    assert text.count("Statistics Collection Configuration") == 1  # the table of contents is gone

