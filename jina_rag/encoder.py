@@ -12,7 +12,8 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -34,6 +35,9 @@ BackendName = Literal["torch", "onnx"]
 BACKENDS = ("torch", "onnx")
 DEFAULT_BATCH_TOKENS = 16384
 TOKENIZE_CHUNK_TEXTS = 1024
+# Long work, which gets a progress bar by default (when stderr is a terminal): this many tokens or more,
+# a few seconds on a CPU.
+PROGRESS_MIN_TOKENS = 32768
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -311,6 +315,75 @@ def _words(backend: Any, run: str) -> list[str]:
     return [word for word, _ in backend.pre_tokenizer.pre_tokenize_str(run)]
 
 
+ProgressCallback = Callable[[int, int], None]
+
+
+class TokenProgress:
+    """Progress in tokens encoded: a tqdm bar and/or a callback ``on_progress(done, total)``.
+
+    The total grows as work is tokenised (:meth:`add_total`); :meth:`add_done` counts a batch once the
+    model ran it. A CUDA result is counted when the device has finished it (an event recorded after its
+    launch, polled without waiting), so the bar follows the device, not the launches running ahead of
+    it; :meth:`finish` counts the rest once results were collected. ``show=None`` decides at the first
+    :meth:`add_total`: a bar when the work is expected to reach :data:`PROGRESS_MIN_TOKENS` and stderr
+    is a terminal. With no bar and no callback it does nothing.
+    """
+
+    def __init__(self, show: bool | None, desc: str, on_progress: ProgressCallback | None = None) -> None:
+        self.show = show
+        self.desc = desc
+        self.on_progress = on_progress
+        self.done = 0
+        self.total = 0
+        self.bar: Any = None
+        self._pending: deque[tuple[torch.cuda.Event, int]] = deque()
+
+    @property
+    def active(self) -> bool:
+        return self.on_progress is not None or (self.bar is not None and not self.bar.disable)
+
+    def add_total(self, tokens: int, expected: float = 0.0) -> None:
+        """``tokens`` more to encode; ``expected``: the whole work's estimated tokens (decides ``show=None``)."""
+        if self.bar is None:
+            show = self.show
+            if show is None:
+                show = max(tokens, expected) >= PROGRESS_MIN_TOKENS and sys.stderr.isatty()
+            self.bar = tqdm(total=0, unit="tok", unit_scale=True, desc=self.desc, disable=not show)
+        self.total += tokens
+        if not self.bar.disable:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def add_done(self, tokens: int, result: Any = None) -> None:
+        """A batch of ``tokens`` ran (``result``: its output; a CUDA tensor's are counted when the device is done)."""
+        if not self.active:
+            return
+        if isinstance(result, torch.Tensor) and result.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+            self._pending.append((event, tokens))
+            while self._pending and self._pending[0][0].query():
+                self._advance(self._pending.popleft()[1])
+        else:
+            self._advance(tokens)
+
+    def finish(self) -> None:
+        """Count every pending batch done: call once the results were collected from the device."""
+        while self._pending:
+            self._advance(self._pending.popleft()[1])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def _advance(self, tokens: int) -> None:
+        self.done += tokens
+        if self.bar is not None:
+            self.bar.update(tokens)
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+
 @dataclass
 class _Segment:
     text_index: int
@@ -490,11 +563,17 @@ class JinaEncoder:
         show_progress: bool | None = None,
         convert_to: Literal["numpy", "torch"] = "numpy",
         long_text: LongTextPolicy | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts; returns ``[n, dim]`` float32 (``[dim]`` for a single string).
 
         Batches hold at most ``batch_tokens`` tokens, padding included; order is preserved.
-        ``show_progress=None`` shows a bar on long work when stderr is a terminal.
+        Progress is counted in tokens the model has read (every window of a long text, special tokens
+        included) and moves after each batch, so one long text split into windows moves it too.
+        ``show_progress=None`` shows a bar on long work (:data:`PROGRESS_MIN_TOKENS` tokens or more)
+        when stderr is a terminal; ``False`` shows none. ``on_progress(done, total)``, if given, is
+        called after each batch with the tokens done and the tokens known so far (the total grows as
+        texts are tokenised, 1,024 at a time).
         """
         if convert_to not in ("numpy", "torch"):
             raise InvalidInputError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
@@ -505,7 +584,7 @@ class JinaEncoder:
         if not texts:
             vectors = np.zeros((0, self.dim), dtype=np.float32)
         else:
-            vectors = self._encode(texts, False, policy, batch_tokens, normalize, show_progress)
+            vectors = self._encode(texts, False, policy, batch_tokens, normalize, show_progress, on_progress)
         if single:
             vectors = vectors[0]
         return torch.from_numpy(vectors) if convert_to == "torch" else vectors
@@ -542,13 +621,13 @@ class JinaEncoder:
         batch_tokens: int,
         normalize: bool,
         show_progress: bool | None,
+        on_progress: ProgressCallback | None = None,
     ) -> np.ndarray:
         backend = self.backend
-        if show_progress is None:
-            show_progress = len(items) > TOKENIZE_CHUNK_TEXTS // 8 and sys.stderr.isatty()
         segments: list[_Segment] = []
         parts, order = [], []
-        with tqdm(total=len(items), unit="text", desc="encoding", disable=not show_progress) as bar:
+        progress = TokenProgress(show_progress, "encoding", on_progress)
+        try:
             # Tokenising chunk by chunk overlaps it with the device working on the previous chunk:
             # launches are asynchronous and results are collected only at the end.
             for first in range(0, len(items), TOKENIZE_CHUNK_TEXTS):
@@ -557,15 +636,18 @@ class JinaEncoder:
                     warn_unknown_words(self.tokenizer, part, first)
                 chunk = self._segments(part if tokenized else self._tokenize(part), policy, first)
                 lengths = [len(s.input_ids) for s in chunk]
+                progress.add_total(sum(lengths), expected=sum(lengths) * len(items) / len(part))
                 for batch in plan_batches(lengths, batch_tokens, packed=backend.packed):
                     parts.append(backend.embed([chunk[i].input_ids for i in batch]))
                     order.extend(len(segments) + i for i in batch)
+                    progress.add_done(sum(lengths[i] for i in batch), parts[-1])
                 segments.extend(chunk)
-                bar.update(min(TOKENIZE_CHUNK_TEXTS, len(items) - first))
-                bar.set_postfix(tokens=sum(len(s.input_ids) for s in segments), refresh=False)
-        lengths = [len(s.input_ids) for s in segments]
-        pooled = np.empty((len(segments), self.dim), dtype=np.float32)
-        pooled[order] = _to_numpy(parts)
+            lengths = [len(s.input_ids) for s in segments]
+            pooled = np.empty((len(segments), self.dim), dtype=np.float32)
+            pooled[order] = _to_numpy(parts)
+            progress.finish()
+        finally:
+            progress.close()
         # Windows of one text are averaged, weighted by their token counts.
         owners = np.array([s.text_index for s in segments])
         weights = np.array(lengths, dtype=np.float32)

@@ -11,20 +11,20 @@ token-weighted mean of the windows' means, as :meth:`JinaEncoder.encode` compute
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from jina_rag.batching import plan_batches
 from jina_rag.encoder import (
     DEFAULT_BATCH_TOKENS,
     TOKENIZE_CHUNK_TEXTS,
     JinaEncoder,
+    ProgressCallback,
+    TokenProgress,
     _check_texts,
     check_finite,
     warn_unknown_words,
@@ -118,6 +118,7 @@ def split_spans(text: str, splitter: Splitter) -> list[Span]:
 def encode_late_chunks(
     encoder: JinaEncoder, documents: str, *, spans: Sequence[Span] | None = None, splitter: Splitter | None = None,
     chunk_tokens: int = ..., batch_tokens: int = ..., normalize: bool = ..., show_progress: bool | None = ...,
+    on_progress: ProgressCallback | None = ...,
 ) -> LateChunks: ...
 
 
@@ -125,7 +126,7 @@ def encode_late_chunks(
 def encode_late_chunks(
     encoder: JinaEncoder, documents: Sequence[str], *, spans: Sequence[Sequence[Span]] | None = None,
     splitter: Splitter | None = None, chunk_tokens: int = ..., batch_tokens: int = ..., normalize: bool = ...,
-    show_progress: bool | None = ...,
+    show_progress: bool | None = ..., on_progress: ProgressCallback | None = ...,
 ) -> list[LateChunks]: ...
 
 
@@ -139,6 +140,7 @@ def encode_late_chunks(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     normalize: bool = True,
     show_progress: bool | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> LateChunks | list[LateChunks]:
     """Passage vectors conditioned on their whole document, the passages' spans, and the document vector.
 
@@ -149,6 +151,10 @@ def encode_late_chunks(
     covers every token that overlaps its span. Documents longer than the encoder's ``max_length``
     are read in overlapping windows whatever its ``long_text`` policy, so every passage gets a vector.
     Returns one :class:`LateChunks` per document (a single one for a single string).
+
+    Progress is counted in tokens read (every window, special tokens included), as
+    :meth:`JinaEncoder.encode` counts it: ``show_progress=None`` shows a bar on long work when stderr
+    is a terminal, ``on_progress(done, total)`` is called after each batch.
     """
     if spans is not None and splitter is not None:
         raise InvalidInputError("pass spans= or splitter=, not both")
@@ -166,15 +172,17 @@ def encode_late_chunks(
         raise InvalidTypeError(f"late chunking needs token states, which the {type(backend).__name__} does not give: use the PyTorch backend")
     if not encoder.tokenizer.is_fast:
         raise InvalidTypeError("late chunking maps characters to tokens with a fast (Rust) tokenizer's offsets; this tokenizer is not one")
-    if show_progress is None:
-        show_progress = len(texts) > 64 and sys.stderr.isatty()
     results: list[LateChunks] = []
-    with tqdm(total=len(texts), unit="doc", desc="late chunking", disable=not show_progress) as bar:
+    progress = TokenProgress(show_progress, "late chunking", on_progress)
+    try:
         for first in range(0, len(texts), TOKENIZE_CHUNK_TEXTS):
             chunk = texts[first : first + TOKENIZE_CHUNK_TEXTS]
             chunk_spans = spans[first : first + TOKENIZE_CHUNK_TEXTS] if spans is not None else None
-            results.extend(_encode_chunk(encoder, chunk, first, chunk_spans, splitter, chunk_tokens, batch_tokens, normalize))
-            bar.update(len(chunk))
+            results.extend(_encode_chunk(
+                encoder, chunk, first, chunk_spans, splitter, chunk_tokens, batch_tokens, normalize, progress, len(texts),
+            ))
+    finally:
+        progress.close()
     return results[0] if single else results
 
 
@@ -199,7 +207,10 @@ def _encode_chunk(
     chunk_tokens: int,
     batch_tokens: int,
     normalize: bool,
+    progress: TokenProgress | None = None,
+    documents: int = 0,
 ) -> list[LateChunks]:
+    """Late chunks of ``texts`` (documents ``first_index`` on, of ``documents`` in all: the progress estimate)."""
     prefix, suffix = encoder.special_tokens
     width = encoder.max_length - len(prefix) - len(suffix)
     warn_unknown_words(encoder.tokenizer, texts, first_index, "documents")
@@ -235,7 +246,10 @@ def _encode_chunk(
             offset = len(prefix) - windows[window][0]
             segments[plan.first_sequence + window].append((start + offset, stop + offset))
 
-    means = _segment_means(encoder, sequences, segments, batch_tokens)
+    if progress is not None:
+        tokens = sum(map(len, sequences))
+        progress.add_total(tokens, expected=tokens * max(documents, len(texts)) / len(texts))
+    means = _segment_means(encoder, sequences, segments, batch_tokens, progress)
     results = []
     for plan in plans:
         owned = range(plan.first_sequence, plan.first_sequence + len(plan.windows))
@@ -295,7 +309,8 @@ def _central_windows(token_spans: np.ndarray, windows: list[Span]) -> np.ndarray
 
 
 def _segment_means(
-    encoder: JinaEncoder, sequences: list[list[int]], segments: list[list[Span]], batch_tokens: int
+    encoder: JinaEncoder, sequences: list[list[int]], segments: list[list[Span]], batch_tokens: int,
+    progress: TokenProgress | None = None,
 ) -> list[np.ndarray]:
     """Mean token state over each ``[start, stop)`` of each sequence: ``[segments, H]`` per sequence."""
     backend = encoder.backend
@@ -314,7 +329,9 @@ def _segment_means(
         sums = torch.nn.functional.pad(hidden.to(torch.float64).cumsum(0), (0, 0, 1, 0))
         pooled = (sums[bounds[:, 1]] - sums[bounds[:, 0]]) / (bounds[:, 1:] - bounds[:, :1])
         pooled[non_finite[bounds[:, 1]] > non_finite[bounds[:, 0]]] = float("nan")
-        pooled = pooled.float().cpu().numpy()
+        pooled = pooled.float().cpu().numpy()  # waits for the device: the batch is done
+        if progress is not None:
+            progress.add_done(sum(lengths[i] for i in batch))
         cursor = 0
         for i in batch:
             means[i] = pooled[cursor : cursor + len(segments[i])]

@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm.auto import tqdm
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, NonFiniteVectorError, TextTooLongError
+from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, NonFiniteVectorError, ProgressCallback, TextTooLongError
 from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError
 from jina_rag.index.documents import Document, documents_from_records, point_id, validate_documents
 from jina_rag.index.store import (
@@ -212,6 +212,19 @@ def with_retries(call: Callable[[], T], what: str, retries: int, retry_delay: fl
     raise AssertionError("unreachable")
 
 
+class _BatchProgress:
+    """Moves a token bar through one write batch of ``tokens`` as the model reads it (called with ``(done, total)``
+    in tokens read, windows and special tokens included, so scaled to the batch's share)."""
+
+    def __init__(self, bar: Any, tokens: int) -> None:
+        self.bar, self.start, self.tokens = bar, bar.n, tokens
+
+    def __call__(self, done: int, total: int) -> None:
+        target = self.start + self.tokens * min(done, total) // max(total, 1)
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
+
+
 class DocumentIndex:
     """Index documents into a store (one point each), and search them.
 
@@ -385,20 +398,23 @@ class DocumentIndex:
             )
         return stale
 
-    def encode_points(self, docs: Sequence[Document], hashes: Mapping[str, str]) -> list[Point]:
+    def encode_points(
+        self, docs: Sequence[Document], hashes: Mapping[str, str], on_progress: ProgressCallback | None = None,
+    ) -> list[Point]:
         """One point per document: its whole text as one vector (long ones through the encoder's
-        windows) and, by layout, its late-chunked passage vectors and spans and its BM25 vector."""
+        windows) and, by layout, its late-chunked passage vectors and spans and its BM25 vector.
+        ``on_progress(done, total)`` follows the model's batches in tokens read (see :meth:`JinaEncoder.encode`)."""
         texts = [doc.text for doc in docs]
         layout = self.layout()
         if layout == "document":
-            vectors = self.encoder.encode(texts, batch_tokens=self.batch_tokens, show_progress=False)
+            vectors = self.encoder.encode(texts, batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress)
             return [
                 Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
                 for doc, vector in zip(docs, vectors)
             ]
         chunked = encode_late_chunks(
             self.encoder, texts, splitter=self.splitter, chunk_tokens=self.chunk_tokens,
-            batch_tokens=self.batch_tokens, show_progress=False,
+            batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress,
         )
         sparse = self.bm25.embed_documents(texts) if layout == "hybrid" else [None] * len(docs)
         return [
@@ -449,8 +465,12 @@ class DocumentIndex:
             tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
         ):
             for number, batch in enumerate(plan.batches):
+                batch_tokens = sum(plan.tokens[doc.id] for doc in batch)
+                # The token bar moves while a batch is encoded (one long document can take minutes), as the
+                # batch's share of the tokens the model has read; the document bar when the batch is written.
+                encoded = _BatchProgress(token_bar, batch_tokens) if show_progress else None
                 try:
-                    points = self.encode_points(batch, plan.hashes)
+                    points = self.encode_points(batch, plan.hashes, on_progress=encoded)
                 except NonFiniteVectorError as error:
                     # The store would refuse NaN or keep it and break search: the batch is not written.
                     self._stop(report, plan, number, started)
@@ -464,11 +484,11 @@ class DocumentIndex:
                 except Exception as error:
                     self._stop(report, plan, number, started)
                     raise IndexingError(self._failure_message(report, error), report.failed, report) from error
-                written = WrittenBatch(number, tuple(doc.id for doc in batch), sum(plan.tokens[doc.id] for doc in batch))
+                written = WrittenBatch(number, tuple(doc.id for doc in batch), batch_tokens)
                 report.indexed.extend(written.doc_ids)
                 report.tokens += written.tokens
                 doc_bar.update(len(batch))
-                token_bar.update(written.tokens)
+                token_bar.update(report.tokens - token_bar.n)
                 if on_batch is not None:
                     on_batch(written)
         if plan.stale is not None:
