@@ -489,6 +489,11 @@ class DocumentIndex:
                 report.tokens += written.tokens
                 doc_bar.update(len(batch))
                 token_bar.update(report.tokens - token_bar.n)
+                # Progress where no bar is shown (logs, `jina-rag -v index`), and what was acknowledged before a crash.
+                logger.info(
+                    "batch %d of %d written to %s: %d documents, %d tokens",
+                    number + 1, len(plan.batches), self.store.description, len(batch), written.tokens,
+                )
                 if on_batch is not None:
                     on_batch(written)
         if plan.stale is not None:
