@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import SHAPES, device_name, lognormal_lengths, random_model_folder, texts_of_lengths  # noqa: E402
-from jina_rag import DocumentIndex, JinaEncoder, read_documents  # noqa: E402
+from jina_rag import DocumentIndex, EncoderSettings, JinaEncoder, read_documents  # noqa: E402
 from jina_rag.encoder import DEFAULT_BATCH_TOKENS, packed_width  # noqa: E402
 from jina_rag.index import open_store  # noqa: E402
 from jina_rag.index.ray_data import STAGES, index_with_ray  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
                 store, location, collection = new_collection(f"ray-{uuid.uuid4().hex[:8]}")
                 report = index_with_ray(
                     [corpus], store=store, location=location, collection=collection,
-                    model=model, device=args.device, workers=workers,
+                    settings=EncoderSettings(model, device=args.device), workers=workers,
                     cpus_per_worker=max(1, cores // workers), batch_docs=args.batch_docs, show_progress=False,
                 )
                 assert len(report.indexed) == args.docs and report.tokens == tokens and not report.failed, report.summary()

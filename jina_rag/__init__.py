@@ -20,6 +20,7 @@ from jina_rag.index import (
 from jina_rag.late_chunking import LateChunks, encode_late_chunks
 from jina_rag.loading import CheckpointError, ModelNotFoundError, load_model, load_tokenizer, save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes
+from jina_rag.settings import EncoderSettings  # the encoder's options, one frozen object: JinaEncoder.from_settings
 from jina_rag.sparse import BM25SparseEncoder
 
 __version__ = "0.1.0"
@@ -32,7 +33,7 @@ _ADAPTERS = {
     "JinaEmbedding": "jina_rag.llama_index",
     "JinaBM25SparseFunctions": "jina_rag.llama_index",
     "JinaNodeRetriever": "jina_rag.llama_index",
-    "JinaEmbeddingFunction": "jina_rag.chroma",
+    "JinaEmbeddingFunction": "jina_rag.chroma_embedding",
     "OnnxBackend": "jina_rag.onnx_backend",
     "OnnxExport": "jina_rag.onnx_export",
     "OnnxExportError": "jina_rag.onnx_export",
@@ -59,6 +60,7 @@ __all__ = [
     "DocumentIndex",
     "Fusion",
     "encode_late_chunks",
+    "EncoderSettings",
     "export_onnx",
     "index_with_ray",
     "IndexingError",

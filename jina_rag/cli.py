@@ -13,41 +13,58 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from jina_rag.encoder import BACKENDS, DEFAULT_BATCH_TOKENS, LONG_TEXT_POLICIES, JinaEncoder
+from jina_rag.encoder import JinaEncoder
 from jina_rag.errors import InvalidInputError, JinaRagError
 from jina_rag.index import INDEX_MODES, STORES, DocumentIndex, IndexingError, read_documents, read_records_file
 from jina_rag.index.documents import read_text_file
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import MODEL_ENV_VAR
+from jina_rag.settings import ATTENTIONS, BACKENDS, DEFAULT_SETTINGS, LONG_TEXT_POLICIES, EncoderSettings
 
 logger = logging.getLogger("jina_rag.cli")
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every command that loads a model shares."""
+def add_encoder_arguments(parser: argparse.ArgumentParser, *, normalize: bool = False) -> None:
+    """The encoder's flags (every :class:`EncoderSettings` field; ``--no-normalize`` only with ``normalize``),
+    and ``--no-progress``: what every command that loads a model takes. Defaults are the settings' own."""
+    default = DEFAULT_SETTINGS
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=None, help=f"folder or hub id (default: ${MODEL_ENV_VAR}, the shipped model, or the hub's small model)")
     group.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     group.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, bfloat16 on CUDA)")
-    group.add_argument("--max-length", type=int, default=8192, help="tokens per pass (default: 8192)")
-    group.add_argument("--long-text", choices=LONG_TEXT_POLICIES, default="windows", help="what to do with texts over --max-length (default: windows)")
-    group.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="tokens per batch, padding included")
+    group.add_argument("--max-length", type=int, default=None, help=f"tokens per pass (default: {default.max_length})")
+    group.add_argument("--long-text", choices=LONG_TEXT_POLICIES, default=None, help=f"what to do with texts over --max-length (default: {default.long_text})")
+    group.add_argument("--window-overlap", type=int, default=None, metavar="TOKENS", help="tokens shared by neighbouring windows of a long text (default: max-length / 8)")
+    group.add_argument("--batch-tokens", type=int, default=None, help=f"tokens per batch, padding included (default: {default.batch_tokens})")
+    if normalize:
+        group.add_argument("--no-normalize", action="store_true", help="keep raw mean-pooled vectors")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    group.add_argument("--backend", choices=BACKENDS, default="torch", help="torch, or onnx for a folder from export-onnx (default: torch)")
+    group.add_argument("--backend", choices=BACKENDS, default=None, help=f"torch, or onnx for a folder from export-onnx (default: {default.backend})")
     group.add_argument("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: CPUExecutionProvider)")
     group.add_argument("--alibi-cutoff", type=float, default=None, metavar="LOGITS",
                        help="CUDA only: skip attention tiles whose ALiBi penalty is at least this many logits, e.g. 64 "
                             "(1.7x faster at 8192 tokens; default: exact attention)")
+    group.add_argument("--attention", choices=ATTENTIONS, default=None,
+                       help=f"flash: FlashAttention-4 for every packed row (CUDA, jina-rag[flash]; default: {default.attention})")
+
+
+def settings_from_args(args: argparse.Namespace) -> EncoderSettings:
+    """The encoder settings of a command's flags: each flag not given keeps the settings' default."""
+    given = {
+        "model": args.model, "device": args.device, "dtype": args.dtype, "max_length": args.max_length,
+        "long_text": args.long_text, "window_overlap": args.window_overlap, "backend": args.backend,
+        "providers": args.providers.split(",") if args.providers else None, "alibi_cutoff": args.alibi_cutoff,
+        "attention": args.attention, "batch_tokens": args.batch_tokens,
+        "normalize": False if getattr(args, "no_normalize", False) else None,
+    }
+    return EncoderSettings(**{name: value for name, value in given.items() if value is not None})
 
 
 def encoder_from_args(args: argparse.Namespace) -> JinaEncoder:
-    providers = args.providers.split(",") if args.providers else None
-    return JinaEncoder.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
-        backend=args.backend, providers=providers, alibi_cutoff=args.alibi_cutoff,
-    )
+    """The encoder of a command's flags, loaded."""
+    return JinaEncoder.from_settings(settings_from_args(args))
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -65,10 +82,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 def cmd_embed(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     encoder = encoder_from_args(args)
-    vectors = encoder.encode(
-        texts, batch_tokens=args.batch_tokens, normalize=not args.no_normalize,
-        show_progress=False if args.no_progress else None,
-    )
+    vectors = encoder.encode(texts, show_progress=False if args.no_progress else None)
     if args.output and args.output.endswith(".npy"):
         import numpy as np
 
@@ -122,8 +136,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     retrievers: list = []
     if not args.no_jina:
         lengths = args.max_lengths or ([args.max_length] if args.max_length else list(DEFAULT_EVAL_LENGTHS))
+        settings = settings_from_args(args)
         retrievers += evaluation.jina_retrievers(
-            None, lengths, make_encoder=lambda m: encoder_from_args(argparse.Namespace(**{**vars(args), "max_length": m}))
+            None, lengths, make_encoder=lambda m: JinaEncoder.from_settings(settings.replace(max_length=m))
         )
     for model in args.compare or []:
         retrievers += evaluation.comparison_retrievers(model, args.compare_max_lengths, args.chunk_tokens, args.device)
@@ -157,12 +172,17 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _open_index(args: argparse.Namespace, index_fields: Sequence[str] = ()) -> DocumentIndex:
-    api_key = args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY")
+    settings = settings_from_args(args)
+    chunk_tokens = getattr(args, "chunk_tokens", None)
     return DocumentIndex.open(
-        args.store, args.location, args.collection, encoder=encoder_from_args(args), api_key=api_key,
-        index_fields=index_fields, batch_tokens=args.batch_tokens, mode=args.mode,
-        chunk_tokens=getattr(args, "chunk_tokens", DEFAULT_CHUNK_TOKENS),
+        args.store, args.location, args.collection, encoder=JinaEncoder.from_settings(settings), api_key=_api_key(args),
+        index_fields=index_fields, batch_tokens=settings.batch_tokens, mode=args.mode,
+        chunk_tokens=DEFAULT_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens,
     )
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    return args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY")
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -172,6 +192,9 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         if args.mode not in (None, "document"):
             raise InvalidInputError(f"--engine ray writes whole-document vectors only: drop --mode {args.mode} or use the local engine")
+        if args.chunk_tokens is not None:
+            raise InvalidInputError("--chunk-tokens sizes passages, and --engine ray writes whole-document vectors only: "
+                                    "drop --chunk-tokens or use the local engine")
         if args.sync:
             raise InvalidInputError("--sync needs the local engine: run it without --engine ray (unchanged documents are skipped)")
         return _index_with_ray(args, suffixes)
@@ -203,12 +226,9 @@ def _index_with_ray(args: argparse.Namespace, suffixes: set[str] | None) -> int:
 
     report = index_with_ray(
         args.paths, records=args.records or (), root=args.root, **({"suffixes": suffixes} if suffixes else {}),
-        store=args.store, location=args.location, collection=args.collection,
-        api_key=args.api_key or os.environ.get("QDRANT_API_KEY" if args.store == "qdrant" else "CHROMA_API_KEY"),
-        index_fields=args.index_field or (),
-        model=args.model, device=args.device, dtype=args.dtype, max_length=args.max_length, long_text=args.long_text,
-        alibi_cutoff=args.alibi_cutoff,
-        batch_tokens=args.batch_tokens, workers=args.workers, cpus_per_worker=args.cpus_per_worker or 1.0,
+        store=args.store, location=args.location, collection=args.collection, api_key=_api_key(args),
+        index_fields=args.index_field or (), settings=settings_from_args(args),
+        workers=args.workers, cpus_per_worker=args.cpus_per_worker or 1.0,
         address=args.address, batch_docs=args.batch_docs, retries=args.retries,
         show_progress=False if args.no_progress else None,
     )
@@ -281,8 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--file", action="append", metavar="PATH", help="embed a whole file as one text (repeatable)")
     embed.add_argument("--lines", metavar="PATH", help="embed each non-empty line of a file")
     embed.add_argument("-o", "--output", metavar="PATH", help="write .npy or JSONL here (default: JSONL on stdout)")
-    embed.add_argument("--no-normalize", action="store_true", help="keep raw mean-pooled vectors")
-    add_model_arguments(embed)
+    add_encoder_arguments(embed, normalize=True)
     embed.set_defaults(run=cmd_embed)
 
     evaluate = commands.add_parser(
@@ -302,12 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-bm25", action="store_true", help="skip the BM25 baseline")
     evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate a reproducible sample of this many queries")
     evaluate.add_argument("-o", "--output", metavar="PATH", help="also write the results as JSON")
-    add_model_arguments(evaluate)
+    add_encoder_arguments(evaluate)
     # The paper's curve reads each document up to max_length and drops the rest.
     evaluate.set_defaults(run=cmd_eval, long_text="truncate", max_length=None)
 
     info = commands.add_parser("info", help="print the model's facts")
-    add_model_arguments(info)
+    add_encoder_arguments(info)
     info.set_defaults(run=cmd_info)
 
     index = commands.add_parser("index", help="index documents (whole, and late-chunked passages) into Qdrant or Chroma")
@@ -330,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="document: one vector per document; late-chunks / both: passage vectors too, from one pass over the "
         "document; hybrid: passages and a BM25 sparse vector (default: the collection's; for a new one hybrid on Qdrant, document on Chroma)",
     )
-    index.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
+    index.add_argument("--chunk-tokens", type=int, default=None, help=f"passage length in tokens, about (default: {DEFAULT_CHUNK_TOKENS})")
     engine = index.add_argument_group("engine")
     engine.add_argument(
         "--engine", choices=("local", "ray"), default="local",
@@ -340,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--workers", type=int, default=None, help="encoding workers (default: one per GPU, else as the CPUs allow)")
     engine.add_argument("--cpus-per-worker", type=float, default=None, help="CPU threads per CPU worker (default: 1)")
     add_store_arguments(index)
-    add_model_arguments(index)
+    add_encoder_arguments(index)
     index.set_defaults(run=cmd_index)
 
     search = commands.add_parser("search", help="search an indexed collection")
@@ -355,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the fusion of those and BM25 (hybrid) (default: the collection's: hybrid, late-chunks or document)",
     )
     add_store_arguments(search)
-    add_model_arguments(search)
+    add_encoder_arguments(search)
     search.set_defaults(run=cmd_search)
 
     export = commands.add_parser("export-onnx", help="export a model to ONNX for ONNX Runtime (CPU or GPU)")

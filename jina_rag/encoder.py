@@ -26,14 +26,18 @@ from jina_rag.batching import pack_batch, pad_batch, plan_batches
 from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError, check_unicode
 from jina_rag.loading import WEIGHT_FILES, check_device, load_model, load_tokenizer, model_fingerprint, resolve_model
 from jina_rag.modeling import segment_mean
+from jina_rag.settings import (  # noqa: F401  (LONG_TEXT_POLICIES, BACKENDS: imported from here too)
+    BACKENDS,
+    DEFAULT_BATCH_TOKENS,
+    LONG_TEXT_POLICIES,
+    AttentionName,
+    BackendName,
+    EncoderSettings,
+    LongTextPolicy,
+)
 
 logger = logging.getLogger(__name__)
 
-LongTextPolicy = Literal["windows", "truncate", "error"]
-LONG_TEXT_POLICIES = ("windows", "truncate", "error")
-BackendName = Literal["torch", "onnx"]
-BACKENDS = ("torch", "onnx")
-DEFAULT_BATCH_TOKENS = 16384
 TOKENIZE_CHUNK_TEXTS = 1024
 # Long work, which gets a progress bar by default (when stderr is a terminal): this many tokens or more,
 # a few seconds on a CPU.
@@ -414,6 +418,10 @@ class JinaEncoder:
     faster than FlexAttention from about 1024 tokens, slower at 512. ``"auto"`` is SDPA on CPU and
     FlexAttention on CUDA, where, with exact attention and FlashAttention-4 installed, batches
     holding a text of at least :data:`FLASH_MIN_TOKENS` tokens run FlashAttention-4.
+
+    ``batch_tokens`` and ``normalize`` are what :meth:`encode` uses when a call does not say.
+    Every option is checked by :class:`~jina_rag.settings.EncoderSettings` (kept as ``settings``);
+    :meth:`from_settings` builds an encoder from one.
     """
 
     def __init__(
@@ -428,35 +436,26 @@ class JinaEncoder:
         backend: BackendName = "torch",
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
         alibi_cutoff: float | None = None,
-        attention: Literal["auto", "flash"] = "auto",
+        attention: AttentionName = "auto",
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        normalize: bool = True,
     ) -> None:
-        if backend not in BACKENDS:
-            raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if long_text not in LONG_TEXT_POLICIES:
-            raise InvalidInputError(f"long_text must be one of {LONG_TEXT_POLICIES}, got {long_text!r}")
-        if max_length < 8:
-            raise InvalidInputError(f"max_length must be at least 8 tokens, got {max_length}")
-        if attention not in ("auto", "flash"):
-            raise InvalidInputError(f"attention must be 'auto' or 'flash', got {attention!r}")
-        if attention == "flash" and (backend != "torch" or alibi_cutoff is not None):
-            raise InvalidInputError("attention='flash' runs the torch backend with exact attention: drop backend/alibi_cutoff")
+        self.settings = settings = EncoderSettings(
+            model_name_or_path, device=device, dtype=dtype, max_length=max_length, long_text=long_text,
+            window_overlap=window_overlap, backend=backend, providers=providers, alibi_cutoff=alibi_cutoff,
+            attention=attention, batch_tokens=batch_tokens, normalize=normalize,
+        )
         self.attention = attention
-        if alibi_cutoff is not None and not alibi_cutoff > 0:
-            raise InvalidInputError(f"alibi_cutoff must be positive (logits) or None for exact attention, got {alibi_cutoff!r}")
         self.model_name_or_path = model_name_or_path
         self.backend_name = backend
         self.providers = None
         if backend == "onnx":
             from jina_rag.onnx_backend import providers_for_device, resolve_providers
 
-            if dtype is not None:
-                raise InvalidInputError("backend='onnx' runs at the precision of the export: drop dtype (export with --dtype/--quantize instead)")
-            self.providers = resolve_providers(providers_for_device(providers, device))
+            self.providers = resolve_providers(providers_for_device(settings.providers, device))
             self.device = torch.device("cuda" if "CUDAExecutionProvider" in self.providers else "cpu")
             self.dtype = None
         else:
-            if providers is not None:
-                raise InvalidInputError("providers are ONNX Runtime execution providers: pass backend='onnx' with them")
             self.device = resolve_device(device)
             self.dtype = resolve_dtype(dtype, self.device)
         # Only the CUDA packed path skips tiles: elsewhere the cutoff is dropped, so encoders that
@@ -476,6 +475,17 @@ class JinaEncoder:
         """Create an encoder and load its model now (errors surface here, not at first use)."""
         encoder = cls(model_name_or_path, **kwargs)
         encoder.load()
+        return encoder
+
+    @classmethod
+    def from_settings(cls, settings: EncoderSettings, *, load: bool = True) -> JinaEncoder:
+        """The encoder ``settings`` describe; its model loads now unless ``load=False``."""
+        if not isinstance(settings, EncoderSettings):
+            raise InvalidTypeError(f"settings is {type(settings).__name__}: pass an EncoderSettings")
+        options = {name: getattr(settings, name) for name in settings.to_dict() if name != "model"}
+        encoder = cls(settings.model, **options)
+        if load:
+            encoder.load()
         return encoder
 
     def load(self) -> None:
@@ -558,8 +568,8 @@ class JinaEncoder:
         self,
         texts: str | Sequence[str],
         *,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        normalize: bool = True,
+        batch_tokens: int | None = None,
+        normalize: bool | None = None,
         show_progress: bool | None = None,
         convert_to: Literal["numpy", "torch"] = "numpy",
         long_text: LongTextPolicy | None = None,
@@ -578,6 +588,8 @@ class JinaEncoder:
         if convert_to not in ("numpy", "torch"):
             raise InvalidInputError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         policy = self._policy(long_text)
+        batch_tokens = self.settings.batch_tokens if batch_tokens is None else batch_tokens
+        normalize = self.settings.normalize if normalize is None else normalize
         single = isinstance(texts, str)
         texts = [texts] if single else _text_list(texts)
         _check_texts(texts)
@@ -593,8 +605,8 @@ class JinaEncoder:
         self,
         token_ids: Sequence[Sequence[int]],
         *,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        normalize: bool = True,
+        batch_tokens: int | None = None,
+        normalize: bool | None = None,
         long_text: LongTextPolicy | None = None,
     ) -> np.ndarray:
         """Embed texts already split by :func:`tokenize` (ids without special tokens); ``[n, dim]`` float32.
@@ -603,6 +615,8 @@ class JinaEncoder:
         (on other CPUs than the ones feeding the device).
         """
         policy = self._policy(long_text)
+        batch_tokens = self.settings.batch_tokens if batch_tokens is None else batch_tokens
+        normalize = self.settings.normalize if normalize is None else normalize
         if not token_ids:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._encode([list(ids) for ids in token_ids], True, policy, batch_tokens, normalize, False)

@@ -20,7 +20,7 @@ from langchain_tests.integration_tests import EmbeddingsIntegrationTests, Retrie
 from langchain_tests.unit_tests import EmbeddingsUnitTests  # noqa: E402
 
 from jina_rag import JinaEncoder, ModelNotFoundError  # noqa: E402
-from jina_rag.chroma import JinaEmbeddingFunction  # noqa: E402
+from jina_rag.chroma_embedding import JinaEmbeddingFunction  # noqa: E402
 from jina_rag.index import Document, DocumentIndex, point_id  # noqa: E402
 from jina_rag.index.qdrant import QdrantStore  # noqa: E402
 from jina_rag.langchain import JinaEmbeddings, JinaRetriever  # noqa: E402

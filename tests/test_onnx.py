@@ -129,7 +129,7 @@ def test_encoder_on_onnx_equals_torch_encoder(fp32_export, encoder):
 
 
 def test_adapters_run_on_the_onnx_backend(fp32_export, encoder):
-    from jina_rag.chroma import JinaEmbeddingFunction
+    from jina_rag.chroma_embedding import JinaEmbeddingFunction
     from jina_rag.langchain import JinaEmbeddings
     from jina_rag.llama_index import JinaEmbedding
 

@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray")
 
 from jina_rag.cli import main as cli_main  # noqa: E402
 from jina_rag.index import Document, DocumentIndex, open_store, point_id  # noqa: E402
+from jina_rag.settings import EncoderSettings  # noqa: E402
 from jina_rag.index.ray_data import (  # noqa: E402
     WorkerPlan,
     index_with_ray,
@@ -172,7 +173,7 @@ def test_local_stores_are_refused_for_several_workers(tmp_path, capsys):
 # -- jobs on a local Ray ------------------------------------------------------------------------------
 
 
-def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_cluster):
+def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_cluster, tmp_path, checkpoint):
     assert plan_workers(None, None, 1.0) == WorkerPlan(2, "cuda", num_cpus=1, num_gpus=1, threads=1)
     assert plan_workers("cuda:1", 1, 1.0) == WorkerPlan(1, "cuda", num_cpus=1, num_gpus=1, threads=1)
     assert plan_workers("cpu", None, 1.0) == WorkerPlan(2, "cpu", num_cpus=1.0, num_gpus=0, threads=1)
@@ -183,6 +184,10 @@ def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_c
         plan_workers("cpu", 2, 2.0)
     with pytest.raises(ValueError, match="'cpu' or 'cuda'"):
         plan_workers("mps", None, 1.0)
+    (tmp_path / "a.md").write_text("text")
+    with pytest.raises(ValueError, match="attention='flash' runs on CUDA GPUs, and the Ray workers are CPU workers"):
+        index_with_ray([tmp_path], store="qdrant", location=str(tmp_path / "q"), collection="docs", workers=1,
+                       settings=EncoderSettings(checkpoint, device="cpu", attention="flash"))
 
 
 def test_one_worker_writes_a_local_folder_store_like_the_single_process_path(tmp_path, ray_cluster, checkpoint, encoder):
@@ -190,9 +195,10 @@ def test_one_worker_writes_a_local_folder_store_like_the_single_process_path(tmp
     documents = write_text_files(tmp_path / "docs", 5)
     report = index_with_ray(
         [tmp_path / "docs"], store="qdrant", location=str(tmp_path / "ray-qdrant"), collection="docs",
-        model=checkpoint, device="cpu", max_length=128, workers=1, batch_docs=2, show_progress=False,
+        settings=EncoderSettings(checkpoint, device="cpu", max_length=128), workers=1, batch_docs=2, show_progress=False,
     )
     assert sorted(report.indexed) == sorted(d.id for d in documents) and not report.failed and report.workers == 1
+    assert report.encoder_settings == EncoderSettings(str(checkpoint), device="cpu", max_length=128)  # the worker's encoder
     with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder, mode="document") as single:
         single.index(documents, batch_docs=2, show_progress=False)
         reference = single.store.shard.retrieve([point_id(d.id) for d in documents], with_payload=True, with_vector=True)
@@ -228,7 +234,7 @@ def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_t
     report = index_with_ray(
         [tmp_path / "docs"], records=[tmp_path / "records.jsonl", tmp_path / "rows.parquet"],
         store="chroma", location=chroma_server.url, collection=collection,
-        model=checkpoint, device="cpu", max_length=128, workers=2, batch_docs=3, on_batch=ExitOnce(marker),
+        settings=EncoderSettings(checkpoint, device="cpu", max_length=128), workers=2, batch_docs=3, on_batch=ExitOnce(marker),
         show_progress=False,
     )
     # The hook ran, so a worker died right after its first write. Ray restarted it and retried the
@@ -272,9 +278,16 @@ def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_t
     assert chroma_collection(chroma_server.url, collection).count() == len(expected)
 
 
-def test_a_bad_alibi_cutoff_is_refused_before_ray_starts(tmp_path, checkpoint):
+def test_bad_settings_are_refused_before_ray_starts(tmp_path, checkpoint, capsys):
     (tmp_path / "a.md").write_text("text")
-    with pytest.raises(ValueError, match="alibi_cutoff must be positive"):
-        index_with_ray([tmp_path], store="qdrant", location=str(tmp_path / "q"), collection="docs", workers=1,
-                       model=str(checkpoint), alibi_cutoff=-1.0)
+    store = ["--store", "qdrant", "--location", str(tmp_path / "q"), "--collection", "docs", "--engine", "ray", "--workers", "1"]
+    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--alibi-cutoff", "-1"]) == 2
+    assert "alibi_cutoff must be positive" in capsys.readouterr().err
+    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--dtype", "float8"]) == 2
+    assert "unknown dtype 'float8'" in capsys.readouterr().err
+    # What the Ray engine cannot do is refused, never ignored: passages, and FlashAttention-4 on CPU workers.
+    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--mode", "late-chunks"]) == 2
+    assert "--engine ray writes whole-document vectors only: drop --mode late-chunks" in capsys.readouterr().err
+    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--chunk-tokens", "64"]) == 2
+    assert "drop --chunk-tokens or use the local engine" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()

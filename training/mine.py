@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jina_rag.cli import add_model_arguments, encoder_from_args
+from jina_rag.cli import add_encoder_arguments, encoder_from_args
 from training.checkpoint import resolve_init_folder
 from training.data import expand_paths, read_documents
 from training.hard_negatives import mine_hard_negatives
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="JSONL to write {query, positive, negatives}")
     parser.add_argument("--num-negatives", type=int, default=7, help="negatives per query (default: 7)")
     parser.add_argument("--skip-top", type=int, default=0, help="skip this many most similar non-positives, likely unlabelled positives (default: 0)")
-    add_model_arguments(parser)
+    add_encoder_arguments(parser)
     return parser
 
 
@@ -42,9 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model = str(resolve_init_folder(args.model))
         pairs = [(e.query, e.positive) for e in read_pairs(expand_paths(args.pairs, "--pairs"))]
         corpus = list(read_documents(expand_paths(args.corpus, "--corpus"))) if args.corpus else []
+        encoder = encoder_from_args(args)
         rows = mine_hard_negatives(
-            encoder_from_args(args), pairs, corpus, num_negatives=args.num_negatives, skip_top=args.skip_top,
-            batch_tokens=args.batch_tokens, show_progress=False if args.no_progress else None,
+            encoder, pairs, corpus, num_negatives=args.num_negatives, skip_top=args.skip_top,
+            batch_tokens=encoder.settings.batch_tokens, show_progress=False if args.no_progress else None,
         )
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"training.mine: error: {error}", file=sys.stderr)

@@ -42,7 +42,7 @@ except ImportError as error:  # an optional extra
 
 from tqdm.auto import tqdm
 
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, JinaEncoder, LongTextPolicy, special_tokens, tokenize
+from jina_rag.encoder import JinaEncoder, special_tokens, tokenize
 from jina_rag.index.core import (
     IndexReport,
     Point,
@@ -65,7 +65,8 @@ from jina_rag.index.documents import (
 )
 from jina_rag.loading import load_tokenizer, resolve_model
 from jina_rag.modeling import JinaBertConfig
-from jina_rag.errors import InvalidInputError
+from jina_rag.errors import InvalidInputError, InvalidTypeError
+from jina_rag.settings import EncoderSettings, LongTextPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ TOKENISED = pa.schema([*DOCUMENTS, ("token_ids", pa.list_(pa.int32())), ("tokens
 RESULTS = pa.schema([
     ("id", pa.string()), ("status", pa.string()), ("tokens", pa.int64()), ("error", pa.string()),
     *((stage, pa.float64()) for stage in STAGES),
+    # A worker's first row carries the settings its encoder was built with (JSON), for the report.
+    ("encoder", pa.string()),
 ])
 
 
@@ -104,6 +107,8 @@ class RayIndexReport(IndexReport):
     device: str = "cpu"
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds_to_first_result: float = 0.0
+    # The settings the workers' encoders were built with, as the first worker to answer reported them.
+    encoder_settings: EncoderSettings | None = None
 
     def summary(self) -> str:
         lines = [
@@ -131,13 +136,7 @@ def index_with_ray(
     collection: str,
     api_key: str | None = None,
     index_fields: Sequence[str] = (),
-    model: str | os.PathLike[str] | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int = 8192,
-    long_text: LongTextPolicy = "windows",
-    alibi_cutoff: float | None = None,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    settings: EncoderSettings | None = None,
     root: str | os.PathLike[str] | None = None,
     suffixes: Iterable[str] = TEXT_SUFFIXES,
     workers: int | None = None,
@@ -156,10 +155,12 @@ def index_with_ray(
     files (columns ``id``, ``text`` and optional ``metadata``: a JSON object string or a struct),
     or folders holding such files. ``address`` names a running cluster (``"auto"``, ``ray://...``);
     without it, and with no Ray running in this process, a local Ray instance is started and
-    stopped again. Workers use GPUs when the cluster has them (one each; ``device="cpu"`` keeps
-    them on CPUs), otherwise ``cpus_per_worker`` CPU threads each; ``workers`` defaults to one per
-    GPU, or as many as the CPUs allow with one CPU kept for reading and tokenising. ``alibi_cutoff``
-    is passed to each worker's :class:`~jina_rag.JinaEncoder` (tile skipping on CUDA).
+    stopped again. Each worker builds its :class:`~jina_rag.JinaEncoder` from ``settings`` (an
+    :class:`~jina_rag.EncoderSettings`; None: the defaults), on the device it was given: workers
+    use GPUs when the cluster has them (one each; ``settings.device="cpu"`` keeps them on CPUs),
+    otherwise ``cpus_per_worker`` CPU threads each; ``workers`` defaults to one per GPU, or as many
+    as the CPUs allow with one CPU kept for reading and tokenising. The report's
+    ``encoder_settings`` are those a worker built its encoder with.
 
     The model folder (or hub cache) and jina-rag must be present on every node. ``on_batch`` runs
     in the worker, after the store acknowledged a batch, so it must be picklable. Failures
@@ -172,11 +173,16 @@ def index_with_ray(
             f"{workers}, {retries} and {cpus_per_worker}"
         )
     require_shared_store(store, location, workers)
-    JinaEncoder(model, device="cpu", dtype=dtype, max_length=max_length, long_text=long_text, alibi_cutoff=alibi_cutoff)  # checks the settings
-    folder = resolve_model(model)
+    settings = EncoderSettings() if settings is None else settings
+    if not isinstance(settings, EncoderSettings):
+        raise InvalidTypeError(f"settings is {type(settings).__name__}: pass an EncoderSettings")
+    # What only an encoder checks (the dtype's name, ONNX providers), without loading a model here.
+    JinaEncoder.from_settings(settings.replace(device="cpu"), load=False)
+    folder = resolve_model(settings.model)
     config = JinaBertConfig.from_json_file(folder / "config.json")
-    if max_length > config.max_position_embeddings:
-        raise InvalidInputError(f"max_length {max_length} exceeds the model's limit of {config.max_position_embeddings} tokens")
+    if settings.max_length > config.max_position_embeddings:
+        raise InvalidInputError(
+            f"max_length {settings.max_length} exceeds the model's limit of {config.max_position_embeddings} tokens")
     sources = list_sources(paths, records, root=root, suffixes=suffixes)
     if not sources:
         raise InvalidInputError("nothing to index: give text files or folders, or record files (.jsonl, .parquet)")
@@ -194,7 +200,10 @@ def index_with_ray(
         ray.init(address=address, logging_level=logging.WARNING, **local)
     try:
         require_one_machine_for_local_store(store, location)
-        plan = plan_workers(device, workers, cpus_per_worker)
+        plan = plan_workers(settings.device, workers, cpus_per_worker)
+        if settings.attention == "flash" and plan.device != "cuda":
+            raise InvalidInputError("attention='flash' runs on CUDA GPUs, and the Ray workers are CPU workers: "
+                                    "use attention 'auto', or a cluster with GPUs")
         if show_progress is None:
             show_progress = sys.stderr.isatty()
         context = ray.data.DataContext.get_current()
@@ -203,15 +212,12 @@ def index_with_ray(
             started = time.perf_counter()
             results = _pipeline(
                 sources, plan,
-                encoder_settings=dict(
-                    model_name_or_path=str(folder), device=plan.device, dtype=dtype,
-                    max_length=max_length, long_text=long_text, alibi_cutoff=alibi_cutoff,
-                ),
+                # Every node reads the model at the folder found here; "cuda" is each worker's own GPU.
+                settings=settings.replace(model=str(folder), device=plan.device),
                 store_settings=dict(
                     kind=store, location=location, collection=collection, api_key=api_key, index_fields=tuple(index_fields),
                 ),
-                batch_tokens=batch_tokens, batch_docs=batch_docs, retries=retries, retry_delay=retry_delay,
-                on_batch=on_batch,
+                batch_docs=batch_docs, retries=retries, retry_delay=retry_delay, on_batch=on_batch,
             )
             report = RayIndexReport(description, workers=plan.workers, device=plan.device)
             total = len(sources) if all(source["kind"] == "text" for source in sources) else None
@@ -343,9 +349,8 @@ def _pipeline(
     sources: list[dict[str, str]],
     plan: WorkerPlan,
     *,
-    encoder_settings: dict[str, Any],
+    settings: EncoderSettings,
     store_settings: dict[str, Any],
-    batch_tokens: int,
     batch_docs: int,
     retries: int,
     retry_delay: float,
@@ -357,17 +362,14 @@ def _pipeline(
         .map_batches(
             # Blocks of one write batch each: the actor pool hands blocks out, so the work spreads.
             tokenize_documents, batch_format="pyarrow", batch_size=batch_docs, num_cpus=TASK_CPUS,
-            fn_kwargs=dict(
-                model=encoder_settings["model_name_or_path"], max_length=encoder_settings["max_length"],
-                long_text=encoder_settings["long_text"],
-            ),
+            fn_kwargs=dict(model=settings.model, max_length=settings.max_length, long_text=settings.long_text),
         )
         .map_batches(
             IndexWorker, batch_format="pyarrow", batch_size=batch_docs,
             compute=ray.data.ActorPoolStrategy(size=plan.workers), num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             fn_constructor_kwargs=dict(
-                encoder_settings=encoder_settings, store_settings=store_settings, threads=plan.threads,
-                batch_tokens=batch_tokens, retries=retries, retry_delay=retry_delay, on_batch=on_batch,
+                settings=settings, store_settings=store_settings, threads=plan.threads,
+                retries=retries, retry_delay=retry_delay, on_batch=on_batch,
             ),
         )
     )
@@ -500,29 +502,32 @@ def tokenize_documents(documents: pa.Table, *, model: str, max_length: int, long
 
 
 class IndexWorker:
-    """One model and one store client; each call encodes a batch's changed documents and upserts them."""
+    """One model and one store client; each call encodes a batch's changed documents and upserts them.
+
+    The encoder is built from ``settings`` (its ``batch_tokens`` included); the first call's first
+    row reports them back (column ``encoder``).
+    """
 
     def __init__(
         self,
         *,
-        encoder_settings: dict[str, Any],
+        settings: EncoderSettings,
         store_settings: dict[str, Any],
         threads: int,
-        batch_tokens: int,
         retries: int,
         retry_delay: float,
         on_batch: Callable[[WrittenBatch], None] | None,
     ) -> None:
         import torch
 
-        if encoder_settings["device"] == "cpu":
+        if settings.device == "cpu":
             torch.set_num_threads(threads)
-        self.encoder = JinaEncoder.from_pretrained(**encoder_settings)
+        self.encoder = JinaEncoder.from_settings(settings)
         self.store = open_store(
             store_settings["kind"], store_settings["location"], store_settings["collection"],
             api_key=store_settings["api_key"], index_fields=store_settings["index_fields"],
         )
-        self.batch_tokens = batch_tokens
+        self.settings_reported = False
         self.retries = retries
         self.retry_delay = retry_delay
         self.on_batch = on_batch
@@ -544,6 +549,10 @@ class IndexWorker:
         for row in rows:
             if row["status"] != "indexed":
                 row["tokens"] = 0  # like the core's report: tokens encoded and written
+            row["encoder"] = ""
+        if rows and not self.settings_reported:
+            rows[0]["encoder"] = json.dumps(self.encoder.settings.to_dict())
+            self.settings_reported = True
         return pa.Table.from_pylist(rows, schema=RESULTS)
 
     def _index(self, todo: list[dict[str, Any]]) -> None:
@@ -565,7 +574,7 @@ class IndexWorker:
         if not changed:
             _spread(todo, "writing", looked_up - started)
             return
-        vectors = self.encoder.encode_tokenized([row["token_ids"] for row in changed], batch_tokens=self.batch_tokens)
+        vectors = self.encoder.encode_tokenized([row["token_ids"] for row in changed])
         encoded = time.perf_counter()
         points = [
             Point(point_id(row["id"]), row["id"], vector, row["text"], json.loads(row["metadata"]), hashes[row["id"]])
@@ -622,6 +631,8 @@ def _collect(
                     (report.indexed if status == "indexed" else report.skipped).append(doc_id)
                     seen.add(doc_id)
                 report.tokens += row["tokens"]
+                if row["encoder"] and report.encoder_settings is None:
+                    report.encoder_settings = EncoderSettings.from_dict(json.loads(row["encoder"]))
                 for stage in STAGES:
                     report.stage_seconds[stage] += row[stage]
             doc_bar.update(batch.num_rows)
