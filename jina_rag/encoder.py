@@ -348,14 +348,17 @@ class TokenProgress:
 
     def add_total(self, tokens: int, expected: float = 0.0) -> None:
         """``tokens`` more to encode; ``expected``: the whole work's estimated tokens (decides ``show=None``)."""
+        self.total += tokens
         if self.bar is None:
             show = self.show
             if show is None:
                 show = max(tokens, expected) >= PROGRESS_MIN_TOKENS and sys.stderr.isatty()
-            self.bar = tqdm(total=0, unit="tok", unit_scale=True, desc=self.desc, disable=not show)
-        self.total += tokens
-        if not self.bar.disable:
+            self.bar = tqdm(total=self.total, unit="tok", unit_scale=True, desc=self.desc, disable=not show)
+        elif not self.bar.disable:
             self.bar.total = self.total
+            container = getattr(self.bar, "container", None)  # tqdm.notebook's widget keeps its own maximum
+            if container is not None:
+                container.children[1].max = self.total
             self.bar.refresh()
 
     def add_done(self, tokens: int, result: Any = None) -> None:
