@@ -18,6 +18,7 @@ from jina_rag.index import (
     read_documents,
 )
 from jina_rag.late_chunking import LateChunks, encode_late_chunks
+from jina_rag.parallel import WorkerError
 from jina_rag.loading import CheckpointError, ModelNotFoundError, load_model, load_tokenizer, save_pretrained
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel, alibi_slopes
 from jina_rag.settings import EncoderSettings  # the encoder's options, one frozen object: JinaEncoder.from_settings
@@ -95,4 +96,5 @@ __all__ = [
     "save_pretrained",
     "SearchHit",
     "TextTooLongError",
+    "WorkerError",
 ]

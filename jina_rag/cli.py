@@ -79,10 +79,27 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
+def _parallel(text: str) -> int | list[str]:
+    """``--parallel``: a number of worker processes, or devices separated by commas."""
+    if text.isdigit():
+        return int(text)
+    devices = [name.strip() for name in text.split(",") if name.strip()]
+    if not devices or any(name.isdigit() for name in devices):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number of workers nor devices such as cuda:0,cuda:1")
+    return devices
+
+
+PARALLEL_HELP = ("encode over N worker processes sharing this machine's cores, or one per listed device "
+                 "(cuda:0,cuda:1); default: this process alone")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     encoder = encoder_from_args(args)
-    vectors = encoder.encode(texts, show_progress=False if args.no_progress else None)
+    try:
+        vectors = encoder.encode(texts, show_progress=False if args.no_progress else None, parallel=args.parallel)
+    finally:
+        encoder.close()
     if args.output and args.output.endswith(".npy"):
         import numpy as np
 
@@ -197,6 +214,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                                     "drop --chunk-tokens or use the local engine")
         if args.sync:
             raise InvalidInputError("--sync needs the local engine: run it without --engine ray (unchanged documents are skipped)")
+        if args.parallel is not None:
+            raise InvalidInputError("--parallel spreads the local engine over processes; with --engine ray use --workers")
         return _index_with_ray(args, suffixes)
     if args.address or args.workers or args.cpus_per_worker:
         raise InvalidInputError("--address, --workers and --cpus-per-worker apply to --engine ray")
@@ -213,10 +232,13 @@ def cmd_index(args: argparse.Namespace) -> int:
             report = index.index(
                 documents, batch_docs=args.batch_docs, retries=args.retries,
                 show_progress=False if args.no_progress else None, sync=args.sync, unread_ids=unread,
+                parallel=args.parallel,
             )
         except IndexingError as error:
             print(f"jina-rag index: error: {error}", file=sys.stderr)
             return 1
+        finally:
+            index.encoder.close()
     print(report.summary())
     return 0
 
@@ -301,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--file", action="append", metavar="PATH", help="embed a whole file as one text (repeatable)")
     embed.add_argument("--lines", metavar="PATH", help="embed each non-empty line of a file")
     embed.add_argument("-o", "--output", metavar="PATH", help="write .npy or JSONL here (default: JSONL on stdout)")
+    embed.add_argument("--parallel", type=_parallel, default=None, metavar="N|DEVICES", help=PARALLEL_HELP)
     add_encoder_arguments(embed, normalize=True)
     embed.set_defaults(run=cmd_embed)
 
@@ -358,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://HOST:PORT); default: start a local Ray")
     engine.add_argument("--workers", type=int, default=None, help="encoding workers (default: one per GPU, else as the CPUs allow)")
     engine.add_argument("--cpus-per-worker", type=float, default=None, help="CPU threads per CPU worker (default: 1)")
+    engine.add_argument("--parallel", type=_parallel, default=None, metavar="N|DEVICES", help=PARALLEL_HELP + " (local engine)")
     add_store_arguments(index)
     add_encoder_arguments(index)
     index.set_defaults(run=cmd_index)

@@ -26,6 +26,7 @@ from jina_rag.batching import pack_batch, pad_batch, plan_batches
 from jina_rag.errors import InvalidInputError, InvalidTypeError, JinaRagError, check_unicode
 from jina_rag.loading import WEIGHT_FILES, check_device, load_model, load_tokenizer, model_fingerprint, resolve_model
 from jina_rag.modeling import segment_mean
+from jina_rag.parallel import EncoderPool, Parallel, check_parallel, worker_devices
 from jina_rag.settings import (  # noqa: F401  (LONG_TEXT_POLICIES, BACKENDS: imported from here too)
     BACKENDS,
     DEFAULT_BATCH_TOKENS,
@@ -470,6 +471,7 @@ class JinaEncoder:
         self.window_overlap = max_length // 8 if window_overlap is None else window_overlap
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Backend] | None = None
+        self._pools: dict[tuple[str, ...], EncoderPool] = {}
 
     @classmethod
     def from_pretrained(
@@ -577,6 +579,7 @@ class JinaEncoder:
         convert_to: Literal["numpy", "torch"] = "numpy",
         long_text: LongTextPolicy | None = None,
         on_progress: ProgressCallback | None = None,
+        parallel: Parallel = None,
     ) -> np.ndarray | torch.Tensor:
         """Embed texts; returns ``[n, dim]`` float32 (``[dim]`` for a single string).
 
@@ -587,10 +590,14 @@ class JinaEncoder:
         when stderr is a terminal; ``False`` shows none. ``on_progress(done, total)``, if given, is
         called after each batch with the tokens done and the tokens known so far (the total grows as
         texts are tokenised, 1,024 at a time).
+
+        ``parallel=N`` spreads the texts over N worker processes sharing this machine's cores (or
+        ``parallel=["cuda:0", "cuda:1"]``: one worker per device); see :meth:`map_parallel`.
         """
         if convert_to not in ("numpy", "torch"):
             raise InvalidInputError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         policy = self._policy(long_text)
+        check_parallel(parallel)
         batch_tokens = self.settings.batch_tokens if batch_tokens is None else batch_tokens
         normalize = self.settings.normalize if normalize is None else normalize
         single = isinstance(texts, str)
@@ -598,6 +605,12 @@ class JinaEncoder:
         _check_texts(texts)
         if not texts:
             vectors = np.zeros((0, self.dim), dtype=np.float32)
+        elif parallel is not None and len(texts) > 1:
+            rows = self.map_parallel(
+                _encode_shard, texts, parallel, show_progress=show_progress, on_progress=on_progress, desc="encoding",
+                batch_tokens=batch_tokens, normalize=normalize, long_text=policy,
+            )
+            vectors = np.stack(rows)
         else:
             vectors = self._encode(texts, False, policy, batch_tokens, normalize, show_progress, on_progress)
         if single:
@@ -624,6 +637,57 @@ class JinaEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._encode([list(ids) for ids in token_ids], True, policy, batch_tokens, normalize, False)
 
+    def start_pool(self, parallel: Parallel, *, threads: int | None = None) -> EncoderPool:
+        """The worker processes for ``parallel`` (a count on this encoder's device, or device names),
+        started now or reused; each loads the model once. CPU workers share the cores: ``threads``
+        torch threads each (default: cores // workers). :meth:`close` stops them."""
+        devices = tuple(worker_devices(parallel, self.settings.device or str(self.device)))
+        pool = self._pools.get(devices)
+        if pool is None or pool.broken or threads is not None:
+            if pool is not None:
+                pool.close()
+            pool = self._pools[devices] = EncoderPool(functools.partial(_worker_encoder, self.settings), devices, threads)
+        return pool
+
+    def map_parallel(
+        self,
+        function: Callable[..., tuple[list[Any], int]],
+        items: Sequence[Any],
+        parallel: Parallel,
+        *,
+        weights: Sequence[int] | None = None,
+        show_progress: bool | None = None,
+        on_progress: ProgressCallback | None = None,
+        desc: str = "encoding",
+        **options: Any,
+    ) -> list[Any]:
+        """``function(encoder, shard, first_index, **options) -> (results, tokens read)`` over
+        contiguous shards of ``items`` of about equal ``weights`` (default: the texts' lengths) in the
+        workers of :meth:`start_pool`; one result per item, in order. Progress moves in tokens as
+        shards finish. A worker that dies raises :class:`~jina_rag.parallel.WorkerError`; the next
+        call starts new workers."""
+        pool = self.start_pool(parallel)
+        weights = [len(item) for item in items] if weights is None else list(weights)
+        progress = TokenProgress(show_progress, desc, on_progress)
+        done = 0
+
+        def shard_done(start: int, stop: int, tokens: int) -> None:
+            nonlocal done
+            done += sum(weights[start:stop])
+            progress.add_total(tokens, expected=tokens * sum(weights) / max(done, 1))
+            progress.add_done(tokens)
+
+        try:
+            return pool.map(function, items, weights, shard_done, **options)
+        finally:
+            progress.close()
+
+    def close(self) -> None:
+        """Stop the worker processes of ``parallel=`` calls (the model stays loaded here)."""
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
+
     def _policy(self, long_text: LongTextPolicy | None) -> LongTextPolicy:
         policy = long_text or self.long_text
         if policy not in LONG_TEXT_POLICIES:
@@ -639,7 +703,9 @@ class JinaEncoder:
         normalize: bool,
         show_progress: bool | None,
         on_progress: ProgressCallback | None = None,
+        first_index: int = 0,
     ) -> np.ndarray:
+        """Vectors of ``items``; ``first_index``: their position in the caller's input (for messages)."""
         backend = self.backend
         segments: list[_Segment] = []
         parts, order = [], []
@@ -650,8 +716,8 @@ class JinaEncoder:
             for first in range(0, len(items), TOKENIZE_CHUNK_TEXTS):
                 part = items[first : first + TOKENIZE_CHUNK_TEXTS]
                 if not tokenized:
-                    warn_unknown_words(self.tokenizer, part, first)
-                chunk = self._segments(part if tokenized else self._tokenize(part), policy, first)
+                    warn_unknown_words(self.tokenizer, part, first_index + first)
+                chunk = self._segments(part if tokenized else self._tokenize(part), policy, first_index + first)
                 lengths = [len(s.input_ids) for s in chunk]
                 progress.add_total(sum(lengths), expected=sum(lengths) * len(items) / len(part))
                 for batch in plan_batches(lengths, batch_tokens, packed=backend.packed):
@@ -666,14 +732,14 @@ class JinaEncoder:
         finally:
             progress.close()
         # Windows of one text are averaged, weighted by their token counts.
-        owners = np.array([s.text_index for s in segments])
+        owners = np.array([s.text_index for s in segments]) - first_index
         weights = np.array(lengths, dtype=np.float32)
         vectors = np.zeros((len(items), self.dim), dtype=np.float32)
         np.add.at(vectors, owners, pooled * weights[:, None])
         vectors /= np.bincount(owners, weights=weights, minlength=len(items))[:, None].astype(np.float32)
         if normalize:
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-        check_finite(np.isfinite(vectors).all(axis=1))
+        check_finite(np.isfinite(vectors).all(axis=1), first_index=first_index)
         return vectors
 
     def info(self) -> dict[str, Any]:
@@ -693,6 +759,28 @@ class JinaEncoder:
             "long_text": self.long_text,
             **self.backend.describe(),
         }
+
+
+def _worker_encoder(settings: EncoderSettings, device: str) -> JinaEncoder:
+    return JinaEncoder.from_settings(settings.replace(device=device), load=False)
+
+
+class TokensRead:
+    """An ``on_progress`` callback keeping the tokens read so far (a worker's count for its shard)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+
+
+def _encode_shard(
+    encoder: JinaEncoder, texts: list[str], first_index: int, *, batch_tokens: int, normalize: bool, long_text: LongTextPolicy,
+) -> tuple[list[np.ndarray], int]:
+    read = TokensRead()
+    vectors = encoder._encode(texts, False, long_text, batch_tokens, normalize, False, read, first_index)
+    return list(vectors), read.done
 
 
 def _text_list(texts: Any) -> list[Any]:

@@ -25,12 +25,14 @@ from jina_rag.encoder import (
     JinaEncoder,
     ProgressCallback,
     TokenProgress,
+    TokensRead,
     _check_texts,
     check_finite,
     warn_unknown_words,
     window_spans,
 )
 from jina_rag.errors import InvalidInputError, InvalidTypeError
+from jina_rag.parallel import Parallel, check_parallel
 
 
 Span = tuple[int, int]
@@ -118,7 +120,7 @@ def split_spans(text: str, splitter: Splitter) -> list[Span]:
 def encode_late_chunks(
     encoder: JinaEncoder, documents: str, *, spans: Sequence[Span] | None = None, splitter: Splitter | None = None,
     chunk_tokens: int = ..., batch_tokens: int = ..., normalize: bool = ..., show_progress: bool | None = ...,
-    on_progress: ProgressCallback | None = ...,
+    on_progress: ProgressCallback | None = ..., parallel: Parallel = ...,
 ) -> LateChunks: ...
 
 
@@ -126,7 +128,7 @@ def encode_late_chunks(
 def encode_late_chunks(
     encoder: JinaEncoder, documents: Sequence[str], *, spans: Sequence[Sequence[Span]] | None = None,
     splitter: Splitter | None = None, chunk_tokens: int = ..., batch_tokens: int = ..., normalize: bool = ...,
-    show_progress: bool | None = ..., on_progress: ProgressCallback | None = ...,
+    show_progress: bool | None = ..., on_progress: ProgressCallback | None = ..., parallel: Parallel = ...,
 ) -> list[LateChunks]: ...
 
 
@@ -141,6 +143,7 @@ def encode_late_chunks(
     normalize: bool = True,
     show_progress: bool | None = None,
     on_progress: ProgressCallback | None = None,
+    parallel: Parallel = None,
 ) -> LateChunks | list[LateChunks]:
     """Passage vectors conditioned on their whole document, the passages' spans, and the document vector.
 
@@ -155,11 +158,15 @@ def encode_late_chunks(
     Progress is counted in tokens read (every window, special tokens included), as
     :meth:`JinaEncoder.encode` counts it: ``show_progress=None`` shows a bar on long work when stderr
     is a terminal, ``on_progress(done, total)`` is called after each batch.
+
+    ``parallel=N`` (or a list of devices) spreads the documents over worker processes, as in
+    :meth:`JinaEncoder.encode`; a ``splitter`` must then be picklable.
     """
     if spans is not None and splitter is not None:
         raise InvalidInputError("pass spans= or splitter=, not both")
     if chunk_tokens < 1:
         raise InvalidInputError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    check_parallel(parallel)
     single = isinstance(documents, str)
     texts = [documents] if single else list(documents)
     _check_texts(texts)
@@ -172,18 +179,45 @@ def encode_late_chunks(
         raise InvalidTypeError(f"late chunking needs token states, which the {type(backend).__name__} does not give: use the PyTorch backend")
     if not encoder.tokenizer.is_fast:
         raise InvalidTypeError("late chunking maps characters to tokens with a fast (Rust) tokenizer's offsets; this tokenizer is not one")
-    results: list[LateChunks] = []
-    progress = TokenProgress(show_progress, "late chunking", on_progress)
-    try:
-        for first in range(0, len(texts), TOKENIZE_CHUNK_TEXTS):
-            chunk = texts[first : first + TOKENIZE_CHUNK_TEXTS]
-            chunk_spans = spans[first : first + TOKENIZE_CHUNK_TEXTS] if spans is not None else None
-            results.extend(_encode_chunk(
-                encoder, chunk, first, chunk_spans, splitter, chunk_tokens, batch_tokens, normalize, progress, len(texts),
-            ))
-    finally:
-        progress.close()
+    options = {"splitter": splitter, "chunk_tokens": chunk_tokens, "batch_tokens": batch_tokens, "normalize": normalize}
+    if parallel is not None and len(texts) > 1:
+        items = list(zip(texts, spans if spans is not None else [None] * len(texts)))
+        results = encoder.map_parallel(
+            _late_chunks_shard, items, parallel, weights=[len(text) for text in texts], show_progress=show_progress,
+            on_progress=on_progress, desc="late chunking", **options,
+        )
+    else:
+        progress = TokenProgress(show_progress, "late chunking", on_progress)
+        try:
+            results = _late_chunks(encoder, texts, spans, 0, progress, **options)
+        finally:
+            progress.close()
     return results[0] if single else results
+
+
+def _late_chunks(
+    encoder: JinaEncoder, texts: list[str], spans: list[Sequence[Span]] | None, first_index: int, progress: TokenProgress,
+    *, splitter: Splitter | None, chunk_tokens: int, batch_tokens: int, normalize: bool,
+) -> list[LateChunks]:
+    results: list[LateChunks] = []
+    for first in range(0, len(texts), TOKENIZE_CHUNK_TEXTS):
+        chunk = texts[first : first + TOKENIZE_CHUNK_TEXTS]
+        chunk_spans = spans[first : first + TOKENIZE_CHUNK_TEXTS] if spans is not None else None
+        results.extend(_encode_chunk(
+            encoder, chunk, first_index + first, chunk_spans, splitter, chunk_tokens, batch_tokens, normalize, progress,
+            len(texts),
+        ))
+    return results
+
+
+def _late_chunks_shard(
+    encoder: JinaEncoder, items: list[tuple[str, Sequence[Span] | None]], first_index: int, **options: Any,
+) -> tuple[list[LateChunks], int]:
+    texts = [text for text, _ in items]
+    spans = [spans for _, spans in items] if items[0][1] is not None else None
+    read = TokensRead()
+    progress = TokenProgress(False, "late chunking", read)
+    return _late_chunks(encoder, texts, spans, first_index, progress, **options), read.done
 
 
 @dataclass

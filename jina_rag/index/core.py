@@ -49,6 +49,7 @@ from jina_rag.index.store import (
     SearchQuery,
     check_mode,
 )
+from jina_rag.parallel import Parallel, check_parallel
 from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS, SEPARATORS, Splitter, TextSplitter, encode_late_chunks
 from jina_rag.sparse import BM25SparseEncoder
 
@@ -400,21 +401,25 @@ class DocumentIndex:
 
     def encode_points(
         self, docs: Sequence[Document], hashes: Mapping[str, str], on_progress: ProgressCallback | None = None,
+        parallel: Parallel = None,
     ) -> list[Point]:
         """One point per document: its whole text as one vector (long ones through the encoder's
         windows) and, by layout, its late-chunked passage vectors and spans and its BM25 vector.
-        ``on_progress(done, total)`` follows the model's batches in tokens read (see :meth:`JinaEncoder.encode`)."""
+        ``on_progress(done, total)`` follows the model's batches in tokens read (see :meth:`JinaEncoder.encode`);
+        ``parallel`` spreads the encoding over worker processes (see :meth:`JinaEncoder.encode`)."""
         texts = [doc.text for doc in docs]
         layout = self.layout()
         if layout == "document":
-            vectors = self.encoder.encode(texts, batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress)
+            vectors = self.encoder.encode(
+                texts, batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress, parallel=parallel,
+            )
             return [
                 Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
                 for doc, vector in zip(docs, vectors)
             ]
         chunked = encode_late_chunks(
             self.encoder, texts, splitter=self.splitter, chunk_tokens=self.chunk_tokens,
-            batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress,
+            batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress, parallel=parallel,
         )
         sparse = self.bm25.embed_documents(texts) if layout == "hybrid" else [None] * len(docs)
         return [
@@ -436,6 +441,7 @@ class DocumentIndex:
         show_progress: bool | None = None,
         sync: bool = False,
         unread_ids: Collection[str] = (),
+        parallel: Parallel = None,
     ) -> IndexReport:
         """Encode and write new or changed documents; skip unchanged ones (see :meth:`plan`).
 
@@ -451,9 +457,13 @@ class DocumentIndex:
         when ``documents`` is empty, shares no id with the collection (another folder or root), or
         would remove one of ``unread_ids`` (files that exist but were skipped this run, as
         :func:`~jina_rag.index.read_documents` reports them through ``skipped=``).
+
+        ``parallel=N`` (or a list of devices) encodes each batch over N worker processes (see
+        :meth:`JinaEncoder.encode`); writing stays in this process, so the guarantees above hold.
         """
         if retries < 0:
             raise InvalidInputError(f"retries must be >= 0, got {retries}")
+        check_parallel(parallel)
         started = time.perf_counter()
         plan = self.plan(documents, batch_docs=batch_docs, sync=sync, unread_ids=unread_ids)
         report = IndexReport(self.store.description, skipped=plan.skipped)
@@ -470,7 +480,7 @@ class DocumentIndex:
                 # batch's share of the tokens the model has read; the document bar when the batch is written.
                 encoded = _BatchProgress(token_bar, batch_tokens) if show_progress else None
                 try:
-                    points = self.encode_points(batch, plan.hashes, on_progress=encoded)
+                    points = self.encode_points(batch, plan.hashes, on_progress=encoded, parallel=parallel)
                 except NonFiniteVectorError as error:
                     # The store would refuse NaN or keep it and break search: the batch is not written.
                     self._stop(report, plan, number, started)
