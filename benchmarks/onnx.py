@@ -1,7 +1,8 @@
 """CPU: our best PyTorch path vs ONNX Runtime fp32 and int8, tokens/s and peak memory, in one run.
 
 Random weights of the jina-embeddings-v2-small-en shape (4 layers, 512 hidden, 8 heads, 2048
-GEGLU intermediate): throughput and memory only, never quality. Columns:
+GEGLU intermediate): throughput and memory only, never quality; or ``--model FOLDER`` (the shipped
+model: its int8 cosine is then the one that matters). Columns:
 
 - torch: ``JinaBertModel.pool`` in fp32, blockwise scaled-dot-product attention (the encoder's CPU path);
 - ORT fp32 plain: ``export-onnx`` without ``--optimize`` (standard ONNX operators only);
@@ -173,11 +174,18 @@ def in_subprocess(*arguments: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def prepare(work: Path) -> dict:
-    """The random-weight model folder and its three exports (kept when ``work`` has them already)."""
+def prepare(work: Path, model: str | None) -> dict:
+    """The model folder (``model`` copied, else random weights) and its three exports (kept when ``work`` has them)."""
+    import shutil
+
     from jina_rag.onnx_export import export_onnx
 
-    folder = random_model_folder("small", work / "model")
+    if model:
+        folder = work / "model"
+        if not folder.is_dir():
+            shutil.copytree(model, folder)
+    else:
+        folder = random_model_folder("small", work / "model")
     exporters = {}
     for config, options in EXPORTS.items():
         if not (work / config / "model.onnx").is_file():
@@ -208,6 +216,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the configurations per length; the best counts")
     parser.add_argument("--work", type=Path, default=None, help="keep the model and exports here (default: a temporary folder)")
+    parser.add_argument("--model", default=None, help="a model folder to measure (default: random weights of the small shape)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for the wall-clock measure (default: all cores)")
     parser.add_argument("--one", nargs=3, metavar=("CONFIG", "LENGTH", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
@@ -221,7 +230,7 @@ def main() -> None:
         print(json.dumps(measure(config, args.work, int(length), args.batch_tokens, args.memory, int(threads))))
         return
     if args.prepare:
-        print(json.dumps(prepare(args.work)))
+        print(json.dumps(prepare(args.work, args.model)))
         return
     if args.gemm:
         print(json.dumps(gemm_ceiling(args.work)))
@@ -234,7 +243,7 @@ def main() -> None:
         work = args.work or Path(temporary)
         common = ["--work", str(work), "--batch-tokens", str(args.batch_tokens)]
         # Exports and the cosine run in a process of their own, so their memory is not held here.
-        prepared = in_subprocess(*common, "--prepare")
+        prepared = in_subprocess(*common, "--prepare", *(["--model", args.model] if args.model else []))
         if "error" in prepared:
             sys.exit(f"preparing the model and its exports failed: {prepared['error']}")
         print(f"prepared: {prepared}", flush=True)
@@ -258,7 +267,8 @@ def main() -> None:
     import onnxruntime
 
     print()
-    print(f"# ONNX Runtime vs PyTorch on CPU: small shape (random weights: throughput and memory only), "
+    shape = f"model {args.model}" if args.model else "small shape (random weights: throughput and memory only)"
+    print(f"# ONNX Runtime vs PyTorch on CPU: {shape}, "
           f"{device_name(torch.device('cpu'))}, {platform.machine()}, {datetime.date.today()}, "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
           f"load average {min(loads):.1f}-{max(loads):.1f} during the run")

@@ -82,7 +82,7 @@ def main() -> None:
         for count in counts:
             started = time.perf_counter()
             encoder.start_pool(count, threads=threads_each)
-            encoder.encode(texts[:count], parallel=count)  # every worker loaded
+            encoder.encode(texts[: 2 * count], parallel=count)  # a shard for every worker: all started and loaded
             startup = time.perf_counter() - started
             rate = best_rate(lambda: encoder.encode(texts, parallel=count), tokens, args.rounds)
             encoder.close()
