@@ -27,16 +27,15 @@ import numpy as np
 
 from jina_rag.errors import InvalidInputError
 
-# BM25's document length normalisation assumes a typical document of this many words. Qdrant's
-# default (256) suits chunks; whole documents run to thousands of words. Chosen among 256, 1000 and
-# 3000 on the training packages' long set (BM25 alone, nDCG@10 with word pairs 0.810 / 0.818 / 0.806,
-# without 0.755 / 0.772 / 0.769; benchmarks/hybrid.py --tune,
-# benchmarks/logs/2026-12-07-cpu-hybrid-tune.log), never on an evaluation set.
-DEFAULT_AVG_LEN = 1000.0
+# BM25's document length normalisation assumes a typical document of this many words (Qdrant's
+# default). Chosen among 256, 1000 and 3000 on the tuning package's long set (PostgreSQL's manual,
+# neither trained nor evaluated on; BM25 alone, nDCG@10 with word pairs 0.843 / 0.826 / 0.822,
+# without 0.809 / 0.800 / 0.789; benchmarks/hybrid.py data/tune-long --tune,
+# benchmarks/logs/2026-12-08-cpu-hybrid-tune.log), never on an evaluation set.
+DEFAULT_AVG_LEN = 256.0
 DEFAULT_K = 1.2
 DEFAULT_B = 0.75
-# Word pairs: chosen on the same set and log (0.818 vs 0.772 at avg_len 1000). A query's pair weighted
-# 0.5 / 1 / 2 times a word scored 0.768 / 0.769 / 0.761 on all of that set (193 pages, 281 queries).
+# Word pairs: chosen on the same set and log (0.843 vs 0.809 at avg_len 256).
 DEFAULT_WORD_PAIRS = True
 # Qdrant's tokenizer splits at every character that is not a letter or a digit; a run of letters
 # and digits is at most one word (or none: a stop word).

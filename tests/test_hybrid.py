@@ -73,8 +73,8 @@ def test_fusion_weights_and_methods_are_applied_in_the_store(location, encoder):
         only_bm25 = index.search(query, limit=5, fusion=Fusion(weights={"bm25": 1.0}))
         assert only_bm25[0].id == "tides.md"
         # Qdrant's weighted RRF scores rank r (from 1) of a list of weight w as 1 / (r / w + k - 1).
-        weighted = index.search(query, limit=1, fusion=Fusion(weights={"bm25": 3.0}, k=10))[0]
-        unweighted = index.search(query, limit=1, fusion=Fusion(weights={"bm25": 1.0}, k=10))[0]
+        weighted = index.search(query, limit=1, fusion=Fusion("rrf", weights={"bm25": 3.0}, k=10))[0]
+        unweighted = index.search(query, limit=1, fusion=Fusion("rrf", weights={"bm25": 1.0}, k=10))[0]
         assert unweighted.score == pytest.approx(1 / 10, rel=1e-4)
         assert weighted.score == pytest.approx(1 / (1 / 3 + 9), rel=1e-4)
         assert index.search(query, limit=2, fusion=Fusion(method="dbsf"))[0].id in DOCS

@@ -109,11 +109,11 @@ def test_every_mode_names_the_best_passage_and_agrees_with_the_qdrant_client_sto
                     assert top.text[top.passage.start : top.passage.end] == passage
         # Hybrid search fuses inside Edge: weights and DBSF change the scores as they do in Qdrant.
         query = ARTICLES["sailing.txt"][1][1]
-        for fusion in (Fusion(k=5, weights={"bm25": 2.0, "passages": 1.0}), Fusion(method="dbsf"), Fusion(weights={"document": 1.0})):
+        for fusion in (Fusion("rrf", k=5, weights={"bm25": 2.0, "passages": 1.0}), Fusion(method="dbsf"), Fusion("rrf", weights={"document": 1.0})):
             hits = edge_index.search(query, limit=4, mode="hybrid", fusion=fusion)
             assert ranking(hits) == ranking(reference.search(query, limit=4, mode="hybrid", fusion=fusion))
-        assert ranking(edge_index.search(query, limit=4, mode="hybrid", fusion=Fusion(method="dbsf"))) != ranking(
-            edge_index.search(query, limit=4, mode="hybrid")
+        assert ranking(edge_index.search(query, limit=4, mode="hybrid", fusion=Fusion(method="rrf"))) != ranking(
+            edge_index.search(query, limit=4, mode="hybrid")  # the default: DBSF
         )
 
 

@@ -45,12 +45,14 @@ DOCUMENT_VECTOR = "document"
 PASSAGE_VECTORS = "passages"
 SPARSE_VECTOR = "bm25"
 REPRESENTATIONS = (DOCUMENT_VECTOR, PASSAGE_VECTORS, SPARSE_VECTOR)
-# Hybrid's default: RRF (k=10) of the late-chunk passages and BM25 (with word pairs), the
-# whole-document vector left out. Chosen among 26 fusions on the training packages' long set
-# (nDCG@10 0.852; k=2 0.842; with the whole-document vector too at most 0.816; DBSF 0.833; BM25
-# alone 0.818), never on an evaluation set: benchmarks/hybrid.py --tune,
-# benchmarks/logs/2026-12-07-cpu-hybrid-tune.log.
-DEFAULT_RRF_K = 10
+# Hybrid's default: distribution-based score fusion (DBSF) of the late-chunk passages and BM25 (with
+# word pairs), the whole-document vector left out. Chosen among 26 fusions on the tuning package's
+# long set (PostgreSQL's manual, neither trained nor evaluated on: nDCG@10 0.865; with the
+# whole-document vector too 0.861; the best RRF 0.855 at k=60, k=2 0.842-0.854, k=10 at most 0.835;
+# BM25 alone 0.843), never on an evaluation set: benchmarks/hybrid.py data/tune-long --tune,
+# benchmarks/logs/2026-12-08-cpu-hybrid-tune.log. RRF's k default is that best RRF's.
+DEFAULT_FUSION_METHOD = "dbsf"
+DEFAULT_RRF_K = 60
 DEFAULT_FUSION_WEIGHTS = {PASSAGE_VECTORS: 1.0, SPARSE_VECTOR: 1.0}
 
 
@@ -107,7 +109,7 @@ class Fusion:
     choose the representations). Each representation contributes its top ``candidates`` documents.
     """
 
-    method: Literal["rrf", "dbsf"] = "rrf"
+    method: Literal["rrf", "dbsf"] = DEFAULT_FUSION_METHOD
     k: int = DEFAULT_RRF_K
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_FUSION_WEIGHTS))
     candidates: int = 100
