@@ -103,3 +103,13 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def english_paragraphs(root: Path) -> list[str]:
+    """Real English paragraphs of over 200 characters: this README and a few standard modules' docs."""
+    import importlib
+    import inspect
+
+    docs = [inspect.getdoc(importlib.import_module(m)) or "" for m in ("argparse", "unittest", "csv", "heapq", "subprocess", "doctest")]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    return [p.strip() for d in [readme, *docs] for p in d.split("\n\n") if len(p.strip()) > 200]

@@ -49,7 +49,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(H
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import device_name, random_model_folder  # noqa: E402
+from common import device_name, english_paragraphs, random_model_folder  # noqa: E402
 
 CONFIGS = ("torch", "ort-fp32-plain", "ort-fp32", "ort-int8")
 EXPORTS = {"ort-fp32-plain": {}, "ort-fp32": {"optimize": True}, "ort-int8": {"optimize": True, "quantize": "int8"}}
@@ -196,14 +196,9 @@ def prepare(work: Path, model: str | None) -> dict:
 
 def int8_cosine(work: Path) -> float:
     """Smallest cosine between int8 and fp32 ONNX vectors of real English paragraphs."""
-    import importlib
-    import inspect
-
     from jina_rag import JinaEncoder
 
-    docs = [inspect.getdoc(importlib.import_module(m)) or "" for m in ("argparse", "unittest", "csv", "heapq", "subprocess", "doctest")]
-    readme = (HERE.parent / "README.md").read_text(encoding="utf-8")
-    texts = [p.strip() for d in [readme, *docs] for p in d.split("\n\n") if len(p.strip()) > 200]
+    texts = english_paragraphs(HERE.parent)
     fp32 = JinaEncoder(work / "ort-fp32", backend="onnx").encode(texts, show_progress=False)
     int8 = JinaEncoder(work / "ort-int8", backend="onnx").encode(texts, show_progress=False)
     return float((fp32 * int8).sum(axis=1).min())
