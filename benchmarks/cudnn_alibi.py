@@ -28,7 +28,8 @@ import traceback
 
 import torch
 
-from jina_rag.modeling import alibi_slopes, flex_kernel_options, packed_block_mask
+from jina_rag.attention.flex import flex_kernel_options, packed_block_mask
+from jina_rag.modeling import alibi_slopes
 
 HEADS, HEAD_DIM = 12, 64
 

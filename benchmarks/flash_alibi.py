@@ -1,6 +1,6 @@
 """Probe (GPU): FlashAttention-4's varlen kernel with JinaBERT's ALiBi ``score_mod`` vs our FlexAttention path.
 
-The kernel is :func:`jina_rag.flash_alibi.flash_alibi_attention` (packed rows, ``cu_seqlens``, the
+The kernel is :func:`jina_rag.attention.flash.flash_alibi_attention` (packed rows, ``cu_seqlens``, the
 slope computed from the head index inside the kernel); FlexAttention runs as the model runs it
 (one packed row, the document block mask, the model's kernel options). Prints, for bf16 and fp16:
 correctness at 2 x 1024 against an fp64 reference and on a row of mixed lengths against
@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cudnn_alibi import HEAD_DIM, HEADS, cosine, reference, timed  # noqa: E402
 
-from jina_rag.flash_alibi import flash_alibi_attention, head_slopes, packed_offsets  # noqa: E402
-from jina_rag.modeling import alibi_slopes, flex_kernel_options, packed_block_mask  # noqa: E402
+from jina_rag.attention.flash import flash_alibi_attention, head_slopes, packed_offsets  # noqa: E402
+from jina_rag.attention.flex import flex_kernel_options, packed_block_mask  # noqa: E402
+from jina_rag.modeling import alibi_slopes  # noqa: E402
 
 
 def packed(lengths: list[int], dtype: torch.dtype, seed: int = 0):
@@ -80,7 +81,7 @@ def sweep() -> None:
     """Score_mod variants and Hopper tile settings, bf16, 8 x 8192 and 128 x 512."""
     from flash_attn.cute.interface import _flash_attn_fwd
 
-    from jina_rag.flash_alibi import _score_mod
+    from jina_rag.attention.flash import _score_mod
 
     variants = [("library score_mod, default tiles", _score_mod(HEADS), {}),
                 ("integer-distance score_mod, default tiles", integer_distance_score_mod(HEADS), {}),

@@ -56,8 +56,8 @@ from common import (  # noqa: E402
 from jina_rag import JinaEncoder, load_model  # noqa: E402
 from jina_rag.batching import pack_batch, pad_batch, plan_batches  # noqa: E402
 from jina_rag.encoder import TorchBackend, packed_width  # noqa: E402
-from jina_rag.flash_alibi import flash_alibi_available  # noqa: E402
-from jina_rag.modeling import ALIBI_CUTOFF, packed_block_mask  # noqa: E402
+from jina_rag.attention.flash import flash_alibi_available  # noqa: E402
+from jina_rag.attention.flex import ALIBI_CUTOFF, packed_block_mask  # noqa: E402
 
 BATCH_TOKENS = 65536
 
@@ -83,11 +83,12 @@ def tile_fraction(encoder: JinaEncoder, sequences, budget=BATCH_TOKENS) -> float
     first = plan_batches([len(s) for s in sequences], budget, packed=True)[0]
     batch = [sequences[i] for i in first]
     _, sequence_ids = pack_batch(batch, packed_width(sum(map(len, batch))), 0)
-    if model.alibi_cutoff is None:
+    cutoff = encoder.backend.batching.alibi_cutoff
+    if cutoff is None:
         return 1.0
     sequence_ids = torch.from_numpy(sequence_ids)
     dense = packed_block_mask(sequence_ids).to_dense().sum().item() * model.config.num_attention_heads
-    kept = packed_block_mask(sequence_ids, model.alibi_slopes.cpu(), model.alibi_cutoff).to_dense().sum().item()
+    kept = packed_block_mask(sequence_ids, model.alibi_slopes.cpu(), cutoff).to_dense().sum().item()
     return kept / dense
 
 

@@ -133,7 +133,7 @@ def attention_sweep(case: str, peak: float, configs) -> None:
     by_pairs = timed(lambda: create_block_mask(same, 1, None, ROW, ROW, device="cuda", _compile=True), cuda, min_seconds=0.3)
     print(f"block mask, mask evaluated on every pair (create_block_mask, compiled): {by_pairs * 1e3:.2f} ms")
     try:
-        from jina_rag.modeling import packed_block_mask
+        from jina_rag.attention.flex import packed_block_mask
 
         from_tiles = timed(lambda: packed_block_mask(sids), cuda, min_seconds=0.3)
         print(f"block mask from the tiles' sequence ids (packed_block_mask, eager): {from_tiles * 1e3:.2f} ms")

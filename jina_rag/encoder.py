@@ -91,43 +91,24 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-# Under attention="auto", the shortest longest-sequence of a packed row that runs FlashAttention-4.
-FLASH_MIN_TOKENS = 1024
-
-
 class TorchBackend:
     """The PyTorch model on one device and dtype.
 
-    On CUDA with FlexAttention, batches are packed into one row without padding and the row
-    width is rounded up to a few fixed buckets (powers of two), one compiled graph each. Results
-    stay on the device until the caller collects them, so the hot loop has no host-device sync.
+    The model's attention backend says how to batch here (:meth:`jina_rag.attention.AttentionBackend.batching`).
+    Packed (CUDA with FlexAttention), batches become one row without padding, its width rounded up
+    to a few fixed buckets (powers of two), one compiled graph each. Results stay on the device
+    until the caller collects them, so the hot loop has no host-device sync.
     """
 
     def __init__(self, model: Any, device: torch.device, pad_id: int = 0) -> None:
-        from jina_rag.modeling import flex_attention_available
-
         self.model = model
         self.device = device
         self.pad_id = pad_id
         self.config = model.config
         self.dim = model.config.hidden_size
         self.max_positions = model.config.max_position_embeddings
-        self.packed = flex_attention_available(device, model.config.head_dim) and model.attn_implementation in (
-            "auto", "flex", "flash")
-        # Rows run FlashAttention-4 from flash_min_tokens on: always with "flash"; with "auto", for
-        # rows holding a sequence of FLASH_MIN_TOKENS or more, where it beats FlexAttention (H200 encoder:
-        # 1.03x at 1024 tokens, 1.17x at 8192, 0.95x at 512), when it is installed and attention is exact.
-        self.flash_min_tokens: int | None = None
-        if model.attn_implementation == "flash":
-            from jina_rag.flash_alibi import require_flash_alibi
-
-            require_flash_alibi(device, next(model.parameters()).dtype)
-            self.flash_min_tokens = 0
-        elif self.packed and model.attn_implementation == "auto" and model.alibi_cutoff is None:
-            from jina_rag.flash_alibi import flash_alibi_available
-
-            if flash_alibi_available(device, next(model.parameters()).dtype):  # fp32 stays on FlexAttention
-                self.flash_min_tokens = FLASH_MIN_TOKENS
+        self.batching = model.attention.batching(device, next(model.parameters()).dtype)
+        self.packed = self.batching.packed
         # One compiled graph per width bucket fuses LayerNorm, GELU and residual adds. A symbolic
         # width (dynamic=True) would compile once, but inductor fails on the block mask's tile
         # arithmetic on CUDA (torch 2.11, "CantSplit", H200 2026-12-01) and the encoder fell back
@@ -167,14 +148,11 @@ class TorchBackend:
     def _forward_packed(self, input_ids: np.ndarray, sequence_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states of one packed row, and its sequence ids, both on the device."""
         cu_seqlens = None
-        if self.flash_min_tokens is not None:
-            from jina_rag.flash_alibi import packed_offsets
-
-            offsets = packed_offsets(sequence_ids)
-            if np.diff(offsets).max() >= self.flash_min_tokens:
-                cu_seqlens = self._to_device(offsets)
-                # Its length is the row's number of sequences: one compiled graph per width serves them all.
-                torch._dynamo.mark_dynamic(cu_seqlens, 0)
+        offsets = self.batching.cu_seqlens(sequence_ids)
+        if offsets is not None:
+            cu_seqlens = self._to_device(offsets)
+            # Its length is the row's number of sequences: one compiled graph per width serves them all.
+            torch._dynamo.mark_dynamic(cu_seqlens, 0)
         input_ids, sequence_ids = self._to_device(input_ids), self._to_device(sequence_ids)
         if self._compiled_forward is not None:
             try:
@@ -192,10 +170,9 @@ class TorchBackend:
 
         fused = fused_geglu_supported(self.device, dtype) and self.model.encoder.layer[0].mlp.fused
         info["feed_forward"] = "fused GEGLU (Triton)" if fused else "GEGLU"
+        info["attention"] = self.batching.name
         if self.packed:
-            info["alibi_cutoff"] = self.model.alibi_cutoff
-            info["attention"] = {None: "flex", 0: "flash"}.get(
-                self.flash_min_tokens, f"flex; flash for rows with a sequence of >= {self.flash_min_tokens} tokens")
+            info["alibi_cutoff"] = self.batching.alibi_cutoff
         return info
 
 
@@ -410,7 +387,7 @@ class JinaEncoder:
     given execution ``providers`` (default CPU; ``device="cuda"`` means the CUDA provider); its
     precision is the export's, so ``dtype`` is not taken.
 
-    ``alibi_cutoff`` (logits, e.g. :data:`~jina_rag.modeling.ALIBI_CUTOFF` = 64) lets attention
+    ``alibi_cutoff`` (logits, e.g. :data:`~jina_rag.attention.flex.ALIBI_CUTOFF` = 64) lets attention
     skip key tiles whose ALiBi distance penalty alone is at least that large, so their softmax
     weight is negligible (below e^-64 of the diagonal key's); ``None`` (the default) is exact
     attention. It pays on long documents (at 8192 tokens a third of the tiles remain) and costs

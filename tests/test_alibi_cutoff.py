@@ -16,7 +16,7 @@ from conftest import write_published_checkpoint
 
 from jina_rag import InvalidInputError, JinaEncoder, alibi_slopes, load_model
 from jina_rag.batching import pack_batch
-from jina_rag.modeling import ALIBI_CUTOFF, FLEX_BLOCK, packed_block_mask
+from jina_rag.attention.flex import ALIBI_CUTOFF, FLEX_BLOCK, packed_block_mask
 
 
 def packed_ids(lengths, width):
@@ -137,8 +137,8 @@ def test_encoder_uses_the_cutoff_only_on_cuda(checkpoint):
     assert JinaEncoder(checkpoint, device="cpu", alibi_cutoff=ALIBI_CUTOFF).alibi_cutoff is None
     with pytest.raises(ValueError, match="alibi_cutoff"):
         JinaEncoder(checkpoint, alibi_cutoff=-1.0)
-    assert load_model(checkpoint, alibi_cutoff=32.0).alibi_cutoff == 32.0
-    assert load_model(checkpoint).alibi_cutoff is None
+    assert load_model(checkpoint, alibi_cutoff=32.0).attention.alibi_cutoff == 32.0
+    assert load_model(checkpoint).attention.alibi_cutoff is None
 
 
 @pytest.mark.gpu

@@ -11,7 +11,7 @@ import torch
 
 from jina_rag import load_model
 from jina_rag.batching import pack_batch
-from jina_rag.flash_alibi import flash_alibi_available, packed_offsets
+from jina_rag.attention.flash import flash_alibi_available, packed_offsets
 
 
 @pytest.mark.parametrize("lengths,width,expected", [
@@ -52,7 +52,7 @@ def test_encoder_asks_for_flash_explicitly_and_fails_clearly_without_it(tmp_path
 
 
 def test_flash_refuses_rows_too_long_for_its_float_positions():
-    from jina_rag.flash_alibi import flash_alibi_attention
+    from jina_rag.attention.flash import flash_alibi_attention
 
     q = torch.zeros(1 << 23, 1, 1)
     with pytest.raises(ValueError, match="at most 8,388,607 tokens"):

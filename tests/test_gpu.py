@@ -40,7 +40,7 @@ def random_batch(lengths, seed=0):
 
 
 def _flash_or_skip():
-    from jina_rag.flash_alibi import flash_alibi_available
+    from jina_rag.attention.flash import flash_alibi_available
 
     if not flash_alibi_available(torch.device("cuda")):
         pytest.skip("needs flash-attn-4 on a Hopper or Blackwell GPU")
@@ -142,7 +142,7 @@ def test_flash_encoder_matches_cpu_and_compiles_once_per_width(base_like):
 def test_auto_runs_flash_only_for_rows_with_a_long_sequence(base_like):
     from torch.profiler import ProfilerActivity, profile
 
-    from jina_rag.encoder import FLASH_MIN_TOKENS
+    from jina_rag.attention.auto import FLASH_MIN_TOKENS
 
     _flash_or_skip()
     cpu = JinaEncoder.from_pretrained(base_like, device="cpu")
@@ -213,7 +213,7 @@ def test_fused_geglu_runs_in_the_compiled_forward_and_only_without_gradients(bas
 
 
 def test_flash_runs_bf16_and_fp16_only_and_auto_keeps_fp32_on_flex(base_like):
-    from jina_rag.flash_alibi import require_flash_alibi
+    from jina_rag.attention.flash import require_flash_alibi
 
     _flash_or_skip()
     with pytest.raises(RuntimeError, match="bf16 or fp16"):

@@ -137,12 +137,12 @@ def test_block_size_and_padding_do_not_change_results(checkpoint):
     # Query blocks remain on packed rows only (padded batches read the bias as one view).
     packed = torch.cat([ids[i, :n] for i, n in enumerate(lengths)])
     sequence_ids = torch.tensor(sum(([i] * n for i, n in enumerate(lengths)), []))
+    five_rows = load_model(checkpoint, attention_block_elements=8 * len(packed) * 5)  # five query rows per block
     with torch.no_grad():
         padded = model(ids, mask)
         alone = model(ids[1:2, :17], mask[1:2, :17])
         whole = model.forward_packed(packed, sequence_ids)
-        model.attention_block_elements = 8 * len(packed) * 5  # five query rows per block
-        blocked = model.forward_packed(packed, sequence_ids)
+        blocked = five_rows.forward_packed(packed, sequence_ids)
     assert (whole - blocked).abs().max() < 1e-5
     assert (padded[1, :17] - alone[0]).abs().max() < 1e-5
 
@@ -242,7 +242,7 @@ def test_packed_block_mask_equals_the_mask_evaluated_on_every_pair(lengths):
     from torch.nn.attention.flex_attention import create_block_mask
 
     from jina_rag.batching import pack_batch
-    from jina_rag.modeling import packed_block_mask
+    from jina_rag.attention.flex import packed_block_mask
 
     width = 2048 if sum(lengths) <= 2048 else 4096
     _, sequence_ids = pack_batch([[1] * n for n in lengths], width, 0)
@@ -273,7 +273,7 @@ def test_segment_mean_averages_each_sequence_and_drops_filler():
 
 
 def test_flex_attention_needs_heads_of_sixteen_dimensions():
-    from jina_rag.modeling import flex_attention_available
+    from jina_rag.attention.flex import flex_attention_available
 
     # Decided from the device type and head size alone: no GPU needed to check the rule.
     assert not flex_attention_available(torch.device("cuda"), head_dim=8)
