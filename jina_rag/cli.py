@@ -207,11 +207,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InvalidInputError("nothing to index: give PATH arguments (files or folders) or --records FILE.jsonl")
     suffixes = {s if s.startswith(".") else f".{s}" for s in args.suffix} if args.suffix else None
     if args.engine == "ray":
-        if args.mode not in (None, "document"):
-            raise InvalidInputError(f"--engine ray writes whole-document vectors only: drop --mode {args.mode} or use the local engine")
-        if args.chunk_tokens is not None:
-            raise InvalidInputError("--chunk-tokens sizes passages, and --engine ray writes whole-document vectors only: "
-                                    "drop --chunk-tokens or use the local engine")
         if args.sync:
             raise InvalidInputError("--sync needs the local engine: run it without --engine ray (unchanged documents are skipped)")
         if args.parallel is not None:
@@ -249,7 +244,8 @@ def _index_with_ray(args: argparse.Namespace, suffixes: set[str] | None) -> int:
     report = index_with_ray(
         args.paths, records=args.records or (), root=args.root, **({"suffixes": suffixes} if suffixes else {}),
         store=args.store, location=args.location, collection=args.collection, api_key=_api_key(args),
-        index_fields=args.index_field or (), settings=settings_from_args(args),
+        index_fields=args.index_field or (), settings=settings_from_args(args), mode=args.mode,
+        chunk_tokens=DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens,
         workers=args.workers, cpus_per_worker=args.cpus_per_worker or 1.0,
         address=args.address, batch_docs=args.batch_docs, retries=args.retries,
         show_progress=False if args.no_progress else None,
@@ -376,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine = index.add_argument_group("engine")
     engine.add_argument(
         "--engine", choices=("local", "ray"), default="local",
-        help="local: this process (default); ray: a Ray cluster's workers (server stores only; --records may be .parquet or folders)",
+        help="local: this process (default); ray: a Ray cluster's workers, same modes and points (server stores, or a "
+        "folder with --workers 1; --records may be .parquet or folders)",
     )
     engine.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://HOST:PORT); default: start a local Ray")
     engine.add_argument("--workers", type=int, default=None, help="encoding workers (default: one per GPU, else as the CPUs allow)")

@@ -21,7 +21,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,11 @@ class BM25SparseEncoder:
         self.avg_len, self.k, self.b, self.language = avg_len, k, b, language
         self.word_pairs = word_pairs
         self._word_ids = lru_cache(maxsize=1 << 20)(self._word_ids_uncached)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickled as its settings (the Rust model is not picklable), so Ray workers can get one."""
+        options = {"avg_len": self.avg_len, "k": self.k, "b": self.b, "language": self.language, "word_pairs": self.word_pairs}
+        return partial(BM25SparseEncoder, **options), ()
 
     @property
     def settings(self) -> str:

@@ -3,8 +3,10 @@
 Ray starts once for the module, with 3 logical CPUs (2 CPU workers and one for reading and
 tokenising) and 2 declared GPUs, which no job uses: they let the worker planning be checked,
 while the jobs ask for CPU workers. Every Ray job pays for starting its workers (importing torch,
-loading the tiny model), so the module runs two. Readers and the tokenise stage are also tested
-directly, without Ray. The model has random weights: vectors are compared, never judged.
+loading the tiny model), so the module runs few: whole documents (through a worker crash), hybrid
+into a Qdrant Edge folder and late chunks into a Chroma server, each compared point by point with
+the local engine's. Readers and the tokenise stage are also tested directly, without Ray. The
+model has random weights: vectors are compared, never judged.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ray = pytest.importorskip("ray")
 
 from jina_rag.cli import main as cli_main  # noqa: E402
 from jina_rag.index import Document, DocumentIndex, open_store, point_id  # noqa: E402
+from jina_rag.encoder import tokenize  # noqa: E402
 from jina_rag.settings import EncoderSettings  # noqa: E402
 from jina_rag.index.ray_data import (  # noqa: E402
     WorkerPlan,
@@ -148,6 +151,29 @@ def test_readers_report_unreadable_inputs_and_bad_records_and_keep_the_rest(tmp_
     assert "document 'ok.md' has 4 tokens, over max_length=3" in tokenised[0]["error"] and not tokenised[0]["token_ids"]
 
 
+def test_the_batch_step_encodes_token_ids_skips_stored_documents_and_reports_a_failed_write(tmp_path, encoder, monkeypatch):
+    """DocumentIndex.index_batch, which both engines run: ids made elsewhere, look-up, failures returned, not raised."""
+    docs = [Document(f"d{i}", text_of(5 + 40 * i, seed=i), {"n": i}) for i in range(3)]
+    ids = tokenize(encoder.tokenizer, [d.text for d in docs])
+    with DocumentIndex(open_store("qdrant", str(tmp_path / "q"), "docs"), encoder, mode="document") as index:
+        index.store.ensure_collection(encoder.dim, layout="document")
+        first = index.index_batch(docs[:2], token_ids=ids[:2])
+        assert (first.indexed, first.skipped, first.failed, first.error) == (["d0", "d1"], [], [], None)
+        second = index.index_batch(docs, token_ids=ids)
+        assert (second.indexed, second.skipped) == (["d2"], ["d0", "d1"]) and second.encoding > 0
+        points = index.store.shard.retrieve([point_id(d.id) for d in docs], with_payload=True, with_vector=True)
+        vectors = {point.payload["doc_id"]: point.vector for point in points}  # a document layout: one unnamed vector
+        np.testing.assert_allclose([vectors[d.id] for d in docs], encoder.encode([d.text for d in docs]), atol=1e-5)
+        assert {point.payload["content_hash"] for point in points} == set(index.content_hashes(docs).values())
+
+        def refuse(points):
+            raise ConnectionError("store went away")
+
+        monkeypatch.setattr(index.store, "upsert", refuse)
+        third = index.index_batch([Document("d0", "changed text")], retries=1, retry_delay=0)
+        assert (third.failed, third.failed_in, type(third.error)) == (["d0"], "writing", ConnectionError)
+
+
 def test_local_stores_are_refused_for_several_workers(tmp_path, capsys):
     (tmp_path / "a.md").write_text("text")
     for store, location in (("chroma", str(tmp_path / "chroma")), ("qdrant", str(tmp_path / "qdrant")), ("qdrant", ":memory:")):
@@ -190,28 +216,74 @@ def test_workers_take_a_gpu_each_when_the_cluster_has_gpus_unless_told_cpu(ray_c
                        settings=EncoderSettings(checkpoint, device="cpu", attention="flash"))
 
 
-def test_one_worker_writes_a_local_folder_store_like_the_single_process_path(tmp_path, ray_cluster, checkpoint, encoder):
-    """A folder store takes one writer: one worker on this one-machine Ray may write it."""
+def test_one_worker_writes_a_local_folder_store_in_hybrid_mode_like_the_single_process_path(
+    tmp_path, ray_cluster, checkpoint, encoder, capsys
+):
+    """A folder store takes one writer: one worker on this one-machine Ray may write it, in any mode."""
     documents = write_text_files(tmp_path / "docs", 5)
+    location = str(tmp_path / "ray-qdrant")
     report = index_with_ray(
-        [tmp_path / "docs"], store="qdrant", location=str(tmp_path / "ray-qdrant"), collection="docs",
+        [tmp_path / "docs"], store="qdrant", location=location, collection="docs", mode="hybrid", chunk_tokens=32,
         settings=EncoderSettings(checkpoint, device="cpu", max_length=128), workers=1, batch_docs=2, show_progress=False,
     )
     assert sorted(report.indexed) == sorted(d.id for d in documents) and not report.failed and report.workers == 1
+    assert report.mode == "hybrid" and "mode hybrid" in report.summary()
     assert report.encoder_settings == EncoderSettings(str(checkpoint), device="cpu", max_length=128)  # the worker's encoder
-    with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder, mode="document") as single:
+    with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder, mode="hybrid", chunk_tokens=32) as single:
         single.index(documents, batch_docs=2, show_progress=False)
         reference = single.store.shard.retrieve([point_id(d.id) for d in documents], with_payload=True, with_vector=True)
     # The job returned once its worker let go of the folder (a Qdrant Edge collection): this process may open it now.
-    distributed = open_store("qdrant", str(tmp_path / "ray-qdrant"), "docs")
+    distributed = open_store("qdrant", location, "docs")
     try:
         written = {point.id: point for point in distributed.shard.retrieve([p.id for p in reference], with_payload=True, with_vector=True)}
-        assert distributed.count() == len(documents)
+        assert distributed.count() == len(documents) and distributed.layout() == "hybrid"
     finally:
         distributed.close()
+    assert sorted(written) == sorted(point.id for point in reference)
+    assert max(len(point.payload["passages"]) for point in reference) > 1  # 32-token passages: several in the long one
     for point in reference:
-        assert written[point.id].payload == point.payload
-        np.testing.assert_allclose(written[point.id].vector, point.vector, atol=1e-5)
+        ours = written[point.id]
+        assert ours.payload == point.payload  # text, metadata, content hash, passage spans
+        np.testing.assert_allclose(ours.vector["document"], point.vector["document"], atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ours.vector["passages"]), np.asarray(point.vector["passages"]), atol=1e-5)
+        assert list(ours.vector["bm25"].indices) == list(point.vector["bm25"].indices)
+        assert list(ours.vector["bm25"].values) == list(point.vector["bm25"].values)
+
+    # The job again from the command line, the mode left to the collection: nothing is encoded.
+    store = ["--store", "qdrant", "--location", location, "--collection", "docs"]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    ray_job = [str(tmp_path / "docs"), *store, *model, "--engine", "ray", "--workers", "1"]
+    assert cli_main(["index", *ray_job, "--chunk-tokens", "32"]) == 0
+    out = capsys.readouterr().out
+    assert f"0 indexed, {len(documents)} unchanged (skipped), 0 failed" in out and "mode hybrid" in out
+    # Another layout into this collection is refused, as the local engine refuses it.
+    assert cli_main(["index", *ray_job, "--mode", "late-chunks"]) == 2
+    assert "holds the 'hybrid' layout" in capsys.readouterr().err
+
+
+def test_late_chunks_into_a_chroma_server_like_the_single_process_path(tmp_path, ray_cluster, chroma_server, checkpoint, encoder, capsys):
+    documents = write_text_files(tmp_path / "docs", 6)
+    collection = f"ray-lc-{uuid.uuid4().hex[:8]}"
+    store = ["--store", "chroma", "--location", chroma_server.url, "--collection", collection]
+    model = ["--model", str(checkpoint), "--device", "cpu", "--max-length", "128", "--no-progress"]
+    job = [str(tmp_path / "docs"), *store, *model, "--engine", "ray", "--workers", "2", "--batch-docs", "2"]
+    assert cli_main(["index", *job, "--mode", "late-chunks", "--chunk-tokens", "32"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(documents)} indexed, 0 unchanged (skipped), 0 failed" in out and "mode late-chunks" in out
+
+    # The same points as the local engine's (passage records included), in another collection of the server.
+    with DocumentIndex(open_store("chroma", chroma_server.url, f"{collection}-single"), encoder, mode="late-chunks", chunk_tokens=32) as single:
+        single.index(documents, batch_docs=3, show_progress=False)
+    distributed = stored(chroma_collection(chroma_server.url, collection))
+    reference = stored(chroma_collection(chroma_server.url, f"{collection}-single"))
+    assert sorted(distributed) == sorted(reference) and len(reference) > 2 * len(documents)  # passages too
+    for record, (text, metadata, vector) in reference.items():
+        assert distributed[record][:2] == (text, metadata)  # passage spans and content hashes included
+        np.testing.assert_allclose(distributed[record][2], vector, atol=1e-5)
+    # The local engine finds every document stored and unchanged (the mode follows the collection).
+    with DocumentIndex(open_store("chroma", chroma_server.url, collection), encoder, chunk_tokens=32) as local:
+        again = local.index(documents, show_progress=False)
+    assert again.indexed == [] and sorted(again.skipped) == sorted(d.id for d in documents)
 
 
 def test_two_workers_index_files_jsonl_and_parquet_through_a_worker_crash_like_the_single_process_path(
@@ -285,9 +357,12 @@ def test_bad_settings_are_refused_before_ray_starts(tmp_path, checkpoint, capsys
     assert "alibi_cutoff must be positive" in capsys.readouterr().err
     assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--dtype", "float8"]) == 2
     assert "unknown dtype 'float8'" in capsys.readouterr().err
-    # What the Ray engine cannot do is refused, never ignored: passages, and FlashAttention-4 on CPU workers.
-    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--mode", "late-chunks"]) == 2
-    assert "--engine ray writes whole-document vectors only: drop --mode late-chunks" in capsys.readouterr().err
-    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--chunk-tokens", "64"]) == 2
-    assert "drop --chunk-tokens or use the local engine" in capsys.readouterr().err
-    assert not (tmp_path / "q").exists()
+    # Index settings are the local engine's, refused as it refuses them; what Ray cannot do is refused, never ignored.
+    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--chunk-tokens", "0"]) == 2
+    assert "chunk_tokens must be positive" in capsys.readouterr().err
+    assert cli_main(["index", str(tmp_path), *store, "--model", str(checkpoint), "--sync"]) == 2
+    assert "--sync needs the local engine" in capsys.readouterr().err
+    chroma = ["--store", "chroma", "--location", str(tmp_path / "c"), "--collection", "docs", "--engine", "ray", "--workers", "1"]
+    assert cli_main(["index", str(tmp_path), *chroma, "--model", str(checkpoint), "--mode", "hybrid"]) == 2
+    assert "mode 'hybrid' needs sparse (BM25) search" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists() and not (tmp_path / "c").exists()

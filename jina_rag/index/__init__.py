@@ -9,6 +9,7 @@ they load only when a store of that kind is opened.
 
 from jina_rag.index.core import (
     STORES,
+    BatchResult,
     DocumentIndex,
     IndexingError,
     IndexPlan,
@@ -44,6 +45,7 @@ __all__ = [
     "INDEX_MODES",
     "STORES",
     "TEXT_SUFFIXES",
+    "BatchResult",
     "CollectionMismatchError",
     "CollectionNotFoundError",
     "Document",

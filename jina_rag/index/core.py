@@ -4,10 +4,11 @@ Data flows one way: documents → validation (metadata also by the store's rules
 → lookup of stored hashes (unchanged documents are skipped before any encoding) → token counts →
 write batches of similar length (:meth:`DocumentIndex.plan`) → points
 (:meth:`DocumentIndex.encode_points`) → upsert with bounded retries → ``on_batch`` hook (and,
-with ``sync``, removal of stored documents the run did not hold). Stores sit behind
-:class:`DocumentStore` and take :class:`Point` objects, so another way of making points (encoding
-spread over workers, say) replaces ``encode_points`` and keeps planning, stores and failure
-reporting.
+with ``sync``, removal of stored documents the run did not hold). The step from a batch of
+documents to stored points is :meth:`DocumentIndex.index_batch` (hashes, stored-hash lookup,
+encoding of what changed, upsert with retries): :meth:`DocumentIndex.index` runs it in this
+process, the Ray engine (:mod:`jina_rag.index.ray_data`) on its workers. Stores sit behind
+:class:`DocumentStore` and take :class:`Point` objects.
 
 Modes: ``document`` stores one whole-document vector per document; ``late-chunks`` and ``both``
 also store late-chunked passage vectors (:mod:`jina_rag.late_chunking`) with their character
@@ -93,6 +94,23 @@ class IndexPlan:
     new_collection: bool = False
     # With sync: stored documents that are not among the run's, removed once every document landed.
     stale: list[str] | None = None
+
+
+@dataclass
+class BatchResult:
+    """What :meth:`DocumentIndex.index_batch` did with one batch: document ids by outcome, why ``failed``
+    did not land (``error``, in stage ``failed_in``; ``blamed``: the document a NaN/Inf vector came from),
+    and the seconds spent looking up stored hashes, encoding and writing."""
+
+    indexed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    error: Exception | None = None
+    failed_in: Literal["looking up", "encoding", "writing"] | None = None
+    blamed: str | None = None
+    looking_up: float = 0.0
+    encoding: float = 0.0
+    writing: float = 0.0
 
 
 @dataclass
@@ -351,10 +369,8 @@ class DocumentIndex:
         if exists:
             self.store.ensure_collection(self.encoder.dim, layout=layout)
         stale = self._stale(docs, exists, unread_ids) if sync else None
-        hashes = {doc.id: self._content_hash(doc, layout) for doc in docs}
-        stored: dict[str, str] = {}
-        for start in range(0, len(docs) if exists else 0, LOOKUP_BATCH):
-            stored.update(self.store.existing_hashes([doc.id for doc in docs[start : start + LOOKUP_BATCH]]))
+        hashes = self.content_hashes(docs, layout)
+        stored = self._stored_hashes([doc.id for doc in docs]) if exists else {}
         todo = [doc for doc in docs if stored.get(doc.id) != hashes[doc.id]]
         counts = self.encoder.count_tokens([doc.text for doc in todo]) if todo else []
         tokens = {doc.id: count for doc, count in zip(todo, counts)}
@@ -401,22 +417,34 @@ class DocumentIndex:
 
     def encode_points(
         self, docs: Sequence[Document], hashes: Mapping[str, str], on_progress: ProgressCallback | None = None,
-        parallel: Parallel = None,
+        parallel: Parallel = None, *, token_ids: Sequence[Sequence[int]] | None = None,
     ) -> list[Point]:
         """One point per document: its whole text as one vector (long ones through the encoder's
         windows) and, by layout, its late-chunked passage vectors and spans and its BM25 vector.
         ``on_progress(done, total)`` follows the model's batches in tokens read (see :meth:`JinaEncoder.encode`);
-        ``parallel`` spreads the encoding over worker processes (see :meth:`JinaEncoder.encode`)."""
+        ``parallel`` spreads the encoding over worker processes (see :meth:`JinaEncoder.encode`).
+        ``token_ids``: the documents' ids as :func:`~jina_rag.encoder.tokenize` made them, so the
+        whole-document layout does not tokenise again (:meth:`JinaEncoder.encode_tokenized`; no
+        ``on_progress`` or ``parallel`` then); the passage layouts tokenise anyway."""
         texts = [doc.text for doc in docs]
         layout = self.layout()
+        if token_ids is not None and len(token_ids) != len(docs):
+            raise InvalidInputError(f"token_ids holds {len(token_ids)} entries for {len(docs)} documents")
+        if token_ids is not None and (on_progress is not None or parallel is not None):
+            raise InvalidInputError("token_ids are encoded in this process without progress: drop on_progress and parallel")
         if layout == "document":
-            vectors = self.encoder.encode(
-                texts, batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress, parallel=parallel,
-            )
+            if token_ids is not None:
+                vectors = self.encoder.encode_tokenized(token_ids, batch_tokens=self.batch_tokens)
+            else:
+                vectors = self.encoder.encode(
+                    texts, batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress, parallel=parallel,
+                )
             return [
                 Point(point_id(doc.id), doc.id, vector, doc.text, doc.metadata, hashes[doc.id])
                 for doc, vector in zip(docs, vectors)
             ]
+        # Late chunking needs each token's character offsets to map passages onto tokens, which plain
+        # ids do not carry: the passage layouts tokenise the texts again (with offsets), ignoring token_ids.
         chunked = encode_late_chunks(
             self.encoder, texts, splitter=self.splitter, chunk_tokens=self.chunk_tokens,
             batch_tokens=self.batch_tokens, show_progress=False, on_progress=on_progress, parallel=parallel,
@@ -429,6 +457,93 @@ class DocumentIndex:
             )
             for doc, chunks, bm25 in zip(docs, chunked, sparse)
         ]
+
+    def index_batch(
+        self,
+        docs: Sequence[Document],
+        *,
+        token_ids: Sequence[Sequence[int]] | None = None,
+        hashes: Mapping[str, str] | None = None,
+        look_up: bool = True,
+        create_collection: bool = False,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        on_progress: ProgressCallback | None = None,
+        parallel: Parallel = None,
+    ) -> BatchResult:
+        """One write batch, from documents to stored points: what :meth:`index` runs per batch and the
+        Ray engine's workers run on theirs.
+
+        ``docs`` (validated, ids unique) get their stored hashes (``hashes``, or :meth:`content_hashes`);
+        with ``look_up``, those whose stored hash matches are skipped (the collection must exist).
+        The rest are encoded (:meth:`encode_points`; ``token_ids``, ``on_progress`` and ``parallel``
+        go there) and upserted with ``retries`` (doubling delays from ``retry_delay``);
+        ``create_collection`` creates the collection just before the write. A failed look-up or
+        write, or a NaN/Inf vector, marks the documents it concerns failed, with the error, and is
+        not raised; the documents of other outcomes are unaffected.
+        """
+        if retries < 0:
+            raise InvalidInputError(f"retries must be >= 0, got {retries}")
+        layout = self.layout()
+        hashes = self.content_hashes(docs, layout) if hashes is None else hashes
+        result = BatchResult()
+        started = time.perf_counter()
+        if look_up:
+            try:
+                stored = self._stored_hashes([doc.id for doc in docs], retries, retry_delay)
+            except Exception as error:
+                result.failed, result.error, result.failed_in = [doc.id for doc in docs], error, "looking up"
+                result.looking_up = time.perf_counter() - started
+                return result
+            changed = [i for i, doc in enumerate(docs) if stored.get(doc.id) != hashes[doc.id]]
+            result.skipped = [doc.id for doc in docs if stored.get(doc.id) == hashes[doc.id]]
+        else:
+            changed = list(range(len(docs)))
+        todo = [docs[i] for i in changed]
+        looked_up = time.perf_counter()
+        result.looking_up = looked_up - started
+        if not todo:
+            return result
+        try:
+            points = self.encode_points(
+                todo, hashes, on_progress=on_progress, parallel=parallel,
+                token_ids=None if token_ids is None else [token_ids[i] for i in changed],
+            )
+        except NonFiniteVectorError as error:
+            # The store would refuse NaN or keep it and break search: the batch is not written.
+            result.failed, result.error, result.failed_in = [doc.id for doc in todo], error, "encoding"
+            result.blamed = todo[error.index].id
+            result.encoding = time.perf_counter() - looked_up
+            return result
+        encoded = time.perf_counter()
+        result.encoding = encoded - looked_up
+        if create_collection:  # created only now, so a run that fails before writing leaves none behind
+            self.store.ensure_collection(self.encoder.dim, layout=layout)
+        try:
+            upsert_with_retries(self.store, points, retries, retry_delay)
+        except Exception as error:
+            result.failed, result.error, result.failed_in = [doc.id for doc in todo], error, "writing"
+        else:
+            result.indexed = [doc.id for doc in todo]
+        result.writing = time.perf_counter() - encoded
+        return result
+
+    def content_hashes(self, docs: Sequence[Document], layout: Layout | None = None) -> dict[str, str]:
+        """The hash stored with each document's point (by id): content, model and the settings that shape
+        its vectors in ``layout`` (default: :meth:`layout`); see :func:`stored_hash`."""
+        layout = self.layout() if layout is None else layout
+        return {doc.id: self._content_hash(doc, layout) for doc in docs}
+
+    def _stored_hashes(self, doc_ids: Sequence[str], retries: int = 0, retry_delay: float = 0.5) -> dict[str, str]:
+        """Stored hashes of those documents that have a point, looked up ``LOOKUP_BATCH`` ids a round trip."""
+        stored: dict[str, str] = {}
+        for start in range(0, len(doc_ids), LOOKUP_BATCH):
+            chunk = list(doc_ids[start : start + LOOKUP_BATCH])
+            stored.update(with_retries(
+                lambda: self.store.existing_hashes(chunk), f"looking up {len(chunk)} documents in {self.store.description}",
+                retries, retry_delay,
+            ))
+        return stored
 
     def index(
         self,
@@ -479,21 +594,16 @@ class DocumentIndex:
                 # The token bar moves while a batch is encoded (one long document can take minutes), as the
                 # batch's share of the tokens the model has read; the document bar when the batch is written.
                 encoded = _BatchProgress(token_bar, batch_tokens) if show_progress else None
-                try:
-                    points = self.encode_points(batch, plan.hashes, on_progress=encoded, parallel=parallel)
-                except NonFiniteVectorError as error:
-                    # The store would refuse NaN or keep it and break search: the batch is not written.
+                # Planned: hashes made and stored ones looked up for the whole run, so no look-up here.
+                result = self.index_batch(
+                    batch, hashes=plan.hashes, look_up=False, create_collection=plan.new_collection,
+                    retries=retries, retry_delay=retry_delay, on_progress=encoded, parallel=parallel,
+                )
+                if result.error is not None:
                     self._stop(report, plan, number, started)
-                    message = self._failure_message(report, error, batch[error.index].id)
-                    raise IndexingError(message, report.failed, report) from error
-                if plan.new_collection:  # created only now, so a run that fails before writing leaves none behind
-                    self.store.ensure_collection(self.encoder.dim, layout=self.layout())
-                    plan.new_collection = False
-                try:
-                    upsert_with_retries(self.store, points, retries, retry_delay)
-                except Exception as error:
-                    self._stop(report, plan, number, started)
-                    raise IndexingError(self._failure_message(report, error), report.failed, report) from error
+                    message = self._failure_message(report, result.error, result.blamed)
+                    raise IndexingError(message, report.failed, report) from result.error
+                plan.new_collection = False
                 written = WrittenBatch(number, tuple(doc.id for doc in batch), batch_tokens)
                 report.indexed.extend(written.doc_ids)
                 report.tokens += written.tokens

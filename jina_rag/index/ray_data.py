@@ -1,14 +1,17 @@
-"""Scale-out whole-document indexing on Ray Data: many workers, exactly one point per document.
+"""Scale-out indexing on Ray Data: many workers, exactly one point per document, every index mode.
 
 The pipeline streams; nothing holds the whole corpus:
 
-1. the driver lists the input files (text files, JSON Lines, Parquet) and creates the collection;
-2. read tasks parse them into documents, validated and hashed as the indexing core does; an
-   unreadable file or a bad record is reported and skipped, the job goes on;
-3. tokenise tasks turn texts into token ids and counts, on CPUs apart from the encoders;
-4. an actor pool of workers, one model each (one GPU each when the cluster has GPUs), looks up
-   the stored content hashes of its batch, encodes what changed with :class:`JinaEncoder`
-   (token-budget batches, windows for long documents) and upserts with the core's retries;
+1. the driver lists the input files (text files, JSON Lines, Parquet), resolves the mode as the
+   local engine does and creates the collection in its layout (refusing one of another layout);
+2. read tasks parse them into documents, validated as the indexing core does; an unreadable file
+   or a bad record is reported and skipped, the job goes on;
+3. tokenise tasks turn texts into token counts (and, for whole-document vectors, the token ids the
+   workers encode), on CPUs apart from the encoders;
+4. an actor pool of workers, one model each (one GPU each when the cluster has GPUs), each holding
+   a :class:`~jina_rag.index.core.DocumentIndex`, runs the local engine's own batch step
+   (:meth:`~jina_rag.index.core.DocumentIndex.index_batch`: stored-hash lookup, encoding of what
+   changed in the collection's layout, upsert with retries) on its batches;
 5. per-document results stream back to the driver: progress bars and a summary.
 
 Exactly one point per document, whatever happens: a point's id is ``point_id(doc_id)``, so a
@@ -44,29 +47,30 @@ from tqdm.auto import tqdm
 
 from jina_rag.encoder import JinaEncoder, special_tokens, tokenize
 from jina_rag.index.core import (
+    BatchResult,
+    DocumentIndex,
     IndexReport,
-    Point,
     StoreKind,
     WrittenBatch,
     open_store,
-    stored_hash,
     too_long_message,
-    upsert_with_retries,
 )
 from jina_rag.index.documents import (
     TEXT_SUFFIXES,
     Document,
     document_files,
     documents_from_records,
-    point_id,
     read_document_file,
     require_file,
     validate_documents,
 )
+from jina_rag.index.store import IndexMode
+from jina_rag.late_chunking import DEFAULT_CHUNK_TOKENS
 from jina_rag.loading import load_tokenizer, resolve_model
 from jina_rag.modeling import JinaBertConfig
 from jina_rag.errors import InvalidInputError, InvalidTypeError
 from jina_rag.settings import EncoderSettings, LongTextPolicy
+from jina_rag.sparse import BM25SparseEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +109,7 @@ class RayIndexReport(IndexReport):
     duplicates: list[str] = field(default_factory=list)
     workers: int = 0
     device: str = "cpu"
+    mode: IndexMode = "document"  # the mode the job indexed in (given, or the collection's / the store's default)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds_to_first_result: float = 0.0
     # The settings the workers' encoders were built with, as the first worker to answer reported them.
@@ -112,7 +117,8 @@ class RayIndexReport(IndexReport):
 
     def summary(self) -> str:
         lines = [
-            f"{super().summary()}; {self.workers} {self.device.upper()} worker{'s' if self.workers != 1 else ''}",
+            f"{super().summary()}; {self.workers} {self.device.upper()} worker{'s' if self.workers != 1 else ''}, "
+            f"mode {self.mode}",
             f"first results after {self.seconds_to_first_result:.1f} s (starting workers and the first batches); "
             "time summed over tasks and workers: "
             + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.stage_seconds.items()),
@@ -137,6 +143,9 @@ def index_with_ray(
     api_key: str | None = None,
     index_fields: Sequence[str] = (),
     settings: EncoderSettings | None = None,
+    mode: IndexMode | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    bm25: BM25SparseEncoder | None = None,
     root: str | os.PathLike[str] | None = None,
     suffixes: Iterable[str] = TEXT_SUFFIXES,
     workers: int | None = None,
@@ -162,6 +171,12 @@ def index_with_ray(
     as the CPUs allow with one CPU kept for reading and tokenising. The report's
     ``encoder_settings`` are those a worker built its encoder with.
 
+    ``mode``, ``chunk_tokens`` and ``bm25`` are :class:`~jina_rag.index.DocumentIndex`'s: every
+    worker runs that class's batch step with them, so the points (and content hashes) are the
+    local engine's. ``mode=None`` follows an existing collection, else the store's default
+    (``hybrid`` on Qdrant, ``document`` on Chroma); a collection of another layout is refused
+    before anything starts.
+
     The model folder (or hub cache) and jina-rag must be present on every node. ``on_batch`` runs
     in the worker, after the store acknowledged a batch, so it must be picklable. Failures
     (unreadable inputs, bad documents, batches the store refused after ``retries``) are in the
@@ -177,7 +192,7 @@ def index_with_ray(
     if not isinstance(settings, EncoderSettings):
         raise InvalidTypeError(f"settings is {type(settings).__name__}: pass an EncoderSettings")
     # What only an encoder checks (the dtype's name, ONNX providers), without loading a model here.
-    JinaEncoder.from_settings(settings.replace(device="cpu"), load=False)
+    unloaded = JinaEncoder.from_settings(settings.replace(device="cpu"), load=False)
     folder = resolve_model(settings.model)
     config = JinaBertConfig.from_json_file(folder / "config.json")
     if settings.max_length > config.max_position_embeddings:
@@ -188,7 +203,11 @@ def index_with_ray(
         raise InvalidInputError("nothing to index: give text files or folders, or record files (.jsonl, .parquet)")
     target = open_store(store, location, collection, api_key=api_key, index_fields=index_fields)
     try:
-        target.ensure_collection(config.hidden_size)
+        # The local engine's rules: its mode resolution, and the collection made (or checked) in that mode's layout.
+        resolved = DocumentIndex(target, unloaded, mode=mode, chunk_tokens=chunk_tokens, bm25=bm25)
+        mode, layout = resolved.resolved_mode(), resolved.layout()
+        bm25 = resolved.bm25 if layout == "hybrid" else None  # made here, so a missing extra fails before Ray starts
+        target.ensure_collection(config.hidden_size, layout=layout)
         description = target.description
     finally:
         target.close()
@@ -217,9 +236,10 @@ def index_with_ray(
                 store_settings=dict(
                     kind=store, location=location, collection=collection, api_key=api_key, index_fields=tuple(index_fields),
                 ),
+                index_settings=dict(mode=mode, chunk_tokens=chunk_tokens, bm25=bm25),
                 batch_docs=batch_docs, retries=retries, retry_delay=retry_delay, on_batch=on_batch,
             )
-            report = RayIndexReport(description, workers=plan.workers, device=plan.device)
+            report = RayIndexReport(description, workers=plan.workers, device=plan.device, mode=mode)
             total = len(sources) if all(source["kind"] == "text" for source in sources) else None
             _collect(results, report, total, show_progress, started)
             if not location.startswith(SERVER_SCHEMES):
@@ -351,6 +371,7 @@ def _pipeline(
     *,
     settings: EncoderSettings,
     store_settings: dict[str, Any],
+    index_settings: dict[str, Any],
     batch_docs: int,
     retries: int,
     retry_delay: float,
@@ -362,13 +383,16 @@ def _pipeline(
         .map_batches(
             # Blocks of one write batch each: the actor pool hands blocks out, so the work spreads.
             tokenize_documents, batch_format="pyarrow", batch_size=batch_docs, num_cpus=TASK_CPUS,
-            fn_kwargs=dict(model=settings.model, max_length=settings.max_length, long_text=settings.long_text),
+            fn_kwargs=dict(
+                model=settings.model, max_length=settings.max_length, long_text=settings.long_text,
+                keep_ids=index_settings["mode"] == "document",
+            ),
         )
         .map_batches(
             IndexWorker, batch_format="pyarrow", batch_size=batch_docs,
             compute=ray.data.ActorPoolStrategy(size=plan.workers), num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             fn_constructor_kwargs=dict(
-                settings=settings, store_settings=store_settings, threads=plan.threads,
+                settings=settings, store_settings=store_settings, index_settings=index_settings, threads=plan.threads,
                 retries=retries, retry_delay=retry_delay, on_batch=on_batch,
             ),
         )
@@ -480,8 +504,11 @@ def _tokenizer(model: str) -> Any:
     return load_tokenizer(model)
 
 
-def tokenize_documents(documents: pa.Table, *, model: str, max_length: int, long_text: LongTextPolicy) -> pa.Table:
-    """Token ids (as the encoder cuts them) and token counts (special tokens included)."""
+def tokenize_documents(
+    documents: pa.Table, *, model: str, max_length: int, long_text: LongTextPolicy, keep_ids: bool = True,
+) -> pa.Table:
+    """Token ids (as the encoder cuts them) and token counts (special tokens included); with
+    ``keep_ids=False`` the counts only (the passage modes tokenise again, with character offsets)."""
     tokenizer = _tokenizer(model)  # loaded once per process: start-up, not tokenising
     started = time.perf_counter()
     rows = documents.to_pylist()
@@ -492,7 +519,7 @@ def tokenize_documents(documents: pa.Table, *, model: str, max_length: int, long
         row["token_ids"], row["tokens"] = [], 0
     for i, ids in zip(valid, token_ids):
         row = rows[i]
-        row["token_ids"], row["tokens"] = ids, len(prefix) + len(ids) + len(suffix)
+        row["token_ids"], row["tokens"] = ids if keep_ids else [], len(prefix) + len(ids) + len(suffix)
         if long_text == "error" and row["tokens"] > max_length:
             row["error"], row["token_ids"] = too_long_message(row["id"], row["tokens"], max_length), []
     return _table(rows, TOKENISED, "tokenising", time.perf_counter() - started)
@@ -502,10 +529,12 @@ def tokenize_documents(documents: pa.Table, *, model: str, max_length: int, long
 
 
 class IndexWorker:
-    """One model and one store client; each call encodes a batch's changed documents and upserts them.
+    """One model and one store client in a :class:`~jina_rag.index.core.DocumentIndex`; each call runs
+    its batch step (:meth:`~jina_rag.index.core.DocumentIndex.index_batch`) on a batch.
 
-    The encoder is built from ``settings`` (its ``batch_tokens`` included); the first call's first
-    row reports them back (column ``encoder``).
+    The encoder is built from ``settings`` (its ``batch_tokens`` included), the index from
+    ``index_settings`` (``mode``, ``chunk_tokens``, ``bm25``); the first call's first row reports the
+    encoder's settings back (column ``encoder``).
     """
 
     def __init__(
@@ -513,6 +542,7 @@ class IndexWorker:
         *,
         settings: EncoderSettings,
         store_settings: dict[str, Any],
+        index_settings: dict[str, Any],
         threads: int,
         retries: int,
         retry_delay: float,
@@ -522,11 +552,15 @@ class IndexWorker:
 
         if settings.device == "cpu":
             torch.set_num_threads(threads)
-        self.encoder = JinaEncoder.from_settings(settings)
-        self.store = open_store(
+        store = open_store(
             store_settings["kind"], store_settings["location"], store_settings["collection"],
             api_key=store_settings["api_key"], index_fields=store_settings["index_fields"],
         )
+        self.index = DocumentIndex(
+            store, JinaEncoder.from_settings(settings), batch_tokens=settings.batch_tokens, **index_settings,
+        )
+        # Whole-document vectors come from the tokenise stage's ids; the passage layouts tokenise again.
+        self.pass_token_ids = self.index.layout() == "document"
         self.settings_reported = False
         self.retries = retries
         self.retry_delay = retry_delay
@@ -551,55 +585,43 @@ class IndexWorker:
                 row["tokens"] = 0  # like the core's report: tokens encoded and written
             row["encoder"] = ""
         if rows and not self.settings_reported:
-            rows[0]["encoder"] = json.dumps(self.encoder.settings.to_dict())
+            rows[0]["encoder"] = json.dumps(self.index.encoder.settings.to_dict())
             self.settings_reported = True
         return pa.Table.from_pylist(rows, schema=RESULTS)
 
     def _index(self, todo: list[dict[str, Any]]) -> None:
-        started = time.perf_counter()
-        # What the local engine stores too: content and model.
-        hashes = {row["id"]: stored_hash(row["content_hash"], self.encoder.fingerprint) for row in todo}
-        try:
-            stored = self.store.existing_hashes([row["id"] for row in todo])
-        except Exception as error:
-            self._fail(todo, f"looking up stored documents in {self.store.description} failed: {type(error).__name__}: {error}")
-            return
-        changed = []
+        docs = [Document(row["id"], row["text"], json.loads(row["metadata"])) for row in todo]
+        result = self.index.index_batch(
+            docs, token_ids=[row["token_ids"] for row in todo] if self.pass_token_ids else None,
+            retries=self.retries, retry_delay=self.retry_delay,
+        )
+        outcome = {**dict.fromkeys(result.skipped, "skipped"), **dict.fromkeys(result.indexed, "indexed")}
+        why = self._why(result)
         for row in todo:
-            if stored.get(row["id"]) == hashes[row["id"]]:
-                row["status"] = "skipped"
-            else:
-                changed.append(row)
-        looked_up = time.perf_counter()
-        if not changed:
-            _spread(todo, "writing", looked_up - started)
-            return
-        vectors = self.encoder.encode_tokenized([row["token_ids"] for row in changed])
-        encoded = time.perf_counter()
-        points = [
-            Point(point_id(row["id"]), row["id"], vector, row["text"], json.loads(row["metadata"]), hashes[row["id"]])
-            for row, vector in zip(changed, vectors)
-        ]
-        try:
-            upsert_with_retries(self.store, points, self.retries, self.retry_delay)
-        except Exception as error:
-            self._fail(changed, (
-                f"writing to {self.store.description} failed after {self.retries} retries: {type(error).__name__}: "
-                f"{error}. Run the same indexing again: stored, unchanged documents are skipped."
-            ))
-        else:
-            for row in changed:
-                row["status"] = "indexed"
+            row["status"] = outcome.get(row["id"], "failed")
+            if row["status"] == "failed":
+                row["error"] = why
+        if result.indexed:
             if self.on_batch is not None:
-                self.on_batch(WrittenBatch(self.written, tuple(row["id"] for row in changed), sum(row["tokens"] for row in changed)))
+                tokens = sum(row["tokens"] for row in todo if row["status"] == "indexed")
+                self.on_batch(WrittenBatch(self.written, tuple(result.indexed), tokens))
             self.written += 1
-        _spread(changed, "encoding", encoded - looked_up)
-        _spread(todo, "writing", looked_up - started + time.perf_counter() - encoded)
+        _spread([row for row in todo if row["status"] != "skipped"], "encoding", result.encoding)
+        _spread(todo, "writing", result.looking_up + result.writing)  # store round trips: look-ups and upserts
 
-    @staticmethod
-    def _fail(rows: list[dict[str, Any]], why: str) -> None:
-        for row in rows:
-            row["status"], row["error"] = "failed", why
+    def _why(self, result: BatchResult) -> str:
+        """Why the batch's failed documents did not land, and what to do."""
+        if result.error is None:
+            return ""
+        error = f"{type(result.error).__name__}: {result.error}"
+        where = self.index.store.description
+        if result.failed_in == "looking up":
+            return f"looking up stored documents in {where} failed: {error}"
+        if result.failed_in == "encoding":
+            return (f"document {result.blamed!r} got a vector holding NaN or Inf, so its batch was not written: {error}. "
+                    f"Fix the model (in float16: use bfloat16 or float32), then index again.")
+        return (f"writing to {where} failed after {self.retries} retries: {error}. Run the same indexing again: stored, "
+                f"unchanged documents are skipped.")
 
 
 def _spread(rows: list[dict[str, Any]], stage: str, seconds: float) -> None:
