@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jina_rag import attention
-from jina_rag.attention import Attend, AttentionBackend, AttentionOptions
+from jina_rag.attention import Attend, AttentionBackend, AttentionOptions, Batch
 from jina_rag.errors import InvalidInputError
 from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference
 
@@ -305,10 +305,10 @@ class JinaBertModel(JinaBertPreTrainedModel):
         self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False)
         self.apply(self._init_weights)
 
-    def _attend(self, x: torch.Tensor, **batch: torch.Tensor | None) -> Attend:
+    def _attend(self, x: torch.Tensor, **rows: torch.Tensor | None) -> Attend:
         """The batch's attention as each layer calls it, prepared once by the backend."""
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
-        context = self.attention.prepare(x, self.alibi_slopes, dropout=dropout, **batch)
+        context = self.attention.prepare(x, self.alibi_slopes, Batch(**rows, dropout=dropout))
         return functools.partial(self.attention.attend, context=context)
 
     def forward(

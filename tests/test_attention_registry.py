@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from jina_rag import attention, load_model
-from jina_rag.attention import AttentionOptions, Batching
+from jina_rag.attention import AttentionOptions, Batch, Batching
 from jina_rag.encoder import JinaEncoder, TorchBackend
 from jina_rag.errors import InvalidInputError
 from jina_rag.modeling import JinaBertConfig
@@ -30,16 +30,16 @@ class Float64Attention:
     def batching(self, device: torch.device, dtype: torch.dtype) -> Batching:
         return Batching(self.name)
 
-    def prepare(self, x, slopes, *, attention_mask=None, sequence_ids=None, cu_seqlens=None, dropout=0.0):
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> torch.Tensor:
         positions = torch.arange(x.shape[1], dtype=torch.float64)
         bias = -slopes.double()[:, None, None] * (positions[:, None] - positions[None, :]).abs()
-        if sequence_ids is None:
-            keys = attention_mask.bool()[:, None, None, :]
+        if batch.sequence_ids is None:
+            keys = batch.attention_mask.bool()[:, None, None, :]
         else:
-            keys = (sequence_ids[:, None] == sequence_ids[None, :])[None, None]
+            keys = (batch.sequence_ids[:, None] == batch.sequence_ids[None, :])[None, None]
         return bias.masked_fill(~keys, -math.inf)
 
-    def attend(self, q, k, v, context):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         batch, length, heads, head_dim = q.shape
         q, k, v = (t.transpose(1, 2).double() for t in (q, k, v))
         out = (q @ k.transpose(-1, -2) / math.sqrt(head_dim) + context).softmax(-1) @ v

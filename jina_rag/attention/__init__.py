@@ -42,6 +42,16 @@ class AttentionOptions:
     alibi_cutoff: float | None = None
 
 
+@dataclass
+class Batch:
+    """One forward's batch as attention sees it: a padded batch or one packed row (batch 1)."""
+
+    attention_mask: torch.Tensor | None = None  # a padded batch: [batch, L], 0 for padding
+    sequence_ids: torch.Tensor | None = None  # a packed row: [L], the sequence of each token, non-decreasing
+    cu_seqlens: torch.Tensor | None = None  # a packed row: int32 offsets of each run of ids, where the caller found them
+    dropout: float = 0.0  # the attention dropout probability (0 outside training)
+
+
 @dataclass(frozen=True)
 class Batching:
     """How an encoder feeds a backend on one device and dtype."""
@@ -69,24 +79,9 @@ class AttentionBackend(Protocol):
         """How batches on ``device`` in ``dtype`` should come; a RuntimeError where this backend cannot run there."""
         ...
 
-    def prepare(
-        self,
-        x: torch.Tensor,
-        slopes: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        sequence_ids: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        dropout: float = 0.0,
-    ) -> Any:
-        """What every layer needs for one batch, built once per forward.
-
-        ``x`` is the layers' input ``[batch, L, hidden]`` (device and dtype), ``slopes`` the ALiBi
-        slopes per head. A padded batch comes with ``attention_mask`` ``[batch, L]``; one packed row
-        (batch 1) with ``sequence_ids`` ``[L]`` (non-decreasing) and, where the caller found them,
-        ``cu_seqlens`` (int32 offsets of each run of ids). ``dropout`` is the attention dropout
-        probability (0 outside training).
-        """
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> Any:
+        """What every layer needs for ``batch``, built once per forward; ``x`` is the layers' input
+        ``[batch, L, hidden]`` (its device and dtype count), ``slopes`` the ALiBi slopes per head."""
         ...
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: Any) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from jina_rag.attention import AttentionBackend, AttentionOptions, Batching, resolve
+from jina_rag.attention import AttentionBackend, AttentionOptions, Batch, Batching, resolve
 from jina_rag.attention.cpu import BlockwiseAttention
 from jina_rag.attention.flash import flash_alibi_available
 from jina_rag.attention.flex import FlexAttention
@@ -42,11 +42,9 @@ class AutoAttention:
                                        name=f"flex; flash for rows with a sequence of >= {FLASH_MIN_TOKENS} tokens")
         return batching
 
-    def prepare(
-        self, x: torch.Tensor, slopes: torch.Tensor, *, dropout: float = 0.0, **batch: Any
-    ) -> tuple[AttentionBackend, Any]:
-        backend = self.backends[resolve(self.name, x.device, self.config, dropout=dropout)]
-        return backend, backend.prepare(x, slopes, dropout=dropout, **batch)
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> tuple[AttentionBackend, Any]:
+        backend = self.backends[resolve(self.name, x.device, self.config, dropout=batch.dropout)]
+        return backend, backend.prepare(x, slopes, batch)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: tuple[AttentionBackend, Any]

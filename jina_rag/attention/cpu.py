@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from jina_rag.attention import AttentionOptions, Batching
+from jina_rag.attention import AttentionOptions, Batch, Batching
 
 if TYPE_CHECKING:
     from jina_rag.modeling import JinaBertConfig
@@ -143,24 +143,15 @@ class BlockwiseAttention:
     def batching(self, device: torch.device, dtype: torch.dtype) -> Batching:
         return Batching(self.name)
 
-    def prepare(
-        self,
-        x: torch.Tensor,
-        slopes: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        sequence_ids: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        dropout: float = 0.0,
-    ) -> BiasContext:
-        if sequence_ids is None:
-            return BiasContext(ReversedKeyAlibi(slopes, attention_mask, x.dtype), dropout)
-        return BiasContext(self._bias(x, slopes, torch.ones_like(sequence_ids)[None], sequence_ids), dropout)
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> BiasContext:
+        if batch.sequence_ids is None:
+            return BiasContext(ReversedKeyAlibi(slopes, batch.attention_mask, x.dtype), batch.dropout)
+        return BiasContext(self._bias(x, slopes, batch), batch.dropout)
 
-    def _bias(
-        self, x: torch.Tensor, slopes: torch.Tensor, attention_mask: torch.Tensor, sequence_ids: torch.Tensor | None
-    ) -> AlibiBias:
-        return AlibiBias(slopes, attention_mask, x.dtype, self.block_elements, sequence_ids)
+    def _bias(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> AlibiBias:
+        """The bias of a padded batch or, every key real, of a packed row."""
+        mask = batch.attention_mask if batch.sequence_ids is None else torch.ones_like(batch.sequence_ids)[None]
+        return AlibiBias(slopes, mask, x.dtype, self.block_elements, batch.sequence_ids)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: BiasContext) -> torch.Tensor:
         out = context.bias.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), context.dropout)
@@ -181,19 +172,8 @@ class SdpaAttention(BlockwiseAttention):
         super().__init__(config, options)
         self.block_elements = 1 << 62
 
-    def prepare(
-        self,
-        x: torch.Tensor,
-        slopes: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        sequence_ids: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        dropout: float = 0.0,
-    ) -> BiasContext:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(sequence_ids)[None]
-        return BiasContext(self._bias(x, slopes, attention_mask, sequence_ids), dropout)
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> BiasContext:
+        return BiasContext(self._bias(x, slopes, batch), batch.dropout)
 
 
 class EagerAttention(SdpaAttention):

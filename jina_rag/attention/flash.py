@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jina_rag.attention import Batching
+from jina_rag.attention import Batch, Batching
 from jina_rag.attention.flex import FlexAttention, FlexContext
 from jina_rag.errors import InvalidInputError
 
@@ -131,26 +131,18 @@ class FlashAttention(FlexAttention):
         self.require(device)
         return Batching(self.name, packed=True, flash_min_tokens=0)
 
-    def prepare(
-        self,
-        x: torch.Tensor,
-        slopes: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        sequence_ids: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        dropout: float = 0.0,
-    ) -> FlexContext:
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> FlexContext:
         self.require(x.device)
         # Checked in eager calls; a compiled forward is checked by its caller (batching()), since
         # the package lookup would break the traced graph.
         if not torch.compiler.is_compiling():
             require_flash_alibi(x.device)
-        if dropout:
+        if batch.dropout:
             raise RuntimeError("attn_implementation='flash' has no attention dropout: train with 'auto'")
-        if sequence_ids is None:
-            return self._padded(slopes, attention_mask)
+        if batch.sequence_ids is None:
+            return self._padded(slopes, batch.attention_mask)
+        cu_seqlens = batch.cu_seqlens
         if cu_seqlens is None:  # found on the device: one host sync (callers in a hot loop pass it)
-            counts = torch.unique_consecutive(sequence_ids, return_counts=True)[1]
+            counts = torch.unique_consecutive(batch.sequence_ids, return_counts=True)[1]
             cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
         return FlexContext(cu_seqlens=cu_seqlens)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from jina_rag.attention import AttentionOptions, Batching
+from jina_rag.attention import AttentionOptions, Batch, Batching
 from jina_rag.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -176,23 +176,14 @@ class FlexAttention:
         self.require(device)
         return Batching(self.name, packed=True, alibi_cutoff=self.alibi_cutoff)
 
-    def prepare(
-        self,
-        x: torch.Tensor,
-        slopes: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        sequence_ids: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        dropout: float = 0.0,
-    ) -> FlexContext:
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> FlexContext:
         self.require(x.device)
-        if sequence_ids is None:
-            return self._padded(slopes, attention_mask)
-        if cu_seqlens is not None:
-            return FlexContext(cu_seqlens=cu_seqlens)
+        if batch.sequence_ids is None:
+            return self._padded(slopes, batch.attention_mask)
+        if batch.cu_seqlens is not None:
+            return FlexContext(cu_seqlens=batch.cu_seqlens)
         cutoff = self.alibi_cutoff
-        return _flex_context(slopes, packed_block_mask(sequence_ids, None if cutoff is None else slopes, cutoff))
+        return _flex_context(slopes, packed_block_mask(batch.sequence_ids, None if cutoff is None else slopes, cutoff))
 
     def _padded(self, slopes: torch.Tensor, attention_mask: torch.Tensor) -> FlexContext:
         return _flex_context(slopes, padded_block_mask(attention_mask.sum(dim=1), attention_mask.shape[1]))
