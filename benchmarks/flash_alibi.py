@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cudnn_alibi import HEAD_DIM, HEADS, cosine, reference, timed  # noqa: E402
 
-from jina_rag.attention.flash import flash_alibi_attention, head_slopes, packed_offsets  # noqa: E402
+from jina_rag.attention import packed_offsets  # noqa: E402
+from jina_rag.attention.flash import flash_alibi_attention, head_slopes  # noqa: E402
 from jina_rag.attention.flex import flex_kernel_options, packed_block_mask  # noqa: E402
 from jina_rag.modeling import alibi_slopes  # noqa: E402
 

@@ -28,7 +28,8 @@ from common import SHAPES, matmul_peak_tflops  # noqa: E402
 from cudnn_alibi import timed  # noqa: E402
 
 from jina_rag import JinaBertConfig, JinaBertModel  # noqa: E402
-from jina_rag.attention.flash import flash_alibi_available, packed_offsets  # noqa: E402
+from jina_rag.attention import packed_offsets  # noqa: E402
+from jina_rag.attention.flash import flash_alibi_available  # noqa: E402
 from jina_rag.fused_geglu import DEFAULT_TILES, fused_geglu, geglu_reference, launch_fused_geglu  # noqa: E402
 from jina_rag.modeling import JinaBertGLUMLP  # noqa: E402
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jina_rag import attention
-from jina_rag.attention import Attend, AttentionBackend, AttentionOptions, Batch
+from jina_rag.attention import Attend, AttentionBackend, AttentionConfig, Batch
 from jina_rag.errors import InvalidInputError
 from jina_rag.fused_geglu import fused_geglu, fused_geglu_available, geglu_reference
 
@@ -294,12 +294,11 @@ class JinaBertModel(JinaBertPreTrainedModel):
         alibi_cutoff: float | None = None,
     ) -> None:
         """``attn_implementation`` names the attention backend (:func:`jina_rag.attention.create`);
-        ``attention_block_elements`` and ``alibi_cutoff`` are its options (:class:`~jina_rag.attention.AttentionOptions`)."""
+        ``attention_block_elements`` and ``alibi_cutoff`` are its options (:class:`~jina_rag.attention.AttentionConfig`)."""
         super().__init__()
         self.config = config
-        self.attention: AttentionBackend = attention.create(
-            attn_implementation, config, AttentionOptions(block_elements=attention_block_elements, alibi_cutoff=alibi_cutoff)
-        )
+        self.attention: AttentionBackend = attention.create(attn_implementation, AttentionConfig(
+            config.num_attention_heads, config.head_dim, attention_block_elements, alibi_cutoff))
         self.embeddings = JinaBertEmbeddings(config)
         self.encoder = JinaBertEncoder(config)
         self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False)
@@ -331,9 +330,9 @@ class JinaBertModel(JinaBertPreTrainedModel):
         ``sequence_ids[t]`` names the sequence token ``t`` belongs to and must not decrease along
         the row; a token attends only within its sequence, so no work is spent on padding
         (trailing filler gets ids of its own). ``cu_seqlens`` (int32, where each id's run starts,
-        then ``T``: :func:`jina_rag.attention.flash.packed_offsets` of the ids) runs the row through
-        FlashAttention-4 under ``auto`` and ``flex`` too (give it only where that kernel is
-        installed); ``flash`` otherwise finds it from ``sequence_ids`` with one host sync.
+        then ``T``: :func:`jina_rag.attention.packed_offsets` of the ids) runs the row through
+        FlashAttention-4 under ``auto`` too (give it only where that kernel is installed);
+        ``flash`` otherwise finds it from ``sequence_ids`` with one host sync.
         """
         x = self.embeddings(input_ids[None])
         return self.encoder(x, self._attend(x, sequence_ids=sequence_ids, cu_seqlens=cu_seqlens))[0]

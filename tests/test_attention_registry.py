@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from jina_rag import attention, load_model
-from jina_rag.attention import AttentionOptions, Batch, Batching
+from jina_rag.attention import AttentionConfig, Batch, Batching
 from jina_rag.encoder import JinaEncoder, TorchBackend
 from jina_rag.errors import InvalidInputError
-from jina_rag.modeling import JinaBertConfig
 
 
 class Float64Attention:
@@ -24,7 +23,7 @@ class Float64Attention:
 
     name = "float64"
 
-    def __init__(self, config: JinaBertConfig, options: AttentionOptions) -> None:
+    def __init__(self, config: AttentionConfig) -> None:
         self.hidden_size = config.hidden_size
 
     def batching(self, device: torch.device, dtype: torch.dtype) -> Batching:
@@ -75,7 +74,7 @@ def test_a_registered_backend_gives_the_default_paths_vectors(checkpoint):
 
 def test_names_resolve_and_unknown_ones_are_refused(checkpoint):
     assert {"auto", "blockwise", "eager", "sdpa", "flex", "flash"} <= set(attention.names())
-    config = JinaBertConfig(hidden_size=64, num_attention_heads=8)
+    config = AttentionConfig(num_heads=8, head_dim=8)
     assert attention.resolve("auto", torch.device("cpu"), config) == "blockwise"
     assert attention.resolve("auto", torch.device("cuda"), config) == "blockwise"  # 8-dimensional heads: no flex
     assert attention.resolve("eager", torch.device("cpu"), config) == "eager"

@@ -11,7 +11,8 @@ import torch
 
 from jina_rag import load_model
 from jina_rag.batching import pack_batch
-from jina_rag.attention.flash import flash_alibi_available, packed_offsets
+from jina_rag.attention import packed_offsets
+from jina_rag.attention.flash import flash_alibi_available
 
 
 @pytest.mark.parametrize("lengths,width,expected", [

@@ -4,33 +4,43 @@ for packed rows holding a long sequence, where it is installed and faster."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from jina_rag.attention import AttentionBackend, AttentionOptions, Batch, Batching, resolve
+from jina_rag.attention.base import AttentionBackend, AttentionConfig, Batch, Batching
 from jina_rag.attention.cpu import BlockwiseAttention
-from jina_rag.attention.flash import flash_alibi_available
-from jina_rag.attention.flex import FlexAttention
-
-if TYPE_CHECKING:
-    from jina_rag.modeling import JinaBertConfig
+from jina_rag.attention.flash import FlashAttention, flash_alibi_available
+from jina_rag.attention.flex import FlexAttention, flex_attention_available
 
 # The shortest longest-sequence of a packed row that runs FlashAttention-4 under auto, where it beats
 # FlexAttention (H200 encoder: 1.03x at 1024 tokens, 1.17x at 8192, 0.95x at 512).
 FLASH_MIN_TOKENS = 1024
 
 
+def resolve(requested: str, device: torch.device, config: AttentionConfig, *, dropout: float = 0.0) -> str:
+    """The backend that runs ``requested`` on ``device``.
+
+    ``auto`` is ``flex`` where FlexAttention runs (CUDA, heads of at least 16 dimensions) and no
+    attention dropout is asked for (FlexAttention has none; published configs set it to 0), else
+    ``blockwise``; any other name stands for itself.
+    """
+    if requested != "auto":
+        return requested
+    return "flex" if flex_attention_available(device, config.head_dim) and not dropout else "blockwise"
+
+
 class AutoAttention:
-    """``auto``: picks ``flex`` or ``blockwise`` per batch from its device (:func:`jina_rag.attention.resolve`)."""
+    """``auto``: ``flex`` or ``blockwise`` per batch, as :func:`resolve` picks from its device; on CUDA a packed
+    row that comes with ``cu_seqlens`` runs ``flash`` (callers pass them where that kernel is faster and installed)."""
 
     name = "auto"
 
-    def __init__(self, config: JinaBertConfig, options: AttentionOptions) -> None:
+    def __init__(self, config: AttentionConfig) -> None:
         self.config = config
-        self.alibi_cutoff = options.alibi_cutoff
+        self.alibi_cutoff = config.alibi_cutoff
         self.backends: dict[str, AttentionBackend] = {
-            "flex": FlexAttention(config, options), "blockwise": BlockwiseAttention(config, options),
+            "flex": FlexAttention(config), "blockwise": BlockwiseAttention(config), "flash": FlashAttention(config),
         }
 
     def batching(self, device: torch.device, dtype: torch.dtype) -> Batching:
@@ -43,7 +53,10 @@ class AutoAttention:
         return batching
 
     def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> tuple[AttentionBackend, Any]:
-        backend = self.backends[resolve(self.name, x.device, self.config, dropout=batch.dropout)]
+        name = resolve(self.name, x.device, self.config, dropout=batch.dropout)
+        if name == "flex" and batch.cu_seqlens is not None:
+            name = "flash"
+        backend = self.backends[name]
         return backend, backend.prepare(x, slopes, batch)
 
     def attend(

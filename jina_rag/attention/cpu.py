@@ -12,15 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from jina_rag.attention import AttentionOptions, Batch, Batching
-
-if TYPE_CHECKING:
-    from jina_rag.modeling import JinaBertConfig
+from jina_rag.attention.base import AttentionConfig, Batch, Batching
 
 
 class AlibiBias:
@@ -136,9 +132,9 @@ class BlockwiseAttention:
 
     name = "blockwise"
 
-    def __init__(self, config: JinaBertConfig, options: AttentionOptions) -> None:
+    def __init__(self, config: AttentionConfig) -> None:
         self.hidden_size = config.hidden_size
-        self.block_elements = options.block_elements
+        self.block_elements = config.block_elements
 
     def batching(self, device: torch.device, dtype: torch.dtype) -> Batching:
         return Batching(self.name)
@@ -168,8 +164,8 @@ class SdpaAttention(BlockwiseAttention):
 
     name = "sdpa"
 
-    def __init__(self, config: JinaBertConfig, options: AttentionOptions) -> None:
-        super().__init__(config, options)
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__(config)
         self.block_elements = 1 << 62
 
     def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> BiasContext:
@@ -181,8 +177,8 @@ class EagerAttention(SdpaAttention):
 
     name = "eager"
 
-    def __init__(self, config: JinaBertConfig, options: AttentionOptions) -> None:
-        super().__init__(config, options)
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__(config)
         self.head_dim = config.head_dim
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: BiasContext) -> torch.Tensor:

@@ -6,7 +6,8 @@ with the slope computed from the head index (the standard ALiBi slopes, as
 :func:`jina_rag.modeling.alibi_slopes`), so the kernel reads no bias and no table. Needs the
 ``flash-attn-4`` package (``flash_attn.cute``) and a GPU of compute capability 9 or 10; the
 first call JIT-compiles the kernel (tens of seconds), later shapes reuse it. Padded batches run
-FlexAttention (:mod:`jina_rag.attention.flex`).
+FlexAttention (:mod:`jina_rag.attention.flex`); ``auto`` sends packed rows here where the caller
+passes their ``cu_seqlens`` (:mod:`jina_rag.attention.auto`).
 
 The kernel runs as a ``torch.library`` custom op so ``torch.compile`` keeps it as one opaque
 node and fuses the rest of the layer around it; ``cu_seqlens`` is marked dynamic by the caller,
@@ -18,12 +19,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jina_rag.attention import Batch, Batching
+from jina_rag.attention.base import Batch, Batching
 from jina_rag.attention.flex import FlexAttention, FlexContext
 from jina_rag.errors import InvalidInputError
 
@@ -54,16 +55,6 @@ def require_flash_alibi(device: torch.device, dtype: torch.dtype | None = None) 
         )
     if dtype is not None and dtype not in FLASH_DTYPES:
         raise RuntimeError(f"attn_implementation='flash' runs in bf16 or fp16, not {dtype}: pass dtype='bf16' or use 'auto'")
-
-
-def packed_offsets(sequence_ids: np.ndarray) -> np.ndarray:
-    """``cu_seqlens`` (int32) of a packed row: where each run of equal sequence ids starts, then its width.
-
-    The ids are :func:`jina_rag.batching.pack_batch`'s, so filler splits into the same small
-    blocks as under FlexAttention's document mask.
-    """
-    starts = np.flatnonzero(np.diff(sequence_ids)) + 1
-    return np.concatenate([[0], starts, [sequence_ids.shape[0]]]).astype(np.int32)
 
 
 def head_slopes(h_idx, like, num_heads: int):
@@ -121,6 +112,13 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tenso
     return torch.empty_like(q)
 
 
+@dataclass
+class FlashContext:
+    """A packed row's ``cu_seqlens``: int32 offsets of its sequences, then its width."""
+
+    cu_seqlens: torch.Tensor
+
+
 class FlashAttention(FlexAttention):
     """``flash``: FlashAttention-4 for every packed row (exact, no attention dropout); padded batches run flex."""
 
@@ -131,7 +129,7 @@ class FlashAttention(FlexAttention):
         self.require(device)
         return Batching(self.name, packed=True, flash_min_tokens=0)
 
-    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> FlexContext:
+    def prepare(self, x: torch.Tensor, slopes: torch.Tensor, batch: Batch) -> FlexContext | FlashContext:
         self.require(x.device)
         # Checked in eager calls; a compiled forward is checked by its caller (batching()), since
         # the package lookup would break the traced graph.
@@ -145,4 +143,13 @@ class FlashAttention(FlexAttention):
         if cu_seqlens is None:  # found on the device: one host sync (callers in a hot loop pass it)
             counts = torch.unique_consecutive(batch.sequence_ids, return_counts=True)[1]
             cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
-        return FlexContext(cu_seqlens=cu_seqlens)
+        return FlashContext(cu_seqlens)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: FlexContext | FlashContext
+    ) -> torch.Tensor:
+        if not isinstance(context, FlashContext):
+            return super().attend(q, k, v, context)
+        # One packed row: [T, heads, head_dim] is the linear layers' own layout, no transposes.
+        length = q.shape[1]
+        return flash_alibi_attention(q[0], k[0], v[0], context.cu_seqlens).view(1, length, self.hidden_size)

@@ -3,8 +3,6 @@
 Padded batches mask each row's padded keys; one packed row gets a block mask built from the
 sequence ids at each tile's ends (:func:`packed_block_mask`), optionally dropping the tiles whose
 ALiBi penalty alone rules them out (:data:`ALIBI_CUTOFF`). A packed row that comes with
-``cu_seqlens`` runs FlashAttention-4 instead (:mod:`jina_rag.attention.flash`): callers pass them
-where that kernel is faster and installed.
 """
 
 from __future__ import annotations
@@ -12,15 +10,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from jina_rag.attention import AttentionOptions, Batch, Batching
+from jina_rag.attention.base import AttentionConfig, Batch, Batching
 from jina_rag.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from jina_rag.modeling import JinaBertConfig
 
 # FlexAttention's kernels need at least this many dimensions per head.
 FLEX_MIN_HEAD_DIM = 16
@@ -140,18 +135,17 @@ def packed_block_mask(
 
 @dataclass
 class FlexContext:
-    """A batch's block mask and ALiBi ``score_mod``, or, for a packed row run by FlashAttention-4, its ``cu_seqlens``."""
+    """A batch's block mask and ALiBi ``score_mod``."""
 
-    block_mask: Any = None
-    score_mod: Callable[..., torch.Tensor] | None = None
-    cu_seqlens: torch.Tensor | None = None  # int32 [sequences + 1] offsets into the packed row
+    block_mask: Any
+    score_mod: Callable[..., torch.Tensor]
 
 
 def _flex_context(slopes: torch.Tensor, block_mask: Any) -> FlexContext:
     def alibi(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
-    return FlexContext(block_mask=block_mask, score_mod=alibi)
+    return FlexContext(block_mask, alibi)
 
 
 class FlexAttention:
@@ -159,10 +153,10 @@ class FlexAttention:
 
     name = "flex"
 
-    def __init__(self, config: JinaBertConfig, options: AttentionOptions) -> None:
+    def __init__(self, config: AttentionConfig) -> None:
         self.head_dim = config.head_dim
         self.hidden_size = config.hidden_size
-        self.alibi_cutoff = options.alibi_cutoff
+        self.alibi_cutoff = config.alibi_cutoff
 
     def require(self, device: torch.device) -> None:
         """Raise a RuntimeError that says why unless FlexAttention runs on ``device`` for these heads."""
@@ -180,8 +174,6 @@ class FlexAttention:
         self.require(x.device)
         if batch.sequence_ids is None:
             return self._padded(slopes, batch.attention_mask)
-        if batch.cu_seqlens is not None:
-            return FlexContext(cu_seqlens=batch.cu_seqlens)
         cutoff = self.alibi_cutoff
         return _flex_context(slopes, packed_block_mask(batch.sequence_ids, None if cutoff is None else slopes, cutoff))
 
@@ -190,11 +182,6 @@ class FlexAttention:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: FlexContext) -> torch.Tensor:
         batch, length, _, _ = q.shape
-        if context.cu_seqlens is not None:
-            from jina_rag.attention.flash import flash_alibi_attention
-
-            # One packed row: [T, heads, head_dim] is the linear layers' own layout, no transposes.
-            return flash_alibi_attention(q[0], k[0], v[0], context.cu_seqlens).view(1, length, self.hidden_size)
         out = _compiled_flex_attention()(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), score_mod=context.score_mod,
             block_mask=context.block_mask, kernel_options=flex_kernel_options(q.dtype),
