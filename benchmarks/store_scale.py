@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -138,17 +139,16 @@ def run_store(name: str, args: argparse.Namespace, folder: Path) -> dict:
     ]
     result: dict = {"store": name}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + args.hard_limit
+    # A reader thread, so the limit holds while the child is silent (Edge's HNSW build on close).
+    reader = threading.Thread(target=lambda: [result.update(json.loads(line)) for line in process.stdout], daemon=True)
+    reader.start()
     try:
-        for line in process.stdout:
-            result.update(json.loads(line))
-            if time.monotonic() > deadline:
-                break
-    finally:
-        if process.poll() is None and time.monotonic() > deadline:
-            process.kill()
-            result["note"] = f"killed at the {args.hard_limit:.0f} s limit while {result.get('step', 'starting')}"
+        process.wait(timeout=args.hard_limit)
+    except subprocess.TimeoutExpired:
+        process.kill()
         process.wait()
+        result["note"] = f"killed at the {args.hard_limit:.0f} s limit while {result.get('step', 'starting')}"
+    reader.join()
     if process.returncode and "note" not in result:
         result["note"] = f"exited with {process.returncode} while {result.get('step', 'starting')}"
     result.setdefault("disk_mb", disk_bytes(folder / name) / 2**20 if (folder / name).exists() else None)
