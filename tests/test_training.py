@@ -431,7 +431,7 @@ def test_learning_rate_schedules():
 
 
 def test_shipped_configs_parse_and_bad_configs_say_what_is_wrong(tmp_path):
-    shipped = sorted((REPO / "training" / "configs").glob("*.yaml"))
+    shipped = sorted((REPO / "training" / "configs").rglob("*.yaml"))
     assert {load_config(path).stage for path in shipped} == {"mlm", "pairs", "hard_negatives", "distill"}
     config = load_config(REPO / "training" / "configs" / "gpu-smoke-mlm.yaml", ["train.steps=70", "optim.lr=1e-4"])
     assert config.train.steps == 70 and config.optim.lr == 1e-4

@@ -1,8 +1,9 @@
 """Move the default model from the GPU machine into the package, in pieces small enough to travel.
 
 ```bash
-# on the GPU machine, after training (training/configs/default-small.sh runs this):
-python -m training.ship_default export --run runs/default-small/pairs --fallback runs/default-small/mlm --out $OUT
+# on the GPU machine, after training (training/configs/default-small.sh runs this; --fallback RUN
+# names an earlier stage's run to export when --run has no checkpoint):
+python -m training.ship_default export --run runs/default-small-v3/distill --out $OUT
 # here, with the folder the files came back to:
 python -m training.ship_default install FILES_DIR          # -> jina_rag/models/jina-rag-small-en/
 ```

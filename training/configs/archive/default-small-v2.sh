@@ -2,7 +2,7 @@
 # The default model v2 (jina-rag-small-en) in one GPU call of at most ~10 minutes, trained AND
 # evaluated, from the repo root (or a copy of the code beside its data):
 #
-#   bash training/configs/default-small-v2.sh     # data: python -m training.prepare_default (see training/RESULTS.md)
+#   bash training/configs/archive/default-small-v2.sh    # data: python -m training.prepare_default (see training/RESULTS.md)
 #
 # Starts from the shipped v1 model (INIT) and runs, each under a timeout so the export and the
 # evaluation always run on whatever the newest checkpoint is:
@@ -51,7 +51,7 @@ if [ "${DEFAULT_SMALL_TINY:-0}" = 1 ]; then
   evaluate=(--max-docs 12 --max-queries 4 --max-lengths 128,256)
 fi
 
-source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../stage.sh"
 device_facts
 ls -l "$DATA" "$EVAL_DATA"
 mkdir -p "$RUNS" "$OUT"
