@@ -7,9 +7,12 @@ worker; for machines without chromadb, like the GPU machine). (a) the single-pro
 ``read_documents`` + ``DocumentIndex.index`` with torch using every core; (b) ``index_with_ray``
 with N workers. On CPUs the cores are split between the workers (``cpus_per_worker`` = cores / N),
 so every path encodes on the same cores; on CUDA each worker takes one GPU. Ray starts once,
-before the timed runs; each job still starts its workers (loading the model), which is counted:
-that is what a job costs. A table of where the workers' time went (reading, tokenising,
-encoding, writing, summed over tasks and workers) follows.
+before the timed runs; each job still starts its workers (loading the model and compiling it for
+every batch shape), which is counted: that is what a job costs. The table also shows the
+workers' start-up and the steady-state rate (tokens written after the first results, over the time
+after them) beside the single process's (its encoder warmed up before it is timed). A table of
+where the workers' time went (reading, tokenising, encoding, writing, summed over tasks and
+workers) follows.
 
 Random weights of a realistic shape (throughput only, never quality).
 
@@ -36,27 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import SHAPES, device_name, lognormal_lengths, random_model_folder, texts_of_lengths  # noqa: E402
 from jina_rag import DocumentIndex, EncoderSettings, JinaEncoder, read_documents  # noqa: E402
-from jina_rag.encoder import DEFAULT_BATCH_TOKENS, packed_width  # noqa: E402
 from jina_rag.index import open_store  # noqa: E402
 from jina_rag.index.ray_data import STAGES, index_with_ray  # noqa: E402
-
-
-def warm_up(encoder: JinaEncoder) -> None:
-    """Compile, untimed, every packed-row width that batches of the corpus can take.
-
-    On CUDA the encoder compiles one graph per width (a power of two up to the batch's tokens),
-    tens of seconds each; left to the timed run, compiling would swamp the single-process path.
-    A Ray worker compiles in its own process, inside its job (helped by torch's on-disk caches).
-    """
-    if encoder.device.type != "cuda":
-        encoder.encode(["warm-up"] * 4)
-        return
-    width = packed_width(1)
-    while width <= packed_width(DEFAULT_BATCH_TOKENS):
-        tokens = 3 * width // 4  # packs into exactly this width
-        texts = -(-tokens // encoder.max_length)
-        encoder.encode(texts_of_lengths([tokens // texts] * texts))
-        width *= 2
 
 
 def label(workers: int) -> str:
@@ -88,9 +72,8 @@ def main() -> None:
     for i, text in enumerate(texts_of_lengths(lengths)):
         (corpus / f"doc-{i:05d}.txt").write_text(text)
     tokens = sum(lengths)
-    started = time.perf_counter()
-    warm_up(encoder)
-    print(f"corpus of {tokens:,} tokens written; warm-up took {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    # Compiled (CUDA) before the single-process path is timed; each Ray worker warms up in its job.
+    print(f"corpus of {tokens:,} tokens written; warm-up took {encoder.warm_up():.1f} s", file=sys.stderr)
 
     if args.store == "chroma":
         from conftest import ChromaServer  # the tests' server fixture (it also turns tokenizers' threads off)
@@ -108,6 +91,8 @@ def main() -> None:
     seconds: dict[str, list[float]] = {"single process": [], **{label(n): [] for n in args.workers}}
     stages: dict[str, dict[str, float]] = {}
     first_result: dict[str, list[float]] = {label(n): [] for n in args.workers}
+    worker_start: dict[str, list[float]] = {label(n): [] for n in args.workers}
+    steady: dict[str, list[float]] = {"single process": [], **{label(n): [] for n in args.workers}}
     try:
         for repeat in range(args.repeats):
             started = time.perf_counter()
@@ -115,6 +100,7 @@ def main() -> None:
                 report = index.index(read_documents(corpus), batch_docs=args.batch_docs, show_progress=False)
             assert len(report.indexed) == args.docs and report.tokens == tokens
             seconds["single process"].append(time.perf_counter() - started)
+            steady["single process"].append(tokens / seconds["single process"][-1])  # warmed up: no start-up
             print(f"repeat {repeat + 1}: single process {seconds['single process'][-1]:.1f} s", file=sys.stderr)
             for workers in args.workers:
                 store, location, collection = new_collection(f"ray-{uuid.uuid4().hex[:8]}")
@@ -127,6 +113,8 @@ def main() -> None:
                 seconds[label(workers)].append(report.seconds)
                 stages[label(workers)] = report.stage_seconds
                 first_result[label(workers)].append(report.seconds_to_first_result)
+                worker_start[label(workers)].append(report.worker_start_seconds)
+                steady[label(workers)].append(report.steady_tokens_per_second)
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), file=sys.stderr)
     finally:
         ray.shutdown()
@@ -143,8 +131,9 @@ def main() -> None:
         f"per document), write batches of {args.batch_docs}, "
         f"{'Chroma server on 127.0.0.1' if args.store == 'chroma' else 'local Qdrant folder'}; medians of {args.repeats} runs\n"
     )
-    print("| path | encoding on | seconds | tokens/s | ratio to single process | first results after (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| path | encoding on | seconds | tokens/s | ratio to single process | workers started in (s) | first results after (s) "
+          "| steady-state tokens/s | steady-state ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path, value in median.items():
         if path == "single process":
             on = "1 GPU" if args.device != "cpu" else f"{torch.get_num_threads()} torch threads"
@@ -152,7 +141,10 @@ def main() -> None:
             workers = int(path.split(", ")[1].split()[0])
             on = f"{workers} GPU{'s' if workers != 1 else ''}" if args.device != "cpu" else f"{workers} × {max(1, cores // workers)} threads"
         first = f"{statistics.median(first_result[path]):.1f}" if path in first_result else ""
-        print(f"| {path} | {on} | {value:.1f} | {tokens / value:,.0f} | {median['single process'] / value:.2f} | {first} |")
+        start = f"{statistics.median(worker_start[path]):.1f}" if path in worker_start else ""
+        rate = statistics.median(steady[path])
+        print(f"| {path} | {on} | {value:.1f} | {tokens / value:,.0f} | {median['single process'] / value:.2f} | {start} | {first} "
+              f"| {rate:,.0f} | {rate / statistics.median(steady['single process']):.2f} |")
     print("\nwhere the Ray workers' time went (seconds summed over tasks and workers, last repeat):\n")
     print("| path | " + " | ".join(STAGES) + " |")
     print("|---|" + "---|" * len(STAGES))

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -613,6 +614,27 @@ class JinaEncoder:
         if not token_ids:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self._encode([list(ids) for ids in token_ids], True, policy, batch_tokens, normalize, False)
+
+    def warm_up(self, batch_tokens: int | None = None) -> float:
+        """Load the model and, where batches are packed rows (CUDA), compile every row width a batch of
+        up to ``batch_tokens`` tokens can take, so later calls start at full speed; returns the seconds
+        spent. One graph per width takes tens of seconds cold; torch's on-disk caches make it seconds
+        when the same model and shapes were compiled before on this machine."""
+        started = time.perf_counter()
+        backend = self.backend
+        filler = tokenize(self.tokenizer, ["."])[0][:1]
+        if not backend.packed:
+            self.encode_tokenized([filler])
+            return time.perf_counter() - started
+        batch_tokens = self.settings.batch_tokens if batch_tokens is None else batch_tokens
+        width, last = packed_width(1), packed_width(batch_tokens)
+        while width <= last:
+            tokens = 3 * width // 4  # above half the width: packs into exactly this one
+            texts = -(-tokens // self.max_length)
+            specials = sum(map(len, self.special_tokens()))
+            self.encode_tokenized([filler * (tokens // texts - specials)] * texts, batch_tokens=width)
+            width *= 2
+        return time.perf_counter() - started
 
     def start_pool(self, parallel: Parallel, *, threads: int | None = None) -> EncoderPool:
         """The worker processes for ``parallel`` (a count on this encoder's device, or device names),

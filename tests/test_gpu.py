@@ -139,6 +139,17 @@ def test_flash_encoder_matches_cpu_and_compiles_once_per_width(base_like):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1, dict(torch._dynamo.utils.counters["graph_break"])
 
 
+def test_warm_up_compiles_every_width_so_later_batches_compile_nothing(base_like):
+    encoder = JinaEncoder.from_pretrained(base_like, device="cuda", max_length=8192, attention="flex")
+    assert encoder.warm_up(batch_tokens=16384) > 0
+    torch._dynamo.utils.counters.clear()
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(3, 8000, 40)]
+    vectors = encoder.encode_tokenized([[1000 + i % 500 for i in range(n)] for n in lengths], batch_tokens=16384)
+    assert np.isfinite(vectors).all()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0, dict(torch._dynamo.utils.counters["stats"])
+
+
 def test_auto_runs_flash_only_for_rows_with_a_long_sequence(base_like):
     from torch.profiler import ProfilerActivity, profile
 

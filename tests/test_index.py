@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -301,6 +303,75 @@ def test_progress_bars_count_documents_and_tokens_and_can_be_hidden(encoder, cap
     rest = tokens - sum(encoder.count_tokens([d.text for d in docs[:2]]))
     assert "documents: 100%" in bars and "6/6" in bars
     assert re.search(rf"tokens: 100%.* {rest}(\.0)?/{rest}(\.0)? ", bars)  # tqdm scales units: 77.0/77.0
+
+
+# -- writes overlap encoding ----------------------------------------------------------------------
+
+
+class SlowEdgeStore(EdgeStore):
+    """A real Qdrant Edge store whose writes take a while, noting when and on which thread each ran."""
+
+    def __init__(self, *args, **options) -> None:
+        super().__init__(*args, **options)
+        self.writes: list[tuple[str, float, float]] = []
+
+    def upsert(self, points) -> None:
+        began = time.perf_counter()
+        time.sleep(0.3)
+        super().upsert(points)
+        self.writes.append((threading.current_thread().name, began, time.perf_counter()))
+
+
+class TimedIndex(DocumentIndex):
+    """Notes when each batch was encoded."""
+
+    encodings: list[tuple[float, float]]
+
+    def encode_points(self, docs, hashes, *args, **options):
+        began = time.perf_counter()
+        points = super().encode_points(docs, hashes, *args, **options)
+        self.encodings.append((began, time.perf_counter()))
+        return points
+
+
+def test_each_batch_is_written_on_the_writer_thread_while_the_next_one_encodes(tmp_path, encoder):
+    docs = corpus()
+    with TimedIndex(SlowEdgeStore(tmp_path / "q", "docs"), encoder, mode="document") as index:
+        index.encodings = []
+        index.store.ensure_collection(encoder.dim, layout="document")  # else the first write creates it first
+        acknowledged = []
+        report = index.index(docs, batch_docs=2, show_progress=False, on_batch=lambda batch: acknowledged.append(batch.index))
+        writes = index.store.writes
+        assert sorted(report.indexed) == sorted(d.id for d in docs) and index.count() == len(docs)
+        assert acknowledged == [0, 1, 2] and len(writes) == len(index.encodings) == 3
+        assert all(name != threading.main_thread().name for name, _, _ in writes)
+        for (_, write_began, write_ended), (encode_began, encode_ended) in zip(writes, index.encodings[1:]):
+            assert encode_began < write_ended and write_began < encode_ended  # batch n+1 encoded while batch n was written
+
+
+def test_after_a_refused_write_nothing_later_is_written_and_the_rerun_finishes(tmp_path, encoder):
+    """The write of batch 1 fails while batch 2 encodes: batch 2 is not written, the report says so."""
+    docs = corpus()
+
+    class RefusingSecondWrite(EdgeStore):
+        calls = 0
+
+        def upsert(self, points) -> None:
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise ConnectionError("store went away")
+            super().upsert(points)
+
+    store = RefusingSecondWrite(tmp_path / "q", "docs")
+    with pytest.raises(IndexingError) as failure, DocumentIndex(store, encoder, mode="document") as index:
+        index.index(docs, batch_docs=2, retries=0, show_progress=False)
+    report = failure.value.report
+    assert len(report.indexed) == 2 and len(report.failed) == 4 and RefusingSecondWrite.calls == 2
+    with DocumentIndex(open_store("qdrant", str(tmp_path / "q"), "docs"), encoder, mode="document") as index:
+        assert index.count() == 2
+        rerun = index.index(docs, batch_docs=2, show_progress=False)
+        assert sorted(rerun.skipped) == sorted(report.indexed) and sorted(rerun.indexed) == sorted(report.failed)
+        assert index.count() == len(docs)
 
 
 # -- the fault: the server dies right after the first acknowledged batch ---------------------------

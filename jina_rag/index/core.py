@@ -27,7 +27,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -471,61 +472,125 @@ class DocumentIndex:
         on_progress: ProgressCallback | None = None,
         parallel: Parallel = None,
     ) -> BatchResult:
-        """One write batch, from documents to stored points: what :meth:`index` runs per batch and the
-        Ray engine's workers run on theirs.
+        """One write batch, from documents to stored points: :meth:`index_batches` with one batch.
 
-        ``docs`` (validated, ids unique) get their stored hashes (``hashes``, or :meth:`content_hashes`);
-        with ``look_up``, those whose stored hash matches are skipped (the collection must exist).
-        The rest are encoded (:meth:`encode_points`; ``token_ids``, ``on_progress`` and ``parallel``
-        go there) and upserted with ``retries`` (doubling delays from ``retry_delay``);
-        ``create_collection`` creates the collection just before the write. A failed look-up or
-        write, or a NaN/Inf vector, marks the documents it concerns failed, with the error, and is
-        not raised; the documents of other outcomes are unaffected.
+        ``token_ids`` are the documents' ids in their order; ``on_progress`` follows the encoding
+        (see :meth:`encode_points`). A failed look-up or write, or a NaN/Inf vector, marks the
+        documents it concerns failed, with the error, and is not raised.
+        """
+        if token_ids is not None and len(token_ids) != len(docs):
+            raise InvalidInputError(f"token_ids holds {len(token_ids)} entries for {len(docs)} documents")
+        (result,) = self.index_batches(
+            [docs], token_ids=None if token_ids is None else {doc.id: ids for doc, ids in zip(docs, token_ids)},
+            hashes=hashes, look_up=look_up, create_collection=create_collection, retries=retries,
+            retry_delay=retry_delay, progress=None if on_progress is None else lambda number: on_progress, parallel=parallel,
+        )
+        return result
+
+    def index_batches(
+        self,
+        batches: Sequence[Sequence[Document]],
+        *,
+        token_ids: Mapping[str, Sequence[int]] | None = None,
+        hashes: Mapping[str, str] | None = None,
+        look_up: bool = True,
+        create_collection: bool = False,
+        retries: int = 3,
+        retry_delay: float = 0.5,
+        progress: Callable[[int], ProgressCallback | None] | None = None,
+        parallel: Parallel = None,
+        stop_on_failure: bool = False,
+    ) -> Iterator[BatchResult]:
+        """The batch step over write batches, each written on a background thread while the next one
+        encodes: what :meth:`index` runs in this process and the Ray engine's workers run on theirs.
+        Yields each batch's :class:`BatchResult`, in order, once the store acknowledged or refused it.
+
+        ``batches`` hold validated documents with unique ids; ``hashes`` their stored hashes (default:
+        :meth:`content_hashes`). With ``look_up``, documents whose stored hash matches are skipped (one
+        look-up for every batch before anything is written; the collection must exist). The rest are
+        encoded (:meth:`encode_points`, with ``token_ids`` by document id, ``progress(batch number)``'s
+        callback and ``parallel``) and upserted with ``retries`` (doubling delays from ``retry_delay``);
+        ``create_collection`` creates the collection just before the first write. At most one write is
+        in flight, and only the store's thread touches the store, so a store client needs no thread
+        safety. A failed look-up or write, or a NaN/Inf vector, marks its documents failed, with the
+        error; with ``stop_on_failure`` nothing after that batch is written (its result is the last).
         """
         if retries < 0:
             raise InvalidInputError(f"retries must be >= 0, got {retries}")
         layout = self.layout()
-        hashes = self.content_hashes(docs, layout) if hashes is None else hashes
-        result = BatchResult()
+        if hashes is None:
+            hashes = self.content_hashes([doc for docs in batches for doc in docs], layout)
+        stored: dict[str, str] = {}
         started = time.perf_counter()
         if look_up:
             try:
-                stored = self._stored_hashes([doc.id for doc in docs], retries, retry_delay)
+                stored = self._stored_hashes([doc.id for docs in batches for doc in docs], retries, retry_delay)
             except Exception as error:
-                result.failed, result.error, result.failed_in = [doc.id for doc in docs], error, "looking up"
-                result.looking_up = time.perf_counter() - started
-                return result
-            changed = [i for i, doc in enumerate(docs) if stored.get(doc.id) != hashes[doc.id]]
-            result.skipped = [doc.id for doc in docs if stored.get(doc.id) == hashes[doc.id]]
-        else:
-            changed = list(range(len(docs)))
-        todo = [docs[i] for i in changed]
-        looked_up = time.perf_counter()
-        result.looking_up = looked_up - started
-        if not todo:
-            return result
+                for docs in batches:
+                    yield BatchResult(failed=[doc.id for doc in docs], error=error, failed_in="looking up",
+                                      looking_up=time.perf_counter() - started)
+                    if stop_on_failure:
+                        return
+                return
+        looking_up = (time.perf_counter() - started) / max(1, len(batches))
+        create = create_collection
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jina-rag-writer") as writer:
+            writing: Future[BatchResult] | None = None
+            for number, docs in enumerate(batches):
+                result = BatchResult(skipped=[doc.id for doc in docs if stored.get(doc.id) == hashes[doc.id]], looking_up=looking_up)
+                todo = [doc for doc in docs if stored.get(doc.id) != hashes[doc.id]]
+                points = self._encode_batch(
+                    todo, result, hashes, token_ids, None if progress is None else progress(number), parallel,
+                ) if todo else []
+                if writing is not None:
+                    previous = writing.result()
+                    yield previous
+                    if previous.error is not None and stop_on_failure:
+                        return
+                if points:
+                    writing = writer.submit(self._write_batch, todo, points, result, create, retries, retry_delay)
+                    create = False
+                else:
+                    writing = None
+                    yield result
+                    if result.error is not None and stop_on_failure:
+                        return
+            if writing is not None:
+                yield writing.result()
+
+    def _encode_batch(
+        self, todo: list[Document], result: BatchResult, hashes: Mapping[str, str],
+        token_ids: Mapping[str, Sequence[int]] | None, on_progress: ProgressCallback | None, parallel: Parallel,
+    ) -> list[Point]:
+        """The points of ``todo``, or none and ``result`` failed when a vector holds NaN or Inf."""
+        started = time.perf_counter()
         try:
             points = self.encode_points(
                 todo, hashes, on_progress=on_progress, parallel=parallel,
-                token_ids=None if token_ids is None else [token_ids[i] for i in changed],
+                token_ids=None if token_ids is None else [token_ids[doc.id] for doc in todo],
             )
         except NonFiniteVectorError as error:
             # The store would refuse NaN or keep it and break search: the batch is not written.
             result.failed, result.error, result.failed_in = [doc.id for doc in todo], error, "encoding"
             result.blamed = todo[error.index].id
-            result.encoding = time.perf_counter() - looked_up
-            return result
-        encoded = time.perf_counter()
-        result.encoding = encoded - looked_up
+            points = []
+        result.encoding = time.perf_counter() - started
+        return points
+
+    def _write_batch(
+        self, todo: list[Document], points: list[Point], result: BatchResult, create_collection: bool, retries: int, retry_delay: float,
+    ) -> BatchResult:
+        """Upsert a batch's points (on the writer thread); ``result`` says whether they landed."""
+        started = time.perf_counter()
         if create_collection:  # created only now, so a run that fails before writing leaves none behind
-            self.store.ensure_collection(self.encoder.dim, layout=layout)
+            self.store.ensure_collection(self.encoder.dim, layout=self.layout())
         try:
             upsert_with_retries(self.store, points, retries, retry_delay)
         except Exception as error:
             result.failed, result.error, result.failed_in = [doc.id for doc in todo], error, "writing"
         else:
             result.indexed = [doc.id for doc in todo]
-        result.writing = time.perf_counter() - encoded
+        result.writing = time.perf_counter() - started
         return result
 
     def content_hashes(self, docs: Sequence[Document], layout: Layout | None = None) -> dict[str, str]:
@@ -589,26 +654,25 @@ class DocumentIndex:
             tqdm(total=len(plan.hashes), initial=len(plan.skipped), unit="doc", desc="documents", disable=not show_progress) as doc_bar,
             tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
         ):
-            for number, batch in enumerate(plan.batches):
-                batch_tokens = sum(plan.tokens[doc.id] for doc in batch)
-                # The token bar moves while a batch is encoded (one long document can take minutes), as the
-                # batch's share of the tokens the model has read; the document bar when the batch is written.
-                encoded = _BatchProgress(token_bar, batch_tokens) if show_progress else None
-                # Planned: hashes made and stored ones looked up for the whole run, so no look-up here.
-                result = self.index_batch(
-                    batch, hashes=plan.hashes, look_up=False, create_collection=plan.new_collection,
-                    retries=retries, retry_delay=retry_delay, on_progress=encoded, parallel=parallel,
-                )
+            batch_tokens = [sum(plan.tokens[doc.id] for doc in batch) for batch in plan.batches]
+            # The token bar moves while a batch is encoded (one long document can take minutes), as the
+            # batch's share of the tokens the model has read; the document bar when the batch is written.
+            # Planned: hashes made and stored ones looked up for the whole run, so no look-up there.
+            results = self.index_batches(
+                plan.batches, hashes=plan.hashes, look_up=False, create_collection=plan.new_collection,
+                retries=retries, retry_delay=retry_delay, parallel=parallel, stop_on_failure=True,
+                progress=(lambda number: _BatchProgress(token_bar, batch_tokens[number])) if show_progress else None,
+            )
+            for number, (batch, result) in enumerate(zip(plan.batches, results)):
                 if result.error is not None:
                     self._stop(report, plan, number, started)
                     message = self._failure_message(report, result.error, result.blamed)
                     raise IndexingError(message, report.failed, report) from result.error
-                plan.new_collection = False
-                written = WrittenBatch(number, tuple(doc.id for doc in batch), batch_tokens)
+                written = WrittenBatch(number, tuple(doc.id for doc in batch), batch_tokens[number])
                 report.indexed.extend(written.doc_ids)
                 report.tokens += written.tokens
                 doc_bar.update(len(batch))
-                token_bar.update(report.tokens - token_bar.n)
+                token_bar.update(max(0, report.tokens - token_bar.n))
                 # Progress where no bar is shown (logs, `jina-rag -v index`), and what was acknowledged before a crash.
                 logger.info(
                     "batch %d of %d written to %s: %d documents, %d tokens",

@@ -9,10 +9,13 @@ The pipeline streams; nothing holds the whole corpus:
 3. tokenise tasks turn texts into token counts (and, for whole-document vectors, the token ids the
    workers encode), on CPUs apart from the encoders;
 4. an actor pool of workers, one model each (one GPU each when the cluster has GPUs), each holding
-   a :class:`~jina_rag.index.core.DocumentIndex`, runs the local engine's own batch step
-   (:meth:`~jina_rag.index.core.DocumentIndex.index_batch`: stored-hash lookup, encoding of what
-   changed in the collection's layout, upsert with retries) on its batches;
-5. per-document results stream back to the driver: progress bars and a summary.
+   a :class:`~jina_rag.index.core.DocumentIndex`, loads its model and compiles it for every batch
+   shape (:meth:`~jina_rag.JinaEncoder.warm_up`) before it takes work, then runs the local engine's
+   own batch step (:meth:`~jina_rag.index.core.DocumentIndex.index_batches`: stored-hash lookup,
+   encoding of what changed in the collection's layout, upsert with retries on a writer thread
+   while the next batch encodes) on its batches;
+5. per-document results stream back to the driver: progress bars and a summary that tells the
+   workers' start-up apart from the steady-state rate.
 
 Exactly one point per document, whatever happens: a point's id is ``point_id(doc_id)``, so a
 batch Ray retries after its worker died rewrites the same points (and finds those its first
@@ -87,6 +90,9 @@ MAX_SOURCE_BLOCKS = 4096
 # file would then be read, tokenised and encoded by a single worker).
 TASK_CPUS = 0.5
 STAGES = ("reading", "tokenising", "encoding", "writing")
+# A worker call holds this many write batches, so each batch's write (on the index's writer thread)
+# overlaps the next one's encoding; only a call's last write does not.
+WRITE_BATCHES_PER_CALL = 4
 
 DOCUMENTS = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("metadata", pa.string()), ("content_hash", pa.string()),
@@ -98,6 +104,7 @@ RESULTS = pa.schema([
     *((stage, pa.float64()) for stage in STAGES),
     # A worker's first row carries the settings its encoder was built with (JSON), for the report.
     ("encoder", pa.string()),
+    ("starting", pa.float64()),  # and the seconds it took to start (store, model, warm-up)
 ])
 
 
@@ -112,6 +119,10 @@ class RayIndexReport(IndexReport):
     mode: IndexMode = "document"  # the mode the job indexed in (given, or the collection's / the store's default)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds_to_first_result: float = 0.0
+    # The slowest worker's start-up (opening the store, loading the model, compiling it), and the rate
+    # after the first results: tokens written after them over the time after them.
+    worker_start_seconds: float = 0.0
+    steady_tokens_per_second: float = 0.0
     # The settings the workers' encoders were built with, as the first worker to answer reported them.
     encoder_settings: EncoderSettings | None = None
 
@@ -119,7 +130,8 @@ class RayIndexReport(IndexReport):
         lines = [
             f"{super().summary()}; {self.workers} {self.device.upper()} worker{'s' if self.workers != 1 else ''}, "
             f"mode {self.mode}",
-            f"first results after {self.seconds_to_first_result:.1f} s (starting workers and the first batches); "
+            f"first results after {self.seconds_to_first_result:.1f} s (workers started in "
+            f"{self.worker_start_seconds:.1f} s: store, model, warm-up), then {self.steady_tokens_per_second:,.0f} tokens/s; "
             "time summed over tasks and workers: "
             + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.stage_seconds.items()),
         ]
@@ -389,11 +401,11 @@ def _pipeline(
             ),
         )
         .map_batches(
-            IndexWorker, batch_format="pyarrow", batch_size=batch_docs,
+            IndexWorker, batch_format="pyarrow", batch_size=batch_docs * WRITE_BATCHES_PER_CALL,
             compute=ray.data.ActorPoolStrategy(size=plan.workers), num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             fn_constructor_kwargs=dict(
                 settings=settings, store_settings=store_settings, index_settings=index_settings, threads=plan.threads,
-                retries=retries, retry_delay=retry_delay, on_batch=on_batch,
+                batch_docs=batch_docs, retries=retries, retry_delay=retry_delay, on_batch=on_batch,
             ),
         )
     )
@@ -532,9 +544,10 @@ class IndexWorker:
     """One model and one store client in a :class:`~jina_rag.index.core.DocumentIndex`; each call runs
     its batch step (:meth:`~jina_rag.index.core.DocumentIndex.index_batch`) on a batch.
 
-    The encoder is built from ``settings`` (its ``batch_tokens`` included), the index from
-    ``index_settings`` (``mode``, ``chunk_tokens``, ``bm25``); the first call's first row reports the
-    encoder's settings back (column ``encoder``).
+    The encoder is built from ``settings`` (its ``batch_tokens`` included) and warmed up, the index
+    from ``index_settings`` (``mode``, ``chunk_tokens``, ``bm25``); a call's documents are written in
+    batches of ``batch_docs``. The first call's first row reports the encoder's settings and the
+    worker's start-up seconds back (columns ``encoder``, ``starting``).
     """
 
     def __init__(
@@ -544,12 +557,14 @@ class IndexWorker:
         store_settings: dict[str, Any],
         index_settings: dict[str, Any],
         threads: int,
+        batch_docs: int,
         retries: int,
         retry_delay: float,
         on_batch: Callable[[WrittenBatch], None] | None,
     ) -> None:
         import torch
 
+        started = time.perf_counter()
         if settings.device == "cpu":
             torch.set_num_threads(threads)
         store = open_store(
@@ -559,9 +574,13 @@ class IndexWorker:
         self.index = DocumentIndex(
             store, JinaEncoder.from_settings(settings), batch_tokens=settings.batch_tokens, **index_settings,
         )
+        # Compiled for every batch shape before the first batch, so no batch waits on the compiler.
+        self.index.encoder.warm_up(settings.batch_tokens)
+        self.starting = time.perf_counter() - started
         # Whole-document vectors come from the tokenise stage's ids; the passage layouts tokenise again.
         self.pass_token_ids = self.index.layout() == "document"
         self.settings_reported = False
+        self.batch_docs = batch_docs
         self.retries = retries
         self.retry_delay = retry_delay
         self.on_batch = on_batch
@@ -583,31 +602,39 @@ class IndexWorker:
         for row in rows:
             if row["status"] != "indexed":
                 row["tokens"] = 0  # like the core's report: tokens encoded and written
-            row["encoder"] = ""
+            row["encoder"], row["starting"] = "", 0.0
         if rows and not self.settings_reported:
             rows[0]["encoder"] = json.dumps(self.index.encoder.settings.to_dict())
+            rows[0]["starting"] = self.starting
             self.settings_reported = True
         return pa.Table.from_pylist(rows, schema=RESULTS)
 
     def _index(self, todo: list[dict[str, Any]]) -> None:
-        docs = [Document(row["id"], row["text"], json.loads(row["metadata"])) for row in todo]
-        result = self.index.index_batch(
-            docs, token_ids=[row["token_ids"] for row in todo] if self.pass_token_ids else None,
+        """The index's batch step over the call's write batches of ``batch_docs`` (writes overlap encoding)."""
+        batches = [todo[start : start + self.batch_docs] for start in range(0, len(todo), self.batch_docs)]
+        results = self.index.index_batches(
+            [[Document(row["id"], row["text"], json.loads(row["metadata"])) for row in rows] for rows in batches],
+            token_ids={row["id"]: row["token_ids"] for row in todo} if self.pass_token_ids else None,
             retries=self.retries, retry_delay=self.retry_delay,
         )
+        for rows, result in zip(batches, results):
+            self._record(rows, result)
+
+    def _record(self, rows: list[dict[str, Any]], result: BatchResult) -> None:
+        """Each row's outcome and its share of the batch's time; ``on_batch`` for what landed."""
         outcome = {**dict.fromkeys(result.skipped, "skipped"), **dict.fromkeys(result.indexed, "indexed")}
         why = self._why(result)
-        for row in todo:
+        for row in rows:
             row["status"] = outcome.get(row["id"], "failed")
             if row["status"] == "failed":
                 row["error"] = why
         if result.indexed:
             if self.on_batch is not None:
-                tokens = sum(row["tokens"] for row in todo if row["status"] == "indexed")
+                tokens = sum(row["tokens"] for row in rows if row["status"] == "indexed")
                 self.on_batch(WrittenBatch(self.written, tuple(result.indexed), tokens))
             self.written += 1
-        _spread([row for row in todo if row["status"] != "skipped"], "encoding", result.encoding)
-        _spread(todo, "writing", result.looking_up + result.writing)  # store round trips: look-ups and upserts
+        _spread([row for row in rows if row["status"] != "skipped"], "encoding", result.encoding)
+        _spread(rows, "writing", result.looking_up + result.writing)  # store round trips: look-ups and upserts
 
     def _why(self, result: BatchResult) -> str:
         """Why the batch's failed documents did not land, and what to do."""
@@ -640,8 +667,11 @@ def _collect(
         tqdm(total=total, unit="doc", desc="documents", disable=not show_progress) as doc_bar,
         tqdm(unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
     ):
+        first_tokens = 0
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            report.seconds_to_first_result = report.seconds_to_first_result or time.perf_counter() - started
+            if not report.seconds_to_first_result:
+                report.seconds_to_first_result = time.perf_counter() - started
+                first_tokens = sum(batch["tokens"].to_pylist())
             for row in batch.to_pylist():
                 status, doc_id = row["status"], row["id"]
                 if status == "failed":
@@ -655,8 +685,12 @@ def _collect(
                 report.tokens += row["tokens"]
                 if row["encoder"] and report.encoder_settings is None:
                     report.encoder_settings = EncoderSettings.from_dict(json.loads(row["encoder"]))
+                report.worker_start_seconds = max(report.worker_start_seconds, row["starting"])
                 for stage in STAGES:
                     report.stage_seconds[stage] += row[stage]
             doc_bar.update(batch.num_rows)
             token_bar.update(sum(batch["tokens"].to_pylist()))
     report.seconds = time.perf_counter() - started
+    after_first = report.seconds - report.seconds_to_first_result
+    if after_first > 0:
+        report.steady_tokens_per_second = (report.tokens - first_tokens) / after_first
