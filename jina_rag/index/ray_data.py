@@ -610,7 +610,9 @@ class IndexWorker:
         return pa.Table.from_pylist(rows, schema=RESULTS)
 
     def _index(self, todo: list[dict[str, Any]]) -> None:
-        """The index's batch step over the call's write batches of ``batch_docs`` (writes overlap encoding)."""
+        """The index's batch step over the call's write batches of ``batch_docs`` (writes overlap encoding),
+        longest documents first, as the local engine's plan cuts them, so each batch pads little."""
+        todo = sorted(todo, key=lambda row: -row["tokens"])
         batches = [todo[start : start + self.batch_docs] for start in range(0, len(todo), self.batch_docs)]
         results = self.index.index_batches(
             [[Document(row["id"], row["text"], json.loads(row["metadata"])) for row in rows] for rows in batches],
