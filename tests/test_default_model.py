@@ -22,7 +22,8 @@ from training.checkpoint import STATE_FILE, checkpoint_root
 from training.pairs import relational_distillation
 from training.prepare_default import cut_to_tokens, prepare, write_compressed_jsonl
 from training.ship_default import PIECE_BYTES, assemble, export, install, piece_names, split_file
-from training.teacher import TeacherEmbeddings, embed_pairs, default_teacher_dir, quantize_rows, reduce_dimensions, write_teacher_file
+from training.teacher import embed_pairs, default_teacher_dir, quantize_rows, reduce_dimensions, write_teacher_file
+from training.teacher_vectors import TeacherEmbeddings
 
 TINY_ARCHITECTURE = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 ANIMALS = "cat dog horse cow sheep goat lion tiger bear wolf fox deer rabbit mouse owl eagle".split()

@@ -47,7 +47,7 @@ from training.data import DataError, expand_paths, read_jsonl, require_text
 from training.distributed import DistEnv
 from training.loop import Stage, StepContext
 from training.models import build_model, load_stage_tokenizer, untruncated_backend
-from training.teacher import SpanTargets
+from training.teacher_vectors import SpanTargets
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from training.data import DataError, expand_paths, read_jsonl, require_text
 from training.distributed import DistEnv, gather_with_grad, world
 from training.loop import Stage, StepContext
 from training.models import build_model, load_stage_tokenizer
-from training.teacher import TeacherEmbeddings
+from training.teacher_vectors import TeacherEmbeddings
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ embeddings of other data. Distillation only uses cosine similarities, so the vec
 int8 scaled per row (cosine ignores a row's scale), and ``--dim`` may keep fewer dimensions: the
 top singular directions of the (uncentred) embeddings, the best rank-``dim`` approximation of
 their dot products. ``embed-spans`` writes the vector of every span of a distillation file
-(``training.distill``), each distinct passage text embedded once, for the distill stage.
+(``training.distill``), each distinct passage text embedded once, for the distill stage. The stages
+load both kinds of file with ``training.teacher_vectors``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import logging
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,65 +186,6 @@ def write_teacher_file(
         queries, positives = reduce_dimensions(queries, positives, dim)
     save_npz(out, queries=quantize_rows(queries), positives=quantize_rows(positives),
              pairs_sha256=np.array(file_sha256(pairs)), model=np.array(model), max_length=np.array(max_length))
-
-
-@dataclass
-class TeacherEmbeddings:
-    """The teacher's embeddings of the training pairs, concatenated in the stage's row order."""
-
-    queries: np.ndarray
-    positives: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    @classmethod
-    def load(cls, teacher_files: Sequence[Path], pairs_files: Sequence[Path], rows_per_file: Sequence[int]) -> TeacherEmbeddings:
-        """One teacher file per pairs file, matched by the pairs file's sha256; row counts must agree."""
-        by_hash: dict[str, tuple[np.ndarray, np.ndarray, Path]] = {}
-        for path in teacher_files:
-            with np.load(path) as data:
-                by_hash[str(data["pairs_sha256"])] = (data["queries"], data["positives"], path)
-        queries, positives = [], []
-        for pairs, rows in zip(pairs_files, rows_per_file):
-            entry = by_hash.get(file_sha256(pairs))
-            if entry is None:
-                raise DataError(
-                    f"no teacher embeddings for {pairs} (its sha256 matches none of {', '.join(map(str, teacher_files))}): "
-                    f"run python -m training.teacher --pairs {pairs} --out FILE.npz and list FILE.npz in contrastive.teacher_embeddings"
-                )
-            if len(entry[0]) != rows or len(entry[1]) != rows:
-                raise DataError(f"{entry[2]}: {len(entry[0])} rows, but {pairs} has {rows} pairs")
-            queries.append(entry[0])
-            positives.append(entry[1])
-        return cls(np.concatenate(queries), np.concatenate(positives))
-
-    def rows(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised fp32 ``(queries, positives)`` of the given pair indices."""
-        return tuple(F.normalize(torch.from_numpy(a[list(indices)].astype(np.float32)), dim=-1) for a in (self.queries, self.positives))
-
-
-@dataclass
-class SpanTargets:
-    """The teacher's vectors of a distillation file's spans, in row order (``training.distill``)."""
-
-    vectors: np.ndarray
-
-    @classmethod
-    def load(cls, target_files: Sequence[Path], data_file: Path, num_spans: int) -> SpanTargets:
-        """The file among ``target_files`` made from ``data_file`` (matched by sha256), with one vector per span."""
-        wanted = file_sha256(data_file)
-        for path in target_files:
-            with np.load(path) as targets:
-                if str(targets["data_sha256"]) == wanted:
-                    vectors = targets["vectors"]
-                    if len(vectors) != num_spans:
-                        raise DataError(f"{path}: {len(vectors)} vectors, but {data_file} has {num_spans} spans")
-                    return cls(vectors)
-        raise DataError(
-            f"no teacher vectors for {data_file} (its sha256 matches none of {', '.join(map(str, target_files)) or 'no files'}): "
-            f"run python -m training.teacher embed-spans --data {data_file} --out FILE.npz and list FILE.npz in distill.teacher_targets"
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
