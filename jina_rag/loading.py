@@ -389,8 +389,30 @@ def save_pretrained(
     if tokenizer is not None:
         tokenizer.model_max_length = config.max_position_embeddings
         tokenizer.save_pretrained(str(folder))
+        _complete_tokenizer_files(folder, tokenizer)
     _write_sentence_transformers_files(folder, config)
     return folder
+
+
+def _complete_tokenizer_files(folder: Path, tokenizer: Any) -> None:
+    """The published layout's ``vocab.txt`` (WordPiece) and ``special_tokens_map.json``, which
+    transformers 5 no longer writes beside ``tokenizer.json`` (readers of the layout still look for them)."""
+    tokenizer_json = folder / "tokenizer.json"
+    if not (folder / "vocab.txt").exists() and tokenizer_json.is_file():
+        if json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {}).get("type") == "WordPiece":
+            write_vocab_txt(tokenizer_json, folder)
+    if not (folder / "special_tokens_map.json").exists():
+        special = {key: str(value) for key, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+
+
+def write_vocab_txt(tokenizer_json: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """``folder/vocab.txt`` from a WordPiece ``tokenizer.json`` (one token a line, in id order)."""
+    vocab = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))["model"]["vocab"]
+    path = Path(folder) / "vocab.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
+    return path
 
 
 def _write_sentence_transformers_files(folder: Path, config: JinaBertConfig) -> None:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jina_rag.loading import load_model
+from jina_rag.loading import load_model, write_vocab_txt
 from jina_rag.modeling import JinaBertConfig, JinaBertForMaskedLM, JinaBertModel
 from training.config import ConfigError, ModelConfig
 
@@ -41,17 +41,6 @@ def bert_uncased_vocab_dir() -> Path:
             f"set {VOCAB_DIR_ENV} or model.tokenizer to a folder holding vocab.txt"
         ) from None
     return folder
-
-
-def write_vocab_txt(tokenizer_json: str | Path, folder: str | Path) -> Path:
-    """``folder/vocab.txt`` from a WordPiece ``tokenizer.json`` (one token a line, in id order)."""
-    import json
-
-    vocab = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))["model"]["vocab"]
-    path = Path(folder) / "vocab.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
-    return path
 
 
 def bert_uncased_tokenizer(vocab_file: str | Path | None = None) -> Any:
