@@ -9,8 +9,9 @@ with N workers. On CPUs the cores are split between the workers (``cpus_per_work
 so every path encodes on the same cores; on CUDA each worker takes one GPU. Ray starts once,
 before the timed runs; each job still starts its workers (loading the model and compiling it for
 every batch shape), which is counted: that is what a job costs. The table also shows the
-workers' start-up and the steady-state rate (tokens written after the first results, over the time
-after them) beside the single process's (its encoder warmed up before it is timed). A table of
+time until every worker was ready (Ray placing it, opening the store, loading and compiling the
+model) and the steady-state rate (all tokens over the time after that) beside the single
+process's (its encoder warmed up before it is timed). A table of
 where the workers' time went (reading, tokenising, encoding, writing, summed over tasks and
 workers) follows.
 
@@ -91,7 +92,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {"single process": [], **{label(n): [] for n in args.workers}}
     stages: dict[str, dict[str, float]] = {}
     first_result: dict[str, list[float]] = {label(n): [] for n in args.workers}
-    worker_start: dict[str, list[float]] = {label(n): [] for n in args.workers}
+    workers_ready: dict[str, list[float]] = {label(n): [] for n in args.workers}
     steady: dict[str, list[float]] = {"single process": [], **{label(n): [] for n in args.workers}}
     try:
         for repeat in range(args.repeats):
@@ -113,7 +114,7 @@ def main() -> None:
                 seconds[label(workers)].append(report.seconds)
                 stages[label(workers)] = report.stage_seconds
                 first_result[label(workers)].append(report.seconds_to_first_result)
-                worker_start[label(workers)].append(report.worker_start_seconds)
+                workers_ready[label(workers)].append(report.seconds_to_workers_ready)
                 steady[label(workers)].append(report.steady_tokens_per_second)
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), file=sys.stderr)
     finally:
@@ -131,7 +132,7 @@ def main() -> None:
         f"per document), write batches of {args.batch_docs}, "
         f"{'Chroma server on 127.0.0.1' if args.store == 'chroma' else 'local Qdrant folder'}; medians of {args.repeats} runs\n"
     )
-    print("| path | encoding on | seconds | tokens/s | ratio to single process | workers started in (s) | first results after (s) "
+    print("| path | encoding on | seconds | tokens/s | ratio to single process | workers ready after (s) | first results after (s) "
           "| steady-state tokens/s | steady-state ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path, value in median.items():
@@ -141,7 +142,7 @@ def main() -> None:
             workers = int(path.split(", ")[1].split()[0])
             on = f"{workers} GPU{'s' if workers != 1 else ''}" if args.device != "cpu" else f"{workers} × {max(1, cores // workers)} threads"
         first = f"{statistics.median(first_result[path]):.1f}" if path in first_result else ""
-        start = f"{statistics.median(worker_start[path]):.1f}" if path in worker_start else ""
+        start = f"{statistics.median(workers_ready[path]):.1f}" if path in workers_ready else ""
         rate = statistics.median(steady[path])
         print(f"| {path} | {on} | {value:.1f} | {tokens / value:,.0f} | {median['single process'] / value:.2f} | {start} | {first} "
               f"| {rate:,.0f} | {rate / statistics.median(steady['single process']):.2f} |")

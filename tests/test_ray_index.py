@@ -229,7 +229,8 @@ def test_one_worker_writes_a_local_folder_store_in_hybrid_mode_like_the_single_p
     assert sorted(report.indexed) == sorted(d.id for d in documents) and not report.failed and report.workers == 1
     assert report.mode == "hybrid" and "mode hybrid" in report.summary()
     # Started (store, model, warm-up) before its first batch; the rate after the first results is its own figure.
-    assert 0 < report.worker_start_seconds < report.seconds and "workers started in" in report.summary()
+    assert 0 < report.worker_start_seconds <= report.seconds_to_workers_ready < report.seconds
+    assert report.steady_tokens_per_second > report.tokens / report.seconds and "workers ready after" in report.summary()
     assert report.encoder_settings == EncoderSettings(str(checkpoint), device="cpu", max_length=128)  # the worker's encoder
     with DocumentIndex(open_store("qdrant", str(tmp_path / "single-qdrant"), "docs"), encoder, mode="hybrid", chunk_tokens=32) as single:
         single.index(documents, batch_docs=2, show_progress=False)

@@ -91,8 +91,9 @@ MAX_SOURCE_BLOCKS = 4096
 TASK_CPUS = 0.5
 STAGES = ("reading", "tokenising", "encoding", "writing")
 # A worker call holds this many write batches, so each batch's write (on the index's writer thread)
-# overlaps the next one's encoding; only a call's last write does not.
-WRITE_BATCHES_PER_CALL = 4
+# overlaps the next one's encoding; only a call's last write does not. More would leave fewer calls
+# to spread over the workers.
+WRITE_BATCHES_PER_CALL = 2
 
 DOCUMENTS = pa.schema([
     ("id", pa.string()), ("text", pa.string()), ("metadata", pa.string()), ("content_hash", pa.string()),
@@ -105,6 +106,7 @@ RESULTS = pa.schema([
     # A worker's first row carries the settings its encoder was built with (JSON), for the report.
     ("encoder", pa.string()),
     ("starting", pa.float64()),  # and the seconds it took to start (store, model, warm-up)
+    ("ready_at", pa.float64()),  # and when it was ready (Unix time)
 ])
 
 
@@ -119,9 +121,11 @@ class RayIndexReport(IndexReport):
     mode: IndexMode = "document"  # the mode the job indexed in (given, or the collection's / the store's default)
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds_to_first_result: float = 0.0
-    # The slowest worker's start-up (opening the store, loading the model, compiling it), and the rate
-    # after the first results: tokens written after them over the time after them.
+    # The slowest worker's own start-up (opening the store, loading the model, compiling it); the
+    # seconds from the job's start until every worker was ready (Ray placing them, then their start-up);
+    # and the steady-state rate: tokens over the seconds after that.
     worker_start_seconds: float = 0.0
+    seconds_to_workers_ready: float = 0.0
     steady_tokens_per_second: float = 0.0
     # The settings the workers' encoders were built with, as the first worker to answer reported them.
     encoder_settings: EncoderSettings | None = None
@@ -130,8 +134,9 @@ class RayIndexReport(IndexReport):
         lines = [
             f"{super().summary()}; {self.workers} {self.device.upper()} worker{'s' if self.workers != 1 else ''}, "
             f"mode {self.mode}",
-            f"first results after {self.seconds_to_first_result:.1f} s (workers started in "
-            f"{self.worker_start_seconds:.1f} s: store, model, warm-up), then {self.steady_tokens_per_second:,.0f} tokens/s; "
+            f"workers ready after {self.seconds_to_workers_ready:.1f} s (each starting in up to {self.worker_start_seconds:.1f} s: "
+            f"store, model, warm-up), then {self.steady_tokens_per_second:,.0f} tokens/s; first results after "
+            f"{self.seconds_to_first_result:.1f} s; "
             "time summed over tasks and workers: "
             + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.stage_seconds.items()),
         ]
@@ -240,7 +245,7 @@ def index_with_ray(
         context = ray.data.DataContext.get_current()
         ray_bars, context.enable_progress_bars = context.enable_progress_bars, False
         try:
-            started = time.perf_counter()
+            started, started_at = time.perf_counter(), time.time()
             results = _pipeline(
                 sources, plan,
                 # Every node reads the model at the folder found here; "cuda" is each worker's own GPU.
@@ -253,7 +258,7 @@ def index_with_ray(
             )
             report = RayIndexReport(description, workers=plan.workers, device=plan.device, mode=mode)
             total = len(sources) if all(source["kind"] == "text" for source in sources) else None
-            _collect(results, report, total, show_progress, started)
+            _collect(results, report, total, show_progress, started, started_at)
             if not location.startswith(SERVER_SCHEMES):
                 _wait_for_the_worker_to_release(store, location, collection)
         finally:
@@ -547,7 +552,7 @@ class IndexWorker:
     The encoder is built from ``settings`` (its ``batch_tokens`` included) and warmed up, the index
     from ``index_settings`` (``mode``, ``chunk_tokens``, ``bm25``); a call's documents are written in
     batches of ``batch_docs``. The first call's first row reports the encoder's settings and the
-    worker's start-up seconds back (columns ``encoder``, ``starting``).
+    worker's start-up seconds and the time it was ready back (columns ``encoder``, ``starting``, ``ready_at``).
     """
 
     def __init__(
@@ -577,6 +582,7 @@ class IndexWorker:
         # Compiled for every batch shape before the first batch, so no batch waits on the compiler.
         self.index.encoder.warm_up(settings.batch_tokens)
         self.starting = time.perf_counter() - started
+        self.ready_at = time.time()  # wall clock: the driver compares it with its own (one machine, or NTP)
         # Whole-document vectors come from the tokenise stage's ids; the passage layouts tokenise again.
         self.pass_token_ids = self.index.layout() == "document"
         self.settings_reported = False
@@ -602,10 +608,10 @@ class IndexWorker:
         for row in rows:
             if row["status"] != "indexed":
                 row["tokens"] = 0  # like the core's report: tokens encoded and written
-            row["encoder"], row["starting"] = "", 0.0
+            row["encoder"], row["starting"], row["ready_at"] = "", 0.0, 0.0
         if rows and not self.settings_reported:
             rows[0]["encoder"] = json.dumps(self.index.encoder.settings.to_dict())
-            rows[0]["starting"] = self.starting
+            rows[0]["starting"], rows[0]["ready_at"] = self.starting, self.ready_at
             self.settings_reported = True
         return pa.Table.from_pylist(rows, schema=RESULTS)
 
@@ -662,18 +668,17 @@ def _spread(rows: list[dict[str, Any]], stage: str, seconds: float) -> None:
 
 
 def _collect(
-    results: ray.data.Dataset, report: RayIndexReport, total: int | None, show_progress: bool, started: float
+    results: ray.data.Dataset, report: RayIndexReport, total: int | None, show_progress: bool, started: float, started_at: float,
 ) -> None:
+    """Results into the report; ``started`` is the job's start on the performance counter, ``started_at`` in Unix time."""
     seen: set[str] = set()
     with (
         tqdm(total=total, unit="doc", desc="documents", disable=not show_progress) as doc_bar,
         tqdm(unit="tok", unit_scale=True, desc="tokens", disable=not show_progress) as token_bar,
     ):
-        first_tokens = 0
+        ready_at = 0.0
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if not report.seconds_to_first_result:
-                report.seconds_to_first_result = time.perf_counter() - started
-                first_tokens = sum(batch["tokens"].to_pylist())
+            report.seconds_to_first_result = report.seconds_to_first_result or time.perf_counter() - started
             for row in batch.to_pylist():
                 status, doc_id = row["status"], row["id"]
                 if status == "failed":
@@ -688,11 +693,13 @@ def _collect(
                 if row["encoder"] and report.encoder_settings is None:
                     report.encoder_settings = EncoderSettings.from_dict(json.loads(row["encoder"]))
                 report.worker_start_seconds = max(report.worker_start_seconds, row["starting"])
+                ready_at = max(ready_at, row["ready_at"])
                 for stage in STAGES:
                     report.stage_seconds[stage] += row[stage]
             doc_bar.update(batch.num_rows)
             token_bar.update(sum(batch["tokens"].to_pylist()))
     report.seconds = time.perf_counter() - started
-    after_first = report.seconds - report.seconds_to_first_result
-    if after_first > 0:
-        report.steady_tokens_per_second = (report.tokens - first_tokens) / after_first
+    if ready_at:
+        report.seconds_to_workers_ready = min(report.seconds, max(0.0, ready_at - started_at))
+    steady = report.seconds - report.seconds_to_workers_ready
+    report.steady_tokens_per_second = report.tokens / steady if steady > 0 else 0.0
