@@ -295,7 +295,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     print(f"wrote {result.model_file} ({result.file_bytes / 1e6:.1f} MB; weights {result.weight_bytes / 1e6:.1f} MB)")
     print(f"exporter {result.exporter}, dtype {result.dtype}, quantization {result.quantization or 'none'}, optimized {result.optimized}")
     if result.fp32_matmuls:
-        print(f"kept {result.fp32_matmuls} GEGLU input projections in fp32: this model's outputs drift with them in int8")
+        print(f"kept {result.fp32_matmuls} feed-forward MatMuls in fp32: this model's outputs drift with them in int8")
     if not math.isnan(result.min_cosine):  # NaN: fp16 files are not checked on the CPU provider
         print(f"checked against PyTorch: max |diff| {result.max_abs_diff:.2g}, min cosine {result.min_cosine:.6f}")
     print(f"use it: JinaEncoder.from_pretrained({str(args.out_dir)!r}, backend='onnx')")

@@ -253,10 +253,14 @@ def test_fp16_export_on_cuda_provider(checkpoint, tmp_path, encoder):
     assert cosine.min() >= 0.99
 
 
-def test_int8_keeps_geglu_projections_in_fp32_where_int8_drifts(checkpoint, int8_export, tmp_path):
-    """A GEGLU whose ``up`` half sums large terms to ~1 (teacher_init's exact GELU copy) breaks in int8."""
+def test_int8_rewrites_the_geglu_that_plain_int8_breaks(checkpoint, int8_export, tmp_path):
+    """A GEGLU whose ``up`` half sums large terms to ~1 (teacher_init's exact GELU copy) breaks in plain int8.
+
+    The export rewrites it first (the ones-vector component of each column becomes a bias,
+    SmoothQuant scales): the same fp32 function, and every MatMul then quantises.
+    """
     from jina_rag import save_pretrained
-    from jina_rag.onnx_export import _dynamic_int8
+    from jina_rag.onnx_export import _calibration_batches, _dynamic_int8, _int8_friendly_geglu
     from training.teacher_init import ones_vector
 
     model = load_model(checkpoint)
@@ -275,14 +279,19 @@ def test_int8_keeps_geglu_projections_in_fp32_where_int8_drifts(checkpoint, int8
     ids, mask = padded_batch([300, 40])
     feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
     reference = session(fp32.folder).run(["sentence_embedding"], feeds)[0]
-    all_int8 = onnxruntime.InferenceSession(str(tmp_path / "all-int8.onnx"), providers=[CPU]).run(["sentence_embedding"], feeds)[0]
+
+    def run(path):
+        return onnxruntime.InferenceSession(str(path), providers=[CPU]).run(["sentence_embedding"], feeds)[0]
 
     def cosines(a, b):
         return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
-    assert cosines(reference, all_int8).min() < 0.99
+    assert cosines(reference, run(tmp_path / "all-int8.onnx")).min() < 0.99
+    batches = _calibration_batches(bert_tokenizer(), model.config.vocab_size)
+    assert batches and _int8_friendly_geglu(fp32.model_file, tmp_path / "rewritten.onnx", batches) == model.config.num_hidden_layers
+    np.testing.assert_allclose(run(tmp_path / "rewritten.onnx"), reference, rtol=1e-4, atol=1e-4)  # the fp32 function kept
     result = export_onnx(folder, tmp_path / "int8", quantize="int8", show_progress=False)
-    assert result.fp32_matmuls == model.config.num_hidden_layers and int8_export.fp32_matmuls == 0
+    assert result.fp32_matmuls == 0 and int8_export.fp32_matmuls == 0
     assert "MatMulInteger" in result.operators
     assert cosines(reference, session(result.folder).run(["sentence_embedding"], feeds)[0]).min() >= 0.99
 
