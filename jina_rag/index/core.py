@@ -4,10 +4,11 @@ Data flows one way: documents → validation (metadata also by the store's rules
 → lookup of stored hashes (unchanged documents are skipped before any encoding) → token counts →
 write batches of similar length (:meth:`DocumentIndex.plan`) → points
 (:meth:`DocumentIndex.encode_points`) → upsert with bounded retries → ``on_batch`` hook (and,
-with ``sync``, removal of stored documents the run did not hold). The step from a batch of
-documents to stored points is :meth:`DocumentIndex.index_batch` (hashes, stored-hash lookup,
-encoding of what changed, upsert with retries): :meth:`DocumentIndex.index` runs it in this
-process, the Ray engine (:mod:`jina_rag.index.ray_data`) on its workers. Stores sit behind
+with ``sync``, removal of stored documents the run did not hold). The step from write batches of
+documents to stored points is :meth:`DocumentIndex.index_batches` (hashes, stored-hash lookup,
+encoding of what changed, upsert with retries on one writer thread while the next batch encodes):
+:meth:`DocumentIndex.index` runs it in this process, the Ray engine (:mod:`jina_rag.index.ray_data`)
+on its workers. Stores sit behind
 :class:`DocumentStore` and take :class:`Point` objects.
 
 Modes: ``document`` stores one whole-document vector per document; ``late-chunks`` and ``both``
